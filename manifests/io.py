@@ -1,0 +1,214 @@
+"""Reading, validating and atomically writing manifests.
+
+Writes go to a temporary file in the destination folder that is renamed over the target only
+when complete, so a crash never leaves a half-written manifest behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import ManifestError, Problem
+from .geoparquet import decode_geometries, encode_geometries, geo_metadata
+from .schemas import CORNER_COLUMNS, KINDS, STATUSES, ManifestKind
+
+KIND_METADATA_KEY = b"astroloc:manifest"
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+
+    On an exception the temporary file is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def to_table(df: pd.DataFrame, kind: ManifestKind) -> pa.Table:
+    """A DataFrame -> an Arrow table in ``kind``'s schema (column order, types, bbox).
+
+    Missing optional columns become nulls; the geometry column may hold shapely geometries
+    or WKB bytes; the bbox covering column is computed from it.
+    """
+    unknown = [c for c in df.columns if c not in kind.schema.names]
+    if unknown:
+        raise ValueError(f"columns {unknown} are not part of the {kind.name} manifest: {kind.schema.names}")
+    n = len(df)
+    arrays = []
+    for f in kind.schema:
+        if f.name == "bbox" and kind.geometry:
+            continue
+        if f.name == kind.geometry:
+            geoms = df[f.name].to_numpy(dtype=object) if f.name in df else np.full(n, None, dtype=object)
+            if n and isinstance(next((g for g in geoms if g is not None), None), (bytes, bytearray)):
+                geoms = decode_geometries(geoms)
+            wkb, bbox = encode_geometries(geoms)
+            arrays.append((f, wkb))
+            bbox_field = kind.schema.field("bbox")
+            arrays.append((bbox_field, bbox))
+            continue
+        if f.name in df:
+            values = df[f.name]
+            if pa.types.is_fixed_size_list(f.type):
+                arr = pa.array([None if v is None else [float(x) for x in v] for v in values], type=f.type)
+            else:
+                arr = pa.array(values, type=f.type, from_pandas=True)
+        else:
+            arr = pa.nulls(n, type=f.type)
+        arrays.append((f, arr))
+    by_name = {f.name: a for f, a in arrays}
+    return pa.Table.from_arrays([by_name[f.name] for f in kind.schema], schema=kind.schema)
+
+
+def _file_metadata(kind: ManifestKind) -> dict[bytes, bytes]:
+    meta = {KIND_METADATA_KEY: kind.name.encode()}
+    if kind.geometry:
+        meta[b"geo"] = geo_metadata(list(kind.geometry_types), kind.geometry)
+    return meta
+
+
+def write_manifest(df: pd.DataFrame, path: str | os.PathLike, kind: ManifestKind) -> Path:
+    """Write a whole manifest atomically (GeoParquet 1.1 when ``kind`` has a geometry)."""
+    with ManifestWriter(path, kind) as writer:
+        writer.write(df)
+    return Path(path)
+
+
+class ManifestWriter:
+    """Stream a manifest to Parquet batch by batch; the file appears only on :meth:`close`.
+
+    Use as a context manager: leaving it with an exception discards everything written.
+    """
+
+    def __init__(self, path: str | os.PathLike, kind: ManifestKind, row_group_size: int = 64_000):
+        self.path = Path(path)
+        self.kind = kind
+        self.rows = 0
+        self._row_group_size = row_group_size
+        self._ctx = atomic_output(self.path)
+        self._tmp = self._ctx.__enter__()
+        self._schema = kind.schema.with_metadata(_file_metadata(kind))
+        self._writer = pq.ParquetWriter(self._tmp, self._schema, compression="zstd")
+
+    def write(self, df: pd.DataFrame | pa.Table) -> None:
+        table = df if isinstance(df, pa.Table) else to_table(df, self.kind)
+        self._writer.write_table(table.cast(self._schema), row_group_size=self._row_group_size)
+        self.rows += table.num_rows
+
+    def close(self) -> Path:
+        self._writer.close()
+        self._ctx.__exit__(None, None, None)
+        return self.path
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        err = exc or RuntimeError("aborted")
+        with contextlib.suppress(BaseException):
+            self._ctx.__exit__(type(err), err, None)
+
+    def __enter__(self) -> "ManifestWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort(exc)
+
+
+def detect_kind(path: str | os.PathLike) -> ManifestKind | None:
+    """The manifest kind recorded in a Parquet file's metadata, else guessed from its columns."""
+    schema = pq.read_schema(path)
+    name = (schema.metadata or {}).get(KIND_METADATA_KEY)
+    if name and name.decode() in KINDS:
+        return KINDS[name.decode()]
+    names = set(schema.names)
+    if {"photo_id", "status"} <= names:
+        return KINDS["footprints"]
+    for kind in (KINDS["database"], KINDS["pairs"], KINDS["queries"]):
+        if set(kind.required) <= names:
+            return kind
+    return None
+
+
+def read_manifest(
+    path: str | os.PathLike, kind: ManifestKind | str, columns: list[str] | None = None, geometry: bool = True
+) -> pd.DataFrame:
+    """Read and validate a manifest; raises :class:`ManifestError` naming file, row and column.
+
+    The geometry column is decoded to shapely geometries unless ``geometry`` is False.
+    """
+    kind = KINDS[kind] if isinstance(kind, str) else kind
+    path = Path(path)
+    if not path.exists():
+        raise ManifestError(path, f"no such file; create it with {kind.produced_by} or pass the right path")
+    try:
+        schema = pq.read_schema(path)
+    except Exception as e:  # pyarrow raises several types for non-Parquet input
+        raise ManifestError(path, f"not a readable Parquet file ({e}); regenerate it with {kind.produced_by}") from None
+    missing = [c for c in kind.required if c not in schema.names]
+    if missing:
+        raise ManifestError(
+            path,
+            [Problem(f"required column is missing from this {kind.name} manifest; regenerate it with "
+                     f"{kind.produced_by}", column=c) for c in missing],
+        )
+    wanted = [c for c in (columns or kind.schema.names) if c in schema.names]
+    df = pq.read_table(path, columns=wanted).to_pandas()
+    validate(df, kind, path)
+    if geometry and kind.geometry in df:
+        df[kind.geometry] = decode_geometries(df[kind.geometry].to_numpy(dtype=object))
+    return df
+
+
+def _bad_rows(df: pd.DataFrame, mask: np.ndarray, column: str, message: str, id_col: str | None) -> list[Problem]:
+    rows = np.flatnonzero(mask)
+    ids = df[id_col].to_numpy() if id_col in df else None
+    return [Problem(message, row=int(r), column=column,
+                    photo_id=str(ids[r]) if ids is not None else None) for r in rows]
+
+
+def validate(df: pd.DataFrame, kind: ManifestKind, path: str | os.PathLike | None = None) -> None:
+    """Check nulls and value ranges of a manifest's columns; raise one ManifestError for all."""
+    problems: list[Problem] = []
+    id_col = "photo_id" if "photo_id" in df else ("tile_id" if "tile_id" in df else None)
+    for c in kind.required:
+        if c in df:
+            problems += _bad_rows(df, df[c].isna().to_numpy(), c, "value is missing; every row needs one", id_col)
+    if "status" in df:
+        bad = ~df["status"].isin(STATUSES).to_numpy()
+        problems += _bad_rows(df, bad, "status", f"status must be one of {', '.join(STATUSES)}", id_col)
+    for c in CORNER_COLUMNS:
+        if c in df:
+            v = df[c].to_numpy(dtype=np.float64, na_value=np.nan)
+            limit = 90.0 if c.endswith("lat") else 180.0
+            bad = np.abs(v) > limit
+            problems += _bad_rows(df, bad, c, f"value outside [-{limit:g}, {limit:g}] degrees", id_col)
+    if "iou" in df:
+        v = df["iou"].to_numpy(dtype=np.float64, na_value=np.nan)
+        problems += _bad_rows(df, (v < 0) | (v > 1 + 1e-9), "iou", "IoU must lie in [0, 1]", id_col)
+    if kind.name in ("footprints", "queries") and "photo_id" in df:
+        dup = df["photo_id"].duplicated(keep="first").to_numpy()
+        problems += _bad_rows(df, dup, "photo_id", "duplicate photo_id: each photo must appear once", id_col)
+    if problems:
+        raise ManifestError(path, problems)

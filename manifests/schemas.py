@@ -1,0 +1,130 @@
+"""Arrow schemas of the manifests of design.md, one place for every column's type and meaning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+CORNER_COLUMNS = ("tl_lat", "tl_lon", "tr_lat", "tr_lon", "br_lat", "br_lon", "bl_lat", "bl_lon")
+"""Ground points (degrees) of the top-left, top-right, bottom-right and bottom-left pixels."""
+
+BBOX_TYPE = pa.struct(
+    [("xmin", pa.float64()), ("ymin", pa.float64()), ("xmax", pa.float64()), ("ymax", pa.float64())]
+)
+
+STATUSES = ("localized", "not_localized", "error")
+
+
+def _corners(nullable: bool) -> list[pa.Field]:
+    return [pa.field(c, pa.float64(), nullable=nullable) for c in CORNER_COLUMNS]
+
+
+@dataclass(frozen=True)
+class ManifestKind:
+    """A manifest's name, its Arrow schema and which columns must be present and non-null."""
+
+    name: str
+    schema: pa.Schema
+    required: tuple[str, ...]
+    geometry: str | None = None
+    geometry_types: tuple[str, ...] = ()
+    produced_by: str = ""
+    optional: tuple[str, ...] = field(default=())
+
+    @property
+    def columns(self) -> list[str]:
+        return self.schema.names
+
+
+QUERIES = ManifestKind(
+    name="queries",
+    schema=pa.schema(
+        [
+            pa.field("photo_id", pa.string(), nullable=False),
+            pa.field("image_path", pa.string(), nullable=False),
+            pa.field("center_lat", pa.float64(), nullable=False),
+            pa.field("center_lon", pa.float64(), nullable=False),
+            pa.field("nadir_lat", pa.float64()),
+            pa.field("nadir_lon", pa.float64()),
+            pa.field("acquired_at", pa.timestamp("us", tz="UTC")),
+            pa.field("focal_length_mm", pa.float64()),
+            pa.field("tilt_deg", pa.float64()),
+            pa.field("cloud_pct", pa.float64()),
+        ]
+    ),
+    required=("photo_id", "image_path", "center_lat", "center_lon"),
+    optional=("nadir_lat", "nadir_lon", "acquired_at", "focal_length_mm", "tilt_deg", "cloud_pct"),
+    produced_by="you (CSV or Parquet), or `python -m pipeline run sample`",
+)
+
+DATABASE = ManifestKind(
+    name="database",
+    schema=pa.schema(
+        [
+            pa.field("tile_id", pa.string(), nullable=False),
+            pa.field("zoom", pa.int32(), nullable=False),
+            pa.field("x", pa.int64(), nullable=False),
+            pa.field("y", pa.int64(), nullable=False),
+            pa.field("size_tiles", pa.int32(), nullable=False),
+            pa.field("year", pa.int32()),
+            pa.field("geometry", pa.binary(), nullable=False),
+            *_corners(nullable=False),
+            pa.field("area_km2", pa.float64(), nullable=False),
+            pa.field("bbox", BBOX_TYPE, nullable=False),
+        ]
+    ),
+    required=("tile_id", "zoom", "x", "y", "size_tiles", "geometry", *CORNER_COLUMNS, "area_km2"),
+    geometry="geometry",
+    geometry_types=("Polygon",),
+    produced_by="`python -m pipeline run index`",
+)
+
+FOOTPRINTS = ManifestKind(
+    name="footprints",
+    schema=pa.schema(
+        [
+            pa.field("photo_id", pa.string(), nullable=False),
+            pa.field("status", pa.string(), nullable=False),
+            pa.field("reason", pa.string()),
+            pa.field("geometry", pa.binary()),
+            *_corners(nullable=True),
+            pa.field("area_km2", pa.float64()),
+            pa.field("inliers", pa.int32()),
+            pa.field("confidence", pa.float64()),
+            pa.field("zoom", pa.int32()),
+            pa.field("rotation_deg", pa.int32()),
+            pa.field("candidate_id", pa.string()),
+            pa.field("iterations", pa.int32()),
+            pa.field("homography", pa.list_(pa.float64(), 9)),
+            pa.field("matcher", pa.string()),
+            pa.field("elapsed_s", pa.float64()),
+            pa.field("bbox", BBOX_TYPE),
+        ]
+    ),
+    required=("photo_id", "status"),
+    geometry="geometry",
+    geometry_types=("Polygon", "MultiPolygon"),
+    produced_by="`python -m pipeline run footprints`",
+)
+
+PAIRS = ManifestKind(
+    name="pairs",
+    schema=pa.schema(
+        [
+            pa.field("photo_id", pa.string(), nullable=False),
+            pa.field("tile_id", pa.string(), nullable=False),
+            pa.field("iou", pa.float64(), nullable=False),
+            pa.field("zoom", pa.int32(), nullable=False),
+            pa.field("intersection_km2", pa.float64(), nullable=False),
+            pa.field("photo_area_km2", pa.float64(), nullable=False),
+            pa.field("tile_area_km2", pa.float64(), nullable=False),
+        ]
+    ),
+    required=("photo_id", "tile_id", "iou", "zoom", "intersection_km2", "photo_area_km2", "tile_area_km2"),
+    produced_by="`python -m pipeline run pairs`",
+)
+
+KINDS = {k.name: k for k in (QUERIES, DATABASE, FOOTPRINTS, PAIRS)}
+
+

@@ -1,0 +1,83 @@
+"""The command line: ``python -m pipeline run <stage> [options]`` and ``inspect <manifest>``.
+
+A thin shell: parse, configure logging, hand over to a stage or to ``manifests.inspect``,
+and turn expected errors into one clear message on stderr with a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import __version__
+
+log = logging.getLogger("pipeline")
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from stages import STAGES
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Localize astronaut photos of Earth: footprints, training pairs, retrieval models.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="run a stage", description="Run one stage of the pipeline. Stages: "
+                         + ", ".join(STAGES) + ".")
+    stages = run.add_subparsers(dest="stage", metavar="STAGE", required=True,
+                                title="stages", description="(python -m pipeline run STAGE --help for its options)")
+    for name, stage in STAGES.items():
+        p = stages.add_parser(name, help=stage.help, description=stage.help[:1].upper() + stage.help[1:] + ".",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        common = p.add_argument_group("common options")
+        common.add_argument("--workdir", default="workspace", help="workspace folder for default inputs and outputs")
+        common.add_argument("--config", help="TOML file with this stage's settings (top level or a [%s] table)" % name)
+        common.add_argument("--overwrite", action="store_true", help="redo the work even if the output exists")
+        common.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+        common.add_argument("-q", "--quiet", action="count", default=0, help="less logging, no progress bars")
+        stage.add_arguments(p.add_argument_group(f"{name} options"))
+
+    ins = sub.add_parser("inspect", help="summarize a Parquet manifest",
+                         description="Print a manifest's kind, schema, row count and per-column summaries "
+                                     "(for footprints: the status breakdown and an inlier histogram).")
+    ins.add_argument("path", help="a Parquet manifest (queries, database, footprints or pairs)")
+    ins.add_argument("--geojson", metavar="OUT", help="also export the geometries to this GeoJSON file")
+    ins.add_argument("-v", "--verbose", action="count", default=0)
+    ins.add_argument("-q", "--quiet", action="count", default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from manifests.errors import ManifestError
+    from stages import get_stage
+    from stages.base import StageError
+
+    from .config import ConfigError
+    from .geometry.mercator import LatitudeError
+    from .progress import setup_logging
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose - args.quiet)
+    try:
+        if args.command == "inspect":
+            from manifests.inspect import inspect_manifest
+
+            print(inspect_manifest(args.path, args.geojson))
+            return 0
+        stage = get_stage(args.stage)
+        conf = stage.config_from_args(args)
+        print(stage.execute(conf, overwrite=args.overwrite))
+        return 0
+    except (ManifestError, ConfigError, StageError, LatitudeError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted: finished parts are kept; run the same command again to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,108 @@
+"""Stage configuration: defaults < TOML file < command-line options, saved beside outputs.
+
+A stage's config is a flat dict of TOML-compatible values (str, int, float, bool, lists of
+them). The effective config is written next to the stage's output as ``<output>.config.toml``;
+running the stage again with the same config skips the work, with a different one it refuses
+unless ``--overwrite`` is given (as glue-factory does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from manifests.io import atomic_output
+
+
+class ConfigError(ValueError):
+    """A config file or option that cannot be used; the message says which key and why."""
+
+
+def load_toml(path: str | os.PathLike, section: str | None = None) -> dict[str, Any]:
+    """Read a TOML config. Keys may sit at the top level or in a ``[section]`` table (which wins)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found; pass an existing TOML file to --config") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    flat = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    if section and isinstance(data.get(section), dict):
+        flat.update(data[section])
+    return flat
+
+
+def merge(defaults: dict[str, Any], *overrides: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """Merge overrides into a copy of ``defaults``; unknown keys are an error naming the valid ones."""
+    out = dict(defaults)
+    for o in overrides:
+        for k, v in o.items():
+            if v is None:
+                continue
+            if k not in defaults:
+                raise ConfigError(f"unknown {source} key {k!r}; valid keys: {', '.join(sorted(defaults))}")
+            out[k] = v
+    return out
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int,)):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+
+
+def dumps_toml(conf: dict[str, Any], section: str | None = None) -> str:
+    """Serialize a flat config as TOML (under ``[section]`` when given)."""
+    lines = [f"[{section}]"] if section else []
+    lines += [f"{k} = {_toml_value(v)}" for k, v in conf.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def config_path(output: str | os.PathLike) -> Path:
+    """Where a stage output's effective config is kept."""
+    output = Path(output)
+    return output.with_name(output.name + ".config.toml")
+
+
+def save_config(output: str | os.PathLike, conf: dict[str, Any], section: str) -> Path:
+    path = config_path(output)
+    with atomic_output(path) as tmp:
+        tmp.write_text(dumps_toml(conf, section))
+    return path
+
+
+def fingerprint(conf: dict[str, Any]) -> str:
+    """A short stable hash of a config (for part-file names)."""
+    blob = json.dumps(conf, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+    return [k for k in keys if norm(old.get(k)) != norm(new.get(k))]
+
+
+def files_fingerprint(paths: list[str | os.PathLike]) -> str:
+    """Identity of input files by name, size and modification time (cheap, no reading)."""
+    h = hashlib.sha256()
+    for p in sorted(str(p) for p in paths):
+        try:
+            st = os.stat(p)
+            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}|missing\n".encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""Geometry: Web Mercator tile math, database windows, areas and IoU on the ellipsoid."""

@@ -1,0 +1,29 @@
+"""Logging set-up and progress bars (count, rate, time left) for long work."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from tqdm.auto import tqdm
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def setup_logging(verbosity: int = 0) -> None:
+    """-v: debug; default info; -q (negative): warnings only."""
+    level = logging.DEBUG if verbosity > 0 else logging.INFO if verbosity == 0 else logging.WARNING
+    logging.basicConfig(level=level, format=LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr, force=True)
+    for noisy in ("rasterio", "distributed", "fiona", "pyogrio", "matplotlib"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def progress(iterable=None, total: int | None = None, desc: str = "", unit: str = "it", disable: bool | None = None):
+    """A tqdm progress bar on stderr: items done, rate and time left.
+
+    Disabled automatically when logging is quieter than INFO.
+    """
+    if disable is None:
+        disable = not logging.getLogger().isEnabledFor(logging.INFO)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True,
+                smoothing=0.1, file=sys.stderr, mininterval=0.5)

@@ -1,0 +1,101 @@
+import json
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import shapely
+
+from manifests import (
+    DATABASE,
+    FOOTPRINTS,
+    PAIRS,
+    ManifestError,
+    ManifestWriter,
+    read_manifest,
+    write_manifest,
+)
+
+
+def _footprints() -> pd.DataFrame:
+    square = shapely.Polygon([(10, 10), (10, 11), (11, 11), (11, 10)])  # clockwise on purpose
+    split = shapely.MultiPolygon([shapely.box(179.5, -1, 180, 1), shapely.box(-180, -1, -179.5, 1)])
+    return pd.DataFrame(
+        {
+            "photo_id": ["ISS001-E-1", "ISS001-E-2", "ISS001-E-3"],
+            "status": ["localized", "localized", "not_localized"],
+            "reason": [None, None, "too few inliers"],
+            "geometry": [square, split, None],
+            "tl_lat": [11.0, 1.0, None], "tl_lon": [10.0, 179.5, None],
+            "inliers": [120, 80, 4],
+            "homography": [list(np.eye(3).ravel()), list(np.eye(3).ravel()), None],
+        }
+    )
+
+
+def test_footprints_are_geoparquet_that_geopandas_reads(tmp_path):
+    path = write_manifest(_footprints(), tmp_path / "footprints.parquet", FOOTPRINTS)
+    gdf = gpd.read_parquet(path)
+    assert gdf.crs.to_string() == "OGC:CRS84"
+    assert gdf.geometry.iloc[0].equals(shapely.box(10, 10, 11, 11))
+    assert gdf.geometry.iloc[0].exterior.is_ccw  # re-oriented counter-clockwise
+    assert gdf.geometry.iloc[1].geom_type == "MultiPolygon"
+    assert all(p.exterior.is_ccw for p in gdf.geometry.iloc[1].geoms)
+    assert gdf.geometry.iloc[2] is None
+    geo = json.loads(pq.read_schema(path).metadata[b"geo"])
+    col = geo["columns"]["geometry"]
+    assert geo["version"] == "1.1.0"
+    assert col["covering"]["bbox"]["xmin"] == ["bbox", "xmin"]
+    assert col["orientation"] == "counterclockwise"
+    assert sorted(col["geometry_types"]) == ["MultiPolygon", "Polygon"]
+    bbox = pq.read_table(path, columns=["bbox"]).column("bbox").to_pylist()
+    assert bbox[1] == {"xmin": -180, "ymin": -1, "xmax": 180, "ymax": 1} and bbox[2] is None
+    # the bbox covering column lets readers filter without decoding geometries
+    sel = gpd.read_parquet(path, bbox=(9, 9, 12, 12))
+    assert list(sel.photo_id) == ["ISS001-E-1"]
+
+
+def test_read_back_round_trip_and_types(tmp_path):
+    path = write_manifest(_footprints(), tmp_path / "f.parquet", FOOTPRINTS)
+    df = read_manifest(path, FOOTPRINTS)
+    assert list(df.columns) == FOOTPRINTS.schema.names
+    assert df.inliers.tolist() == [120, 80, 4]
+    assert np.allclose(df.homography.iloc[0], np.eye(3).ravel())
+    assert pq.read_schema(path).field("inliers").type == "int32"
+
+
+def test_validation_names_file_row_and_column(tmp_path):
+    df = _footprints()
+    df.loc[1, "status"] = "done"
+    path = tmp_path / "bad.parquet"
+    write_manifest(df, path, FOOTPRINTS)
+    with pytest.raises(ManifestError) as err:
+        read_manifest(path, FOOTPRINTS)
+    msg = str(err.value)
+    assert "bad.parquet" in msg and "row 2" in msg and "'status'" in msg and "ISS001-E-2" in msg
+    assert "one of localized, not_localized, error" in msg
+
+
+def test_missing_column_names_the_stage_that_makes_it(tmp_path):
+    path = tmp_path / "pairs.parquet"
+    pd.DataFrame({"photo_id": ["a"], "tile_id": ["1_2_3"]}).to_parquet(path)
+    with pytest.raises(ManifestError, match=r"column 'iou'.*run pairs"):
+        read_manifest(path, PAIRS)
+
+
+def test_failed_write_leaves_nothing_behind(tmp_path):
+    path = tmp_path / "db.parquet"
+    with pytest.raises(RuntimeError):
+        with ManifestWriter(path, DATABASE):
+            raise RuntimeError("killed half way")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_write_keeps_previous_file(tmp_path):
+    path = write_manifest(_footprints(), tmp_path / "f.parquet", FOOTPRINTS)
+    before = path.read_bytes()
+    with pytest.raises(ValueError):
+        write_manifest(pd.DataFrame({"photo_id": ["x"], "bogus": [1]}), path, FOOTPRINTS)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["f.parquet"]
