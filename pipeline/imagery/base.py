@@ -1,0 +1,87 @@
+"""The tile-source interface: render any EPSG:3857 box to an RGB array plus validity mask."""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..geometry.mercator import TILE_SIZE
+from ..geometry.windows import Window
+
+BoundsMercator = tuple[float, float, float, float]
+"""(xmin, ymin, xmax, ymax) in EPSG:3857 metres."""
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """Imagery of a box: ``rgb`` (H, W, 3) uint8 and ``mask`` (H, W) bool, True where valid."""
+
+    rgb: np.ndarray
+    mask: np.ndarray
+
+    @property
+    def valid_fraction(self) -> float:
+        return float(self.mask.mean()) if self.mask.size else 0.0
+
+    @property
+    def nbytes(self) -> int:
+        return self.rgb.nbytes + self.mask.nbytes
+
+
+class TileSource(ABC):
+    """Satellite imagery on the Web Mercator grid, whatever the storage.
+
+    Subclasses implement :meth:`render` and :attr:`bounds_mercator`. Everything is safe to
+    call from several threads. Database windows read through :meth:`read_window` are kept in
+    a bounded in-process LRU cache (``cache_bytes``; 0 disables it).
+    """
+
+    year: int | None = None
+
+    def __init__(self, cache_bytes: int = 256 * 2**20):
+        self._cache: OrderedDict[tuple, Rendered] = OrderedDict()
+        self._cache_bytes = int(cache_bytes)
+        self._cached = 0
+        self._lock = threading.Lock()
+
+    @property
+    @abstractmethod
+    def bounds_mercator(self) -> BoundsMercator:
+        """Extent of the data in EPSG:3857 metres (outside it everything is invalid)."""
+
+    @abstractmethod
+    def render(self, bounds: BoundsMercator, width: int, height: int) -> Rendered:
+        """Render the EPSG:3857 box ``bounds`` to ``height`` x ``width`` pixels.
+
+        Pixel (0, 0) is the top-left (xmin, ymax) corner; pixel centres sit at half-pixel
+        offsets. Areas without data come back with ``mask`` False (and rgb 0), never an error.
+        """
+
+    def read_window(self, window: Window, tile_size: int = TILE_SIZE) -> Rendered:
+        """A database window at its native resolution: (size_tiles*tile_size)^2 pixels."""
+        key = (window, tile_size)
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        n = window.size_tiles * tile_size
+        out = self.render(window.bounds_mercator(), n, n)
+        out.rgb.setflags(write=False)
+        out.mask.setflags(write=False)
+        if out.nbytes <= self._cache_bytes:
+            with self._lock:
+                if key not in self._cache:
+                    self._cache[key] = out
+                    self._cached += out.nbytes
+                    while self._cached > self._cache_bytes:
+                        _, old = self._cache.popitem(last=False)
+                        self._cached -= old.nbytes
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

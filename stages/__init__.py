@@ -1,0 +1,21 @@
+"""The stages: each reads manifests, runs library code, writes manifests.
+
+Only stages that exist are registered; ``python -m pipeline run --help`` lists them.
+"""
+
+from __future__ import annotations
+
+from .base import Stage, StageError
+from .index import IndexStage
+
+STAGES: dict[str, Stage] = {s.name: s for s in (IndexStage(),)}
+
+
+def get_stage(name: str) -> Stage:
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise StageError(f"unknown stage {name!r}; valid stages: {', '.join(STAGES)}") from None
+
+
+__all__ = ["STAGES", "Stage", "StageError", "get_stage"]

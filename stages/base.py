@@ -1,0 +1,119 @@
+"""What every stage shares: config merging, skipping finished work, refusing changed configs.
+
+A stage is a thin object: a name, a ``default_conf``, its command-line options (each one a
+config key), the path of its main output, and ``run(conf)`` that calls library code and
+returns a one-screen summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import (
+    ConfigError,
+    changed_keys,
+    config_path,
+    dumps_toml,
+    files_fingerprint,
+    load_toml,
+    merge,
+)
+from manifests.io import atomic_output
+
+log = logging.getLogger(__name__)
+
+
+class StageError(RuntimeError):
+    """A stage cannot run as asked; the message says why and what to do."""
+
+
+class Stage:
+    """Base class of the stages registered in :mod:`stages`."""
+
+    name: str = ""
+    help: str = ""
+    default_conf: dict[str, Any] = {}
+    runtime_keys: tuple[str, ...] = ()
+    """Config keys that do not change the output (workers, scheduler...): ignored when comparing."""
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add the stage's options; each option's ``dest`` is a config key and its default None."""
+
+    def resolve(self, conf: dict[str, Any], workdir: Path) -> dict[str, Any]:
+        """Fill workspace-relative defaults (paths) into ``conf``."""
+        return conf
+
+    def output(self, conf: dict[str, Any]) -> Path:
+        raise NotImplementedError
+
+    def input_files(self, conf: dict[str, Any]) -> list[Path]:
+        """Files whose change must invalidate the output (names, sizes and times are compared)."""
+        return []
+
+    def run(self, conf: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    # ---- the shared machinery -------------------------------------------------------------
+
+    def parts_dir(self, conf: dict[str, Any]) -> Path:
+        """Where an interrupted run keeps finished parts, to resume without redoing them."""
+        out = self.output(conf)
+        return out.with_name(out.name + ".parts")
+
+    def config_from_args(self, args: argparse.Namespace) -> dict[str, Any]:
+        file_conf = load_toml(args.config, self.name) if getattr(args, "config", None) else {}
+        cli = {k: getattr(args, k) for k in self.default_conf if getattr(args, k, None) is not None}
+        conf = merge(self.default_conf, file_conf, source=f"{self.name} config")
+        conf = merge(conf, cli, source="option")
+        return self.resolve(conf, Path(args.workdir))
+
+    def _record(self, conf: dict[str, Any]) -> dict[str, Any]:
+        comparable = {k: v for k, v in conf.items() if k not in self.runtime_keys and v is not None}
+        return {self.name: comparable, "inputs": {"fingerprint": files_fingerprint(self.input_files(conf))}}
+
+    def execute(self, conf: dict[str, Any], overwrite: bool = False) -> str:
+        """Run unless the output is up to date; refuse a changed config without ``overwrite``."""
+        out = self.output(conf)
+        cfg = config_path(out)
+        record = self._record(conf)
+        if out.exists() and not overwrite:
+            if not cfg.exists():
+                raise StageError(f"{out} exists but has no {cfg.name} beside it, so it may come from other "
+                                 "settings; pass --overwrite to rebuild it, or --out elsewhere")
+            with open(cfg, "rb") as f:
+                old = tomllib.load(f)
+            diff = changed_keys(old.get(self.name, {}), record[self.name])
+            if old.get("inputs") != record["inputs"]:
+                diff.append("input files")
+            if not diff:
+                return f"{self.name}: {out} is up to date with this config and these inputs (nothing to do; " \
+                       "pass --overwrite to redo it)"
+            raise StageError(f"{out} was made with different settings (changed: {', '.join(diff)}); pass "
+                             "--overwrite to replace it, or --out to write elsewhere")
+        if out.exists():
+            log.info("--overwrite: removing %s", out)
+            out.unlink()
+        parts = self.parts_dir(conf)
+        if overwrite and parts.exists():
+            shutil.rmtree(parts)
+        with atomic_output(cfg) as tmp:
+            tmp.write_text("".join(dumps_toml(v, k) + "\n" for k, v in record.items()))
+        start = time.perf_counter()
+        summary = self.run(conf)
+        if parts.exists() and out.exists():
+            shutil.rmtree(parts, ignore_errors=True)
+        return summary + f"\n  config: {cfg}\n  time: {time.perf_counter() - start:.1f} s"
+
+
+def require(cond: bool, message: str) -> None:
+    if not cond:
+        raise StageError(message)
+
+
+__all__ = ["ConfigError", "Stage", "StageError", "require"]

@@ -1,0 +1,63 @@
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import ConfigError, dumps_toml, load_toml, merge
+from stages import STAGES
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_help_lists_the_registered_stages():
+    top = _run("--help")
+    assert top.returncode == 0 and "run" in top.stdout and "inspect" in top.stdout
+    run = _run("run", "--help")
+    assert run.returncode == 0
+    for name in STAGES:
+        assert name in run.stdout
+    stage = _run("run", "index", "--help")
+    assert stage.returncode == 0 and "--tiles" in stage.stdout and "--overwrite" in stage.stdout
+
+
+def test_unknown_stage_lists_valid_ones(capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["run", "nosuchstage"])
+    assert err.value.code == 2
+    assert "index" in capsys.readouterr().err
+
+
+def test_failure_is_one_clear_line_and_nonzero(tmp_path, capsys):
+    code = main(["run", "index", "--workdir", str(tmp_path), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("error: no tile source at") and "--tiles" in err
+
+
+def test_inspect_of_a_missing_file(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "nope.parquet")]) == 1
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_config_precedence_and_unknown_keys(tmp_path):
+    defaults = {"zooms": [8, 9], "min_valid": 0.5}
+    path = tmp_path / "c.toml"
+    path.write_text("min_valid = 0.1\n[index]\nzooms = [10]\n")
+    conf = merge(defaults, load_toml(path, "index"))
+    assert conf == {"zooms": [10], "min_valid": 0.1}
+    assert merge(conf, {"min_valid": 0.9, "zooms": None}) == {"zooms": [10], "min_valid": 0.9}
+    with pytest.raises(ConfigError, match="unknown config key 'zoom'; valid keys: min_valid, zooms"):
+        merge(defaults, {"zoom": 3})
+    # what we save can be read back
+    path.write_text(dumps_toml({"a": "x\"y", "b": [1, 2], "c": 0.25, "d": True}, "s"))
+    assert load_toml(path, "s") == {"a": "x\"y", "b": [1, 2], "c": 0.25, "d": True}
+
+
+def test_bad_toml_is_named(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("zooms = [")
+    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+        load_toml(path)

@@ -1,0 +1,131 @@
+import subprocess
+import sys
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+import pipeline.database as database
+from manifests import DATABASE, read_manifest
+from pipeline.geometry.geodesy import area_km2, window_polygon
+from pipeline.geometry.windows import Window, window_origins
+from pipeline.imagery import open_tile_source
+from stages import get_stage
+from stages.base import StageError
+
+
+class Killed(Exception):
+    """Stands for a run killed half way."""
+
+
+@pytest.fixture()
+def half_raster(tmp_path):
+    """A seeded 1.5 deg x 1.5 deg RGB GeoTIFF in EPSG:4326 whose western third is nodata."""
+    rng = np.random.default_rng(7)
+    data = rng.integers(1, 255, size=(3, 300, 300), dtype=np.uint8)
+    data[:, :, :100] = 0
+    path = tmp_path / "img.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=300, height=300, count=3, dtype="uint8", nodata=0,
+                       crs="EPSG:4326", transform=from_origin(10.0, 45.5, 1.5 / 300, 1.5 / 300)) as ds:
+        ds.write(data)
+    return path
+
+
+def _conf(tiles, out, **kw):
+    stage = get_stage("index")
+    conf = dict(stage.default_conf, tiles=str(tiles), out=str(out), **kw)
+    return stage, stage.resolve(conf, out.parent)
+
+
+def test_kept_windows_are_those_at_least_half_valid(half_raster, tmp_path):
+    stage, conf = _conf(half_raster, tmp_path / "db.parquet", zooms=[11, 12])
+    stage.execute(conf)
+    df = read_manifest(tmp_path / "db.parquet", DATABASE)
+    source = open_tile_source(str(half_raster))
+    kept = set(df.tile_id)
+    # brute force: render every candidate window at full resolution and measure its validity
+    for zoom in (11, 12):
+        xs, ys = window_origins(source.bounds_mercator, zoom, 4)
+        for x in xs:
+            for y in ys:
+                w = Window(zoom, int(x), int(y))
+                frac = source.render(w.bounds_mercator(), 256, 256).mask.mean()
+                if abs(frac - 0.5) > 0.03:  # the index measures validity on a coarse mask
+                    assert (w.tile_id in kept) == (frac >= 0.5), (w.tile_id, frac)
+    assert len(kept) > 0
+    row = df.iloc[0]
+    w = Window.from_tile_id(row.tile_id)
+    assert row.area_km2 == pytest.approx(area_km2(window_polygon(w)), rel=1e-6)
+    assert (row.tl_lat, row.tl_lon) == pytest.approx(tuple(w.corners_lonlat()[0][::-1]))
+    assert row.geometry.exterior.is_ccw
+
+
+def test_rerun_skips_changed_config_refuses_overwrite_redoes(half_raster, tmp_path):
+    out = tmp_path / "db.parquet"
+    stage, conf = _conf(half_raster, out, zooms=[11])
+    stage.execute(conf)
+    mtime = out.stat().st_mtime_ns
+    assert "up to date" in stage.execute(conf)
+    assert out.stat().st_mtime_ns == mtime
+    _, changed = _conf(half_raster, out, zooms=[11, 12])
+    with pytest.raises(StageError, match=r"changed: zooms.*--overwrite"):
+        stage.execute(changed)
+    stage.execute(changed, overwrite=True)
+    assert set(read_manifest(out, DATABASE).zoom) == {11, 12}
+
+
+def test_interrupted_run_resumes_to_the_same_manifest(half_raster, tmp_path, monkeypatch):
+    stage, conf = _conf(half_raster, tmp_path / "full.parquet", zooms=[10, 11, 12])
+    stage.execute(conf)
+    expected = pq.read_table(tmp_path / "full.parquet")
+
+    real = database.iter_database_windows
+    calls, die = [], [True]
+
+    def dying(source, zoom, *a, **k):
+        calls.append(zoom)
+        if zoom == 12 and die[0]:
+            raise Killed  # the run dies during the last zoom
+        yield from real(source, zoom, *a, **k)
+
+    monkeypatch.setattr("stages.index.iter_database_windows", dying)
+    stage, conf = _conf(half_raster, tmp_path / "db.parquet", zooms=[10, 11, 12])
+    with pytest.raises(Killed):
+        stage.execute(conf)
+    assert not (tmp_path / "db.parquet").exists()  # nothing half-written
+    calls.clear()
+    die[0] = False
+    stage.execute(conf)
+    assert calls == [12]  # zooms 10 and 11 were not redone
+    assert pq.read_table(tmp_path / "db.parquet").equals(expected)
+    assert not (tmp_path / "db.parquet.parts").exists()
+
+
+def test_index_real_sample_from_the_command_line(real_sample, tmp_path):
+    out = tmp_path / "db.parquet"
+    # zoom 13 too: ISS056-E-181034's mosaic (28 m/px, 29 km) is smaller than half a zoom-12 window
+    cmd = [sys.executable, "-m", "pipeline", "run", "index", "--tiles", str(real_sample / "mosaics"), "--out", str(out),
+           "--zooms", "8-13", "-q"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    gdf = gpd.read_parquet(out)
+    assert gdf.crs.to_string() == "OGC:CRS84"
+    assert set(gdf.zoom) == {8, 9, 10, 11, 12, 13}
+    assert gdf.geometry.is_valid.all() and (gdf.geometry.geom_type == "Polygon").all()
+    # every localizable truth footprint's centre is covered by windows (at the zooms its mosaic fills)
+    truth = pd.read_csv(real_sample / "truth.csv")
+    for _, t in truth[truth.localizable].iterrows():
+        lat = np.mean([t.tl_lat, t.tr_lat, t.br_lat, t.bl_lat])
+        lon = np.mean([t.tl_lon, t.tr_lon, t.br_lon, t.bl_lon])
+        assert gdf.contains(gpd.points_from_xy([lon], [lat], crs="OGC:CRS84")[0]).sum() >= 4, t.photo_id
+    ins = subprocess.run([sys.executable, "-m", "pipeline", "inspect", str(out), "--geojson", str(tmp_path / "db.geojson")],
+                         capture_output=True, text=True, timeout=120)
+    assert ins.returncode == 0, ins.stderr
+    assert "kind: database" in ins.stdout and f"rows: {len(gdf)}" in ins.stdout and "CRS OGC:CRS84" in ins.stdout
+    back = gpd.read_file(tmp_path / "db.geojson")
+    assert len(back) == len(gdf)
+    assert back.geometry.iloc[0].equals_exact(gdf.geometry.iloc[0], 1e-9)
