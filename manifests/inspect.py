@@ -70,7 +70,8 @@ def inspect_manifest(path: str | os.PathLike, geojson: str | os.PathLike | None 
         crs_name = crs.get("id", {}).get("authority", "OGC") + ":" + str(crs.get("id", {}).get("code", "CRS84")) \
             if crs else "OGC:CRS84 (default)"
         lines.append(f"  GeoParquet {geo.get('version')}: column {geo['primary_column']!r}, {col.get('encoding')}, "
-                     f"CRS {crs_name}, types {col.get('geometry_types')}, bbox {col.get('bbox')}")
+                     f"CRS {crs_name}, types {col.get('geometry_types')}"
+                     + (", bbox covering column" if "covering" in col else ""))
     lines.append("  columns:")
     for name in table.column_names:
         if name in ("geometry", "bbox", "homography"):

@@ -104,17 +104,31 @@ class ManifestWriter:
         self.kind = kind
         self.rows = 0
         self._row_group_size = row_group_size
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
         self._ctx = atomic_output(self.path)
         self._tmp = self._ctx.__enter__()
         self._schema = kind.schema.with_metadata(_file_metadata(kind))
         self._writer = pq.ParquetWriter(self._tmp, self._schema, compression="zstd")
 
     def write(self, df: pd.DataFrame | pa.Table) -> None:
+        """Add rows; they are buffered into row groups of ``row_group_size``."""
         table = df if isinstance(df, pa.Table) else to_table(df, self.kind)
-        self._writer.write_table(table.cast(self._schema), row_group_size=self._row_group_size)
+        if not table.num_rows:
+            return
+        self._pending.append(table.cast(self._schema))
+        self._pending_rows += table.num_rows
         self.rows += table.num_rows
+        if self._pending_rows >= self._row_group_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._writer.write_table(pa.concat_tables(self._pending), row_group_size=self._row_group_size)
+        self._pending, self._pending_rows = [], 0
 
     def close(self) -> Path:
+        self._flush()
         self._writer.close()
         self._ctx.__exit__(None, None, None)
         return self.path

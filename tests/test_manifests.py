@@ -99,3 +99,27 @@ def test_failed_write_keeps_previous_file(tmp_path):
         write_manifest(pd.DataFrame({"photo_id": ["x"], "bogus": [1]}), path, FOOTPRINTS)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["f.parquet"]
+
+
+def test_inspect_footprints_shows_statuses_inliers_and_exports_geojson(tmp_path):
+    from manifests.inspect import inspect_manifest
+
+    path = write_manifest(_footprints(), tmp_path / "f.parquet", FOOTPRINTS)
+    text = inspect_manifest(path, tmp_path / "f.geojson")
+    assert "kind: footprints" in text and "rows: 3" in text
+    assert "localized             2  (66.7 %)" in text and "not_localized         1  (33.3 %)" in text
+    assert "inliers histogram:" in text and "too few inliers" in text
+    back = gpd.read_file(tmp_path / "f.geojson")
+    assert len(back) == 2 and back.crs.to_string() == "OGC:CRS84"
+    assert back.geometry.iloc[0].equals(gpd.read_parquet(path).geometry.iloc[0])
+
+
+def test_streamed_batches_form_full_row_groups(tmp_path):
+    path = tmp_path / "p.parquet"
+    with ManifestWriter(path, PAIRS, row_group_size=100) as w:
+        for i in range(25):
+            w.write(pd.DataFrame({"photo_id": [f"p{i}"] * 10, "tile_id": ["1_0_0"] * 10, "iou": [0.5] * 10,
+                                  "zoom": [1] * 10, "intersection_km2": [1.0] * 10, "photo_area_km2": [2.0] * 10,
+                                  "tile_area_km2": [2.0] * 10}))
+    meta = pq.ParquetFile(path).metadata
+    assert meta.num_rows == 250 and meta.num_row_groups == 3
