@@ -16,6 +16,17 @@ BoundsMercator = tuple[float, float, float, float]
 """(xmin, ymin, xmax, ymax) in EPSG:3857 metres."""
 
 
+def check_render_args(bounds, width, height) -> tuple[BoundsMercator, int, int]:
+    """Validate a render request: a non-empty EPSG:3857 box and a positive size in pixels."""
+    width, height = int(width), int(height)
+    if width <= 0 or height <= 0:
+        raise ValueError(f"render size must be positive, got {width}x{height}")
+    xmin, ymin, xmax, ymax = map(float, bounds)
+    if not (xmax > xmin and ymax > ymin):
+        raise ValueError(f"empty or inverted box {bounds!r}: need xmin < xmax and ymin < ymax")
+    return (xmin, ymin, xmax, ymax), width, height
+
+
 @dataclass(frozen=True)
 class Rendered:
     """Imagery of a box: ``rgb`` (H, W, 3) uint8 and ``mask`` (H, W) bool, True where valid."""

@@ -55,7 +55,7 @@ from rasterio.warp import reproject, transform as warp_transform, transform_boun
 from rasterio.windows import Window as RioWindow
 
 from ..geometry.mercator import MAX_LATITUDE, ORIGIN_SHIFT_M, lonlat_to_mercator
-from .base import BoundsMercator, Rendered, TileSource
+from .base import BoundsMercator, Rendered, TileSource, check_render_args
 
 # rasterio.warp.reproject on arrays (which always get a transform here) occasionally reports
 # a "no geotransform" warning when first called from several threads at once; the result is
@@ -415,12 +415,7 @@ class RasterTileSource(TileSource):
             ds.close()
 
     def render(self, bounds: BoundsMercator, width: int, height: int) -> Rendered:
-        width, height = int(width), int(height)
-        if width <= 0 or height <= 0:
-            raise ValueError(f"render size must be positive, got {width}x{height}")
-        xmin, ymin, xmax, ymax = map(float, bounds)
-        if not (xmax > xmin and ymax > ymin):
-            raise ValueError(f"empty or inverted box {bounds!r}: need xmin < xmax and ymin < ymax")
+        (xmin, ymin, xmax, ymax), width, height = check_render_args(bounds, width, height)
         rgb = np.zeros((height, width, 3), np.uint8)
         mask = np.zeros((height, width), bool)
         resx, resy = (xmax - xmin) / width, (ymax - ymin) / height

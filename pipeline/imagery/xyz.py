@@ -37,7 +37,7 @@ from ..geometry.mercator import (
     resolution_m,
     tile_bounds_mercator,
 )
-from .base import BoundsMercator, Rendered, TileSource
+from .base import BoundsMercator, Rendered, TileSource, check_render_args
 
 log = logging.getLogger(__name__)
 
@@ -255,12 +255,7 @@ class XYZTileSource(TileSource):
         return rgb, mask
 
     def render(self, bounds: BoundsMercator, width: int, height: int) -> Rendered:
-        width, height = int(width), int(height)
-        if width <= 0 or height <= 0:
-            raise ValueError(f"render size must be positive, got {width}x{height}")
-        xmin, ymin, xmax, ymax = map(float, bounds)
-        if not (xmax > xmin and ymax > ymin):
-            raise ValueError(f"empty or inverted box {bounds!r}: need xmin < xmax and ymin < ymax")
+        (xmin, ymin, xmax, ymax), width, height = check_render_args(bounds, width, height)
         out_rgb = np.zeros((height, width, 3), np.uint8)
         out_mask = np.zeros((height, width), bool)
         b = self._bounds
