@@ -78,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ManifestError, ConfigError, StageError, LatitudeError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted: finished parts are kept; run the same command again to resume", file=sys.stderr)
         return 130
