@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from manifests.io import atomic_output
+from .files import atomic_output
 
 
 class ConfigError(ValueError):

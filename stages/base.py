@@ -24,7 +24,7 @@ from pipeline.config import (
     load_toml,
     merge,
 )
-from manifests.io import atomic_output
+from pipeline.files import atomic_output
 
 log = logging.getLogger(__name__)
 

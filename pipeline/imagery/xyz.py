@@ -21,7 +21,6 @@ import itertools
 import logging
 import math
 import os
-import tempfile
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +36,7 @@ from ..geometry.mercator import (
     resolution_m,
     tile_bounds_mercator,
 )
+from ..files import atomic_output
 from .base import BoundsMercator, Rendered, TileSource, check_render_args
 
 log = logging.getLogger(__name__)
@@ -374,22 +374,6 @@ def _encode(rgb: np.ndarray, mask: np.ndarray, fmt: str) -> bytes:
     return buf.tobytes()
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    d = os.path.dirname(path)
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def write_xyz(
     source: TileSource,
     root: str | os.PathLike,
@@ -430,7 +414,8 @@ def write_xyz(
         r = source.render(tile_bounds_mercator(z, x, y), tile_size, tile_size)
         if not r.mask.any():
             return 0
-        _write_atomic(os.path.join(root, str(z), str(x), f"{y}.{fmt}"), _encode(r.rgb, r.mask, fmt))
+        with atomic_output(os.path.join(root, str(z), str(x), f"{y}.{fmt}")) as tmp:
+            tmp.write_bytes(_encode(r.rgb, r.mask, fmt))
         return 1
 
     bar = None
