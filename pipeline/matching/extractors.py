@@ -46,6 +46,8 @@ def _to_float_rgb(image: ImageLike) -> torch.Tensor:
         if arr.ndim != 3 or arr.shape[2] not in (3, 4):
             raise ValueError(f"expected an (H, W, 3) RGB array, got shape {image.shape}")
         arr = arr[:, :, :3]
+        if not arr.flags.writeable:  # e.g. cached tiles: torch cannot wrap read-only memory
+            arr = arr.copy()
         if arr.dtype == np.uint8:
             t = torch.from_numpy(np.ascontiguousarray(arr)).float() / 255.0
         elif arr.dtype == np.uint16:
