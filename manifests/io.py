@@ -202,7 +202,7 @@ def validate(df: pd.DataFrame, kind: ManifestKind, path: str | os.PathLike | Non
     if "iou" in df:
         v = df["iou"].to_numpy(dtype=np.float64, na_value=np.nan)
         problems += _bad_rows(df, (v < 0) | (v > 1 + 1e-9), "iou", "IoU must lie in [0, 1]", id_col)
-    if kind.name in ("footprints", "queries") and "photo_id" in df:
+    if kind.name in ("footprints", "queries", "truth") and "photo_id" in df:
         dup = df["photo_id"].duplicated(keep="first").to_numpy()
         problems += _bad_rows(df, dup, "photo_id", "duplicate photo_id: each photo must appear once", id_col)
     if problems:

@@ -51,10 +51,11 @@ QUERIES = ManifestKind(
             pa.field("focal_length_mm", pa.float64()),
             pa.field("tilt_deg", pa.float64()),
             pa.field("cloud_pct", pa.float64()),
+            pa.field("split", pa.string()),
         ]
     ),
     required=("photo_id", "image_path", "center_lat", "center_lon"),
-    optional=("nadir_lat", "nadir_lon", "acquired_at", "focal_length_mm", "tilt_deg", "cloud_pct"),
+    optional=("nadir_lat", "nadir_lon", "acquired_at", "focal_length_mm", "tilt_deg", "cloud_pct", "split"),
     produced_by="you (CSV or Parquet), or `python -m pipeline run sample`",
 )
 
@@ -125,6 +126,52 @@ PAIRS = ManifestKind(
     produced_by="`python -m pipeline run pairs`",
 )
 
-KINDS = {k.name: k for k in (QUERIES, DATABASE, FOOTPRINTS, PAIRS)}
+TRUTH_REASONS = ("ok", "limb", "night", "wrong_label", "clouds")
+"""Why a simulated photo is or is not localizable: ``ok`` (localizable) or the negative's kind."""
+
+TRUTH = ManifestKind(
+    name="truth",
+    schema=pa.schema(
+        [
+            pa.field("photo_id", pa.string(), nullable=False),
+            pa.field("split", pa.string(), nullable=False),
+            pa.field("localizable", pa.bool_(), nullable=False),
+            pa.field("reason", pa.string(), nullable=False),
+            pa.field("geometry", pa.binary()),
+            *_corners(nullable=True),
+            pa.field("area_km2", pa.float64()),
+            pa.field("center_lat", pa.float64(), nullable=False),
+            pa.field("center_lon", pa.float64(), nullable=False),
+            pa.field("target_lat", pa.float64(), nullable=False),
+            pa.field("target_lon", pa.float64(), nullable=False),
+            pa.field("nadir_lat", pa.float64(), nullable=False),
+            pa.field("nadir_lon", pa.float64(), nullable=False),
+            pa.field("altitude_km", pa.float64(), nullable=False),
+            pa.field("focal_length_mm", pa.float64(), nullable=False),
+            pa.field("tilt_deg", pa.float64(), nullable=False),
+            pa.field("azimuth_deg", pa.float64(), nullable=False),
+            pa.field("roll_deg", pa.float64(), nullable=False),
+            pa.field("width", pa.int32(), nullable=False),
+            pa.field("height", pa.int32(), nullable=False),
+            pa.field("world_year", pa.int32(), nullable=False),
+            pa.field("cloud_pct", pa.float64(), nullable=False),
+            pa.field("iss_structure", pa.bool_(), nullable=False),
+            pa.field("jpeg_quality", pa.int32(), nullable=False),
+            pa.field("bbox", BBOX_TYPE),
+        ]
+    ),
+    required=("photo_id", "split", "localizable", "reason", "center_lat", "center_lon", "target_lat", "target_lon",
+              "nadir_lat", "nadir_lon", "altitude_km", "focal_length_mm", "tilt_deg", "azimuth_deg", "roll_deg",
+              "width", "height", "world_year"),
+    geometry="geometry",
+    geometry_types=("Polygon", "MultiPolygon"),
+    produced_by="`python -m pipeline run sample` (the simulated photos' ground truth)",
+)
+"""Ground truth of simulated photos: the exact footprint (corners ray-cast from the camera, in
+the footprints manifest's corner convention), whether the photo is localizable and why not,
+and the camera (aimed at ``target`` from ``nadir``; ``tilt_deg`` off nadir towards
+``azimuth_deg``; ``roll_deg`` about the optical axis; see pipeline.simulate.camera)."""
+
+KINDS = {k.name: k for k in (QUERIES, DATABASE, FOOTPRINTS, PAIRS, TRUTH)}
 
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from .base import Stage, StageError
 from .index import IndexStage
+from .sample import SampleStage
 
-STAGES: dict[str, Stage] = {s.name: s for s in (IndexStage(),)}
+STAGES: dict[str, Stage] = {s.name: s for s in (SampleStage(), IndexStage())}
 
 
 def get_stage(name: str) -> Stage:

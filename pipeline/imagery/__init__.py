@@ -2,7 +2,8 @@
 
 - :class:`RasterTileSource`: GDAL-readable rasters (GeoTIFF, COG, VRT, ...) in any CRS.
 - :class:`XYZTileSource`: a folder ``{z}/{x}/{y}.jpg|png|webp`` (GoogleMapsCompatible).
-- :func:`open_tile_source`: either, from a path, folder, glob or XYZ folder.
+- :func:`open_tile_source`: either, from a path, folder, glob or XYZ folder, or a procedural
+  world's spec (``world.toml``, see :mod:`pipeline.world.spec`).
 - :func:`write_xyz`: any tile source to an XYZ folder.
 """
 
@@ -50,12 +51,17 @@ def open_tile_source(spec, **kwargs) -> TileSource:
     ``spec`` is a :class:`TileSource` (returned as is), a raster file, a GDAL dataset name
     (``/vsi...``, ``https://...``), a folder of rasters (``*.tif, *.tiff, *.vrt, *.jp2,
     *.img``, sorted by name, not recursive), a glob pattern (matches sorted), or an XYZ folder
-    (a numeric zoom folder holding numeric x folders). ``kwargs`` go to the source's
+    (a numeric zoom folder holding numeric x folders), or a procedural world's spec (a
+    ``.toml`` file or a folder holding ``world.toml``). ``kwargs`` go to the source's
     constructor (``cache_bytes``, ``year``, ...).
     """
     if isinstance(spec, TileSource):
         return spec
     spec_s = os.fspath(spec)
+    from ..world.spec import load_world, world_spec_path  # the world module builds on this one
+
+    if world_spec_path(spec_s) is not None:
+        return load_world(spec_s, **kwargs)
     if os.path.isfile(spec_s):
         return RasterTileSource([spec_s], **kwargs)
     if os.path.isdir(spec_s):
