@@ -201,3 +201,42 @@ def test_bad_arguments():
         ProceduralWorld((5.0, 46.0, 4.0, 47.0))
     with pytest.raises(ValueError):
         ProceduralWorld(REGION).render((0, 0, 1, 1), 0, 10)
+
+
+# -- the world spec and its tile cache -----------------------------------------------------
+
+
+def test_world_spec_opens_as_a_cached_tile_source(tmp_path):
+    from pipeline.imagery import CachedTileSource, open_tile_source
+    from pipeline.world import save_world
+
+    world = ProceduralWorld(REGION, seed=3, year=1)
+    save_world(world, tmp_path / "tiles" / "world.toml")
+    src = open_tile_source(tmp_path / "tiles")
+    assert isinstance(src, CachedTileSource) and src.source.seed == 3 and src.year == 1
+    win = Window(11, 1046, 727, 4)  # around (4E, 45N)
+    direct = world.read_window(win)
+    first = src.read_window(win)
+    assert np.array_equal(first.rgb, direct.rgb) and np.array_equal(first.mask, direct.mask)
+    tiles = sorted((tmp_path / "tiles" / "cache" / "year1" / "11").rglob("*.png"))
+    assert len(tiles) == 16
+    # a fresh process (here: a fresh source) reads the tiles back instead of rendering
+    again = pickle.loads(pickle.dumps(open_tile_source(tmp_path / "tiles")))
+    again.source = None  # any render call would now fail
+    assert np.array_equal(again.read_window(win).rgb, direct.rgb)
+    # the cache folder is a plain XYZ folder
+    xyz = XYZTileSource(tmp_path / "tiles" / "cache" / "year1")
+    assert np.array_equal(xyz.read_window(win).rgb, direct.rgb)
+    # requests off the tile grid go to the world itself
+    box = _box(4.0, 45.0, 11, 300, 200)
+    shifted = (box[0] + 17.0, box[1], box[2] + 17.0, box[3])
+    assert np.array_equal(src.render(shifted, 300, 200).rgb, world.render(shifted, 300, 200).rgb)
+
+
+def test_world_spec_errors_say_what_to_do(tmp_path):
+    from pipeline.world import load_world
+
+    bad = tmp_path / "world.toml"
+    bad.write_text("[world]\nseed = 1\n")
+    with pytest.raises(ValueError, match="region"):
+        load_world(bad)

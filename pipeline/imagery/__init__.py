@@ -13,6 +13,7 @@ import glob
 import os
 
 from .base import BoundsMercator, Rendered, TileSource
+from .cache import CachedTileSource
 from .raster import RasterOpenError, RasterReadError, RasterTileSource, choose_overview_level
 from .xyz import XYZTileSource, looks_like_xyz, write_xyz
 
@@ -23,6 +24,7 @@ __all__ = [
     "BoundsMercator",
     "Rendered",
     "TileSource",
+    "CachedTileSource",
     "RasterTileSource",
     "XYZTileSource",
     "RasterOpenError",
@@ -58,10 +60,10 @@ def open_tile_source(spec, **kwargs) -> TileSource:
     if isinstance(spec, TileSource):
         return spec
     spec_s = os.fspath(spec)
-    from ..world.spec import load_world, world_spec_path  # the world module builds on this one
+    from ..world.spec import open_world, world_spec_path  # the world module builds on this one
 
     if world_spec_path(spec_s) is not None:
-        return load_world(spec_s, **kwargs)
+        return open_world(spec_s, **kwargs)
     if os.path.isfile(spec_s):
         return RasterTileSource([spec_s], **kwargs)
     if os.path.isdir(spec_s):

@@ -6,13 +6,17 @@
     region = [2.0, 44.0, 8.0, 48.0]   # west, south, east, north (degrees)
     seed = 0
     year = 0
+    cache = "cache"                   # optional: keep rendered tiles in tiles/cache/year0/{z}/{x}/{y}.png
 
 :func:`pipeline.imagery.open_tile_source` opens such a file, or a folder holding one as
-``world.toml``, as a :class:`~pipeline.world.ProceduralWorld`.
+``world.toml``: a :class:`~pipeline.world.ProceduralWorld`, behind a
+:class:`~pipeline.imagery.cache.CachedTileSource` when ``cache`` is set (database windows are
+then rendered once and read back as PNG tiles by every later run and worker).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from pathlib import Path
@@ -33,8 +37,9 @@ def world_spec_path(path: str | os.PathLike) -> Path | None:
     return None
 
 
-def save_world(world: ProceduralWorld, path: str | os.PathLike) -> Path:
-    """Write ``world``'s spec to ``path`` (atomically)."""
+def save_world(world: ProceduralWorld, path: str | os.PathLike, cache: str | None = "cache") -> Path:
+    """Write ``world``'s spec to ``path`` (atomically); ``cache``: tile cache folder, relative
+    to the spec's folder (None: no cache)."""
     w, s, e, n = world.region_lonlat
     text = (
         "# A procedural world: open it with pipeline.imagery.open_tile_source(this file or its folder)\n"
@@ -44,9 +49,25 @@ def save_world(world: ProceduralWorld, path: str | os.PathLike) -> Path:
         f"seed = {world.seed}\n"
         f"year = {world.year}  # 0..{len(YEARS) - 1}: same geography, another season\n"
     )
+    if cache:
+        text += f"cache = {json.dumps(str(cache))}  # rendered tiles are kept in this folder, per year\n"
     with atomic_output(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def open_world(path: str | os.PathLike, year: int | None = None, **kwargs):
+    """The tile source a spec describes: the world, behind its tile cache when it has one."""
+    world = load_world(path, year, **kwargs)
+    spec = world_spec_path(path)
+    with open(spec, "rb") as f:
+        cache = tomllib.load(f).get("world", {}).get("cache")
+    if not cache:
+        return world
+    from ..imagery.cache import CachedTileSource
+
+    return CachedTileSource(world, spec.parent / str(cache) / f"year{world.year}",
+                            **({"cache_bytes": kwargs["cache_bytes"]} if "cache_bytes" in kwargs else {}))
 
 
 def load_world(path: str | os.PathLike, year: int | None = None, **kwargs) -> ProceduralWorld:
