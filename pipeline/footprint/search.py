@@ -1,0 +1,288 @@
+"""Localize one photo from its weak label: candidates, matching, iterative refinement, decision.
+
+After AstroLoc (section 3.1) and EarthMatch:
+
+1. **Candidates**: at each zoom, the database windows that contain the weak label (four with
+   the half-window stride), each tried with the photo at 0/90/180/270 deg.
+2. **Matching**: local features (ALIKED by default) + LightGlue + MAGSAC++ homography. The
+   photo is matched at ``photo_px`` (long side) against windows at ``window_px``: a footprint
+   about half a window wide then has about the window's scale, and one of the zooms (a factor
+   2 apart) is always within sqrt(2) of it. Window features are cached (LRU per process).
+3. **Refinement**: the best candidates are refined iteratively, as EarthMatch does: the imagery
+   around the current estimate (three times its size) is rendered in the photo's own
+   perspective, so the estimate fills its centre; matched again; homographies composed.
+4. **Decision**: ``localized`` when the final inliers reach ``min_inliers`` and the footprint
+   is a plausible one (convex, simple, not degenerate, plausible area, containing the label).
+
+Units: pixels, Web Mercator metres, degrees, km2.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+from shapely.geometry import Point, Polygon
+
+from ..geometry.geodesy import area_km2, footprint_polygon
+from ..geometry.mercator import lonlat_to_mercator, resolution_m
+from ..geometry.windows import Window, windows_containing
+from ..imagery.base import TileSource
+from ..matching import build_extractor, build_matcher, estimate_homography
+from . import homography as hg
+
+log = logging.getLogger(__name__)
+
+default_conf: dict[str, Any] = {
+    "extractor": "aliked",
+    "max_keypoints": 1024,
+    "zooms": [8, 9, 10, 11, 12],
+    "size_tiles": 4,
+    "rotations": [0, 90, 180, 270],
+    "photo_px": 384,  # long side of the photo when matched against a window
+    "window_px": 768,  # side of a database window when matched (a footprint half a window wide
+    # then has the photo's scale)
+    "min_valid": 0.05,  # windows with less imagery than this are skipped
+    "refine_top": 2,  # candidates refined
+    "refine_iterations": 4,
+    "refine_px": 384,  # long side of the photo when refining (the surroundings are 3x that)
+    "refine_context": 3.0,  # the surroundings rendered around the estimate, in footprint widths
+    "min_inliers": 40,  # decision threshold (calibrate it with `run calibrate`)
+    "candidate_min_inliers": 15,  # below this a candidate is not refined
+    "early_stop_inliers": 60,  # stop trying candidates once one has this many (0: try all 80)
+    "ransac_px": 3.0,
+    "label_tolerance": 0.1,  # the label may lie this fraction of the footprint's width outside it
+    "min_area_km2": 10.0,
+    "max_area_km2": 2_000_000.0,
+    "feature_cache": 256,  # database windows whose features are kept per process
+}
+
+
+@dataclass
+class Candidate:
+    """One matched (window, rotation): ``to_mercator`` maps photo pixels to Mercator metres."""
+
+    window: Window
+    rotation_deg: int
+    inliers: int
+    to_mercator: np.ndarray | None
+
+
+@dataclass
+class Result:
+    """The outcome for one photo (see the footprints manifest of design.md)."""
+
+    status: str
+    reason: str | None = None
+    corners_lonlat: np.ndarray | None = None
+    inliers: int = 0
+    zoom: int | None = None
+    rotation_deg: int | None = None
+    candidate_id: str | None = None
+    iterations: int = 0
+    homography: np.ndarray | None = None  # photo pixels -> candidate window pixels
+    pairs_matched: int = 0
+    elapsed_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def expected_zoom_order(zooms: list[int], lat: float, focal_mm: float | None, altitude_km: float = 410.0,
+                        size_tiles: int = 4) -> list[int]:
+    """Zooms sorted so the one whose window is about twice the expected footprint comes first.
+
+    The expected footprint width (nadir) is ``altitude * 36 mm / focal``; without a focal
+    length the given order is kept.
+    """
+    if not focal_mm or not np.isfinite(focal_mm) or focal_mm <= 0:
+        return list(zooms)
+    width_m = altitude_km * 1e3 * 36.0 / focal_mm
+    coslat = math.cos(math.radians(lat))
+    best = math.log2(size_tiles * 256 * resolution_m(0) * coslat / (2.0 * width_m))
+    return sorted(zooms, key=lambda z: (abs(z - best), z))
+
+
+class FootprintSearch:
+    """Holds the models, the tile source and the window-feature cache of one process."""
+
+    def __init__(self, source: TileSource, device: str = "cpu", **conf: Any):
+        unknown = set(conf) - set(default_conf)
+        if unknown:
+            raise ValueError(f"unknown footprint options {sorted(unknown)}; valid: {sorted(default_conf)}")
+        self.conf = {**default_conf, **conf}
+        self.source = source
+        self.extractor = build_extractor(self.conf["extractor"], max_keypoints=self.conf["max_keypoints"],
+                                         device=device)
+        self.matcher = build_matcher(self.conf["extractor"], device=device)
+        self._features: OrderedDict[tuple, tuple[dict, Any]] = OrderedDict()
+
+    # -- features ----------------------------------------------------------------------------
+    def window_features(self, window: Window) -> tuple[dict, float] | None:
+        """Features of a database window at ``window_px`` and its valid fraction (cached)."""
+        key = (window, self.conf["window_px"])
+        if key in self._features:
+            self._features.move_to_end(key)
+            return self._features[key]
+        n = self.conf["window_px"]
+        img = self.source.render(window.bounds_mercator(), n, n)
+        valid = img.valid_fraction
+        feats = self.extractor(img.rgb) if valid >= self.conf["min_valid"] else None
+        out = (feats, valid)
+        if self.conf["feature_cache"] > 0:
+            self._features[key] = out
+            while len(self._features) > self.conf["feature_cache"]:
+                self._features.popitem(last=False)
+        return out
+
+    def _match(self, f0: dict, f1: dict) -> tuple[np.ndarray | None, int]:
+        m0, m1, _ = self.matcher(f0, f1)
+        h, mask = estimate_homography(m0, m1, threshold_px=self.conf["ransac_px"])
+        if h is None:
+            return None, 0
+        return hg.from_centres(h), int(mask.sum())
+
+    # -- the search ----------------------------------------------------------------------------
+    def candidates(self, photo: np.ndarray, lon: float, lat: float, focal_mm: float | None = None) -> tuple[list[Candidate], int]:
+        """Match the photo against every (window, rotation); returns candidates and pairs matched."""
+        c = self.conf
+        hgt, wid = photo.shape[:2]
+        s = c["photo_px"] / max(hgt, wid)
+        small = cv2.resize(photo, (max(1, round(wid * s)), max(1, round(hgt * s))), interpolation=cv2.INTER_AREA)
+        sx, sy = small.shape[1] / wid, small.shape[0] / hgt
+        rot_feats = {}
+        for deg in c["rotations"]:
+            k = (int(deg) // 90) % 4
+            rot_feats[int(deg)] = (self.extractor(np.ascontiguousarray(np.rot90(small, k))),
+                                   hg.rotation(k, small.shape[1], small.shape[0]) @ hg.scale(sx, sy))
+        out: list[Candidate] = []
+        pairs = 0
+        for zoom in expected_zoom_order(c["zooms"], lat, focal_mm, size_tiles=c["size_tiles"]):
+            for window in windows_containing(lon, lat, zoom, c["size_tiles"]):
+                feats, valid = self.window_features(window)
+                if feats is None:
+                    continue
+                to_merc = hg.pixels_to_mercator(window.bounds_mercator(), c["window_px"], c["window_px"])
+                for deg, (f0, pre) in rot_feats.items():
+                    h, n = self._match(f0, feats)
+                    pairs += 1
+                    out.append(Candidate(window, deg, n, None if h is None else to_merc @ h @ pre))
+                    if c["early_stop_inliers"] and n >= c["early_stop_inliers"]:
+                        return out, pairs
+        return out, pairs
+
+    def refine(self, photo: np.ndarray, to_merc: np.ndarray) -> tuple[np.ndarray | None, int, int]:
+        """EarthMatch's iterative refinement; returns (photo -> Mercator, inliers, iterations)."""
+        c = self.conf
+        hgt, wid = photo.shape[:2]
+        ctx = float(c["refine_context"])
+        long_side = int(round(c["refine_px"] * ctx))
+        jw, jh = (long_side, round(long_side * hgt / wid)) if wid >= hgt else (round(long_side * wid / hgt), long_side)
+        pw, ph = jw / ctx, jh / ctx  # the photo's place in the surroundings (the centre)
+        small = cv2.resize(photo, (max(1, round(pw)), max(1, round(ph))), interpolation=cv2.INTER_AREA)
+        f_photo = self.extractor(small)
+        to_small = hg.scale(small.shape[1] / wid, small.shape[0] / hgt)
+        # surroundings pixels -> photo pixels: the photo spans the centre pw x ph
+        ox, oy = (jw - pw) / 2.0, (jh - ph) / 2.0
+        a = hg.scale(wid / pw, hgt / ph) @ np.array([[1.0, 0, -ox], [0, 1.0, -oy], [0, 0, 1.0]])
+        inliers, it = 0, 0
+        for it in range(1, c["refine_iterations"] + 1):
+            g = to_merc @ a  # surroundings pixels -> Mercator
+            if not hg.positive_depth(g, jw, jh):
+                return None, 0, it
+            corners = hg.apply(g, hg.photo_corners(jw, jh))
+            xmin, ymin = corners.min(axis=0)
+            xmax, ymax = corners.max(axis=0)
+            if not np.all(np.isfinite([xmin, ymin, xmax, ymax])) or xmax <= xmin or ymax <= ymin:
+                return None, 0, it
+            res = max(xmax - xmin, ymax - ymin) / (1.5 * long_side)
+            nx, ny = int(math.ceil((xmax - xmin) / res)), int(math.ceil((ymax - ymin) / res))
+            if nx * ny > 16e6:
+                return None, 0, it
+            north_up = self.source.render((xmin, ymax - ny * res, xmin + nx * res, ymax), nx, ny)
+            # surroundings pixels -> north-up pixels, for OpenCV (integer centres)
+            m = np.linalg.inv(hg.pixels_to_mercator((xmin, ymax - ny * res, xmin + nx * res, ymax), nx, ny)) @ g
+            sur = cv2.warpPerspective(north_up.rgb, hg.to_centres(m), (jw, jh),
+                                      flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+            h, n = self._match(f_photo, self.extractor(sur))
+            if h is None or n < c["candidate_min_inliers"]:
+                return (None, n, it) if it == 1 else (to_merc, inliers, it - 1)
+            to_merc = g @ h @ to_small
+            inliers = n
+        return to_merc, inliers, it
+
+    def check(self, to_merc: np.ndarray, width: int, height: int, lon: float, lat: float) -> tuple[np.ndarray | None, str | None]:
+        """The footprint's corners (4, 2) lon/lat, or None and why it is implausible."""
+        c = self.conf
+        if not hg.positive_depth(to_merc, width, height):
+            return None, "invalid geometry: the homography sends part of the photo to infinity"
+        corners = hg.corners_lonlat(to_merc, width, height)
+        if not np.all(np.isfinite(corners)):
+            return None, "invalid geometry: corners outside the map"
+        ring = Polygon(corners)
+        if not ring.is_valid:
+            return None, "invalid geometry: self-intersecting footprint"
+        if ring.area <= 0 or ring.convex_hull.area > ring.area * 1.0001:
+            return None, "invalid geometry: non-convex or degenerate footprint"
+        try:
+            area = area_km2(footprint_polygon(corners))
+        except ValueError as e:
+            return None, f"invalid geometry: {e}"
+        if not c["min_area_km2"] <= area <= c["max_area_km2"]:
+            return None, f"implausible area {area:.0f} km2 (allowed {c['min_area_km2']:g}-{c['max_area_km2']:g})"
+        # the weak label must lie in the footprint, up to a tolerance of its width (Mercator)
+        xy = np.column_stack(lonlat_to_mercator(corners[:, 0], corners[:, 1]))
+        poly = Polygon(xy)
+        lx, ly = lonlat_to_mercator(lon, lat)
+        tol = c["label_tolerance"] * math.sqrt(poly.area)
+        if poly.distance(Point(float(lx), float(ly))) > tol:
+            return None, "the footprint does not contain the weak label"
+        # angles: a sane photo's footprint has no corner sharper than ~10 degrees
+        for i in range(4):
+            a, b, d = xy[i - 1], xy[i], xy[(i + 1) % 4]
+            v1, v2 = a - b, d - b
+            cosang = float(v1 @ v2 / (np.linalg.norm(v1) * np.linalg.norm(v2) + 1e-12))
+            if cosang > math.cos(math.radians(10.0)):
+                return None, "invalid geometry: degenerate footprint (a corner sharper than 10 deg)"
+        return corners, None
+
+    def localize(self, photo: np.ndarray, lon: float, lat: float, focal_mm: float | None = None) -> Result:
+        """The whole search for one photo (RGB uint8 (H, W, 3)) and its weak label (degrees)."""
+        t0 = time.perf_counter()
+        c = self.conf
+        hgt, wid = photo.shape[:2]
+        cands, pairs = self.candidates(photo, lon, lat, focal_mm)
+        good = sorted((k for k in cands if k.to_mercator is not None and k.inliers >= c["candidate_min_inliers"]),
+                      key=lambda k: -k.inliers)
+        best: Result | None = None
+        reasons = []
+        for cand in good[: c["refine_top"]]:
+            to_merc, n, iters = self.refine(photo, cand.to_mercator)
+            if to_merc is None:  # the candidate's own estimate stands, judged on its own inliers
+                log.debug("refinement lost the match (%d inliers); keeping the candidate's estimate", n)
+                to_merc, n, iters = cand.to_mercator, cand.inliers, 0
+            corners, why = self.check(to_merc, wid, hgt, lon, lat)
+            if corners is None:
+                reasons.append(why)
+                continue
+            n_tiles = c["window_px"]
+            to_win = np.linalg.inv(hg.pixels_to_mercator(cand.window.bounds_mercator(), n_tiles, n_tiles)) @ to_merc
+            r = Result("localized", None, corners, n, cand.window.zoom, cand.rotation_deg, cand.window.tile_id,
+                       iters, to_win / to_win[2, 2])
+            if best is None or r.inliers > best.inliers:
+                best = r
+        top = good[0].inliers if good else max((k.inliers for k in cands), default=0)
+        if best is None:
+            reason = reasons[0] if reasons else f"too few inliers (best candidate {top}, need {c['candidate_min_inliers']})"
+            best = Result("not_localized", reason, inliers=top)
+        elif best.inliers < c["min_inliers"]:
+            best = Result("not_localized", f"too few inliers after refinement ({best.inliers} < {c['min_inliers']})",
+                          inliers=best.inliers, zoom=best.zoom, rotation_deg=best.rotation_deg,
+                          candidate_id=best.candidate_id, iterations=best.iterations)
+        best.pairs_matched = pairs
+        best.elapsed_s = time.perf_counter() - t0
+        return best

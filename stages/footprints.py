@@ -1,0 +1,227 @@
+"""``run footprints``: weak labels -> full footprints, on a Dask cluster (local by default).
+
+Photos are split into batches; each batch is one Dask task that localizes its photos with
+:class:`pipeline.footprint.search.FootprintSearch` (one per worker process, models loaded once)
+and writes its rows as an atomic part file. An interrupted run resumes at the batches that
+have no part file; a task whose worker dies is retried. Every photo ends in the manifest:
+``localized``, ``not_localized`` with a reason, or ``error`` with a reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from manifests import FOOTPRINTS, ManifestWriter, read_queries, write_manifest
+from pipeline.config import fingerprint
+from pipeline.footprint.search import default_conf as search_conf
+from pipeline.geometry.geodesy import area_km2, corners_columns, footprint_polygon
+from pipeline.geometry.mercator import MAX_LATITUDE
+from pipeline.progress import progress
+
+from .base import Stage, StageError
+
+log = logging.getLogger(__name__)
+
+MIN_SIDE_PX = 32
+MAX_SIDE_PX = 16_000
+_SEARCHERS: dict[str, Any] = {}
+"""Per worker process: one FootprintSearch (models, feature cache) per config."""
+
+
+def _searcher(tiles: str, conf: dict, device: str):
+    key = fingerprint({"tiles": tiles, "device": device, **conf})
+    if key not in _SEARCHERS:
+        from pipeline.footprint.search import FootprintSearch
+        from pipeline.imagery import open_tile_source
+
+        _SEARCHERS.clear()
+        _SEARCHERS[key] = FootprintSearch(open_tile_source(tiles), device=device, **conf)
+    return _SEARCHERS[key]
+
+
+def _error(photo_id: str, reason: str, t0: float, matcher: str) -> dict:
+    return {"photo_id": photo_id, "status": "error", "reason": reason, "geometry": None, "homography": None,
+            "matcher": matcher, "elapsed_s": time.perf_counter() - t0}
+
+
+def localize_one(search, row: dict, matcher: str) -> dict:
+    """One photo -> one footprints row; never raises for a bad photo."""
+    t0 = time.perf_counter()
+    pid = row["photo_id"]
+    lat, lon = float(row["center_lat"]), float(row["center_lon"])
+    if abs(lat) > MAX_LATITUDE:
+        return _error(pid, f"weak label latitude {lat:g} is beyond the Web Mercator map (|lat| <= "
+                           f"{MAX_LATITUDE:.4f}); no imagery to match", t0, matcher)
+    path = row["image_path"]
+    if not os.path.isfile(path):
+        return _error(pid, f"image file not found: {path}", t0, matcher)
+    try:  # a cheap 1/8 decode first, so a huge image is refused before it fills memory
+        header = cv2.imread(path, cv2.IMREAD_REDUCED_COLOR_8)
+    except cv2.error:
+        header = None
+    if header is not None and max(header.shape[:2]) * 8 > MAX_SIDE_PX:
+        return _error(pid, f"image too large ({header.shape[1] * 8}x{header.shape[0] * 8} px, more than "
+                           f"{MAX_SIDE_PX}): downscale it first: {path}", t0, matcher)
+    img = cv2.imread(path, cv2.IMREAD_COLOR)
+    if img is None:
+        return _error(pid, f"unreadable image (corrupt or not an image): {path}", t0, matcher)
+    if min(img.shape[:2]) < MIN_SIDE_PX:
+        return _error(pid, f"image too small ({img.shape[1]}x{img.shape[0]} px, need at least {MIN_SIDE_PX}): "
+                           f"{path}", t0, matcher)
+    focal = row.get("focal_length_mm")
+    focal = float(focal) if focal is not None and not pd.isna(focal) else None
+    try:
+        r = search.localize(np.ascontiguousarray(img[..., ::-1]), lon, lat, focal)
+    except Exception as e:  # one photo never stops the others
+        log.exception("photo %s failed", pid)
+        return _error(pid, f"{type(e).__name__}: {e}", t0, matcher)
+    out = {"photo_id": pid, "status": r.status, "reason": r.reason, "inliers": r.inliers, "zoom": r.zoom,
+           "rotation_deg": r.rotation_deg, "candidate_id": r.candidate_id, "iterations": r.iterations,
+           "geometry": None, "homography": None, "matcher": matcher, "elapsed_s": time.perf_counter() - t0}
+    if r.status == "localized":
+        poly = footprint_polygon(r.corners_lonlat)
+        out.update(corners_columns(r.corners_lonlat), geometry=poly, area_km2=area_km2(poly),
+                   homography=[float(v) for v in r.homography.ravel()],
+                   confidence=float(1.0 - math.exp(-r.inliers / 40.0)))
+    return out
+
+
+def run_batch(rows: list[dict], tiles: str, conf: dict, device: str, part: str) -> dict:
+    """A Dask task: localize a batch of photos and write their rows to ``part`` (atomically)."""
+    search = _searcher(tiles, conf, device)
+    matcher = f"{conf['extractor']}+lightglue" if conf["extractor"] != "sift" else "sift+nn"
+    out = [localize_one(search, r, matcher) for r in rows]
+    write_manifest(pd.DataFrame(out), part, FOOTPRINTS)
+    return {"photos": len(out), "localized": sum(o["status"] == "localized" for o in out),
+            "seconds": sum(o["elapsed_s"] for o in out)}
+
+
+class FootprintsStage(Stage):
+    name = "footprints"
+    help = "localize photos from their weak labels: full footprints (candidates, LightGlue, refinement)"
+    default_conf = {
+        "queries": "",
+        "tiles": "",
+        "out": "",
+        "batch_size": 4,
+        "limit": None,
+        "device": "cpu",
+        "workers": None,
+        "scheduler": None,
+        **{k: v for k, v in search_conf.items()},
+    }
+    runtime_keys = ("workers", "scheduler", "batch_size")
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--queries", help="queries CSV/Parquet or photo folder (default: WORKDIR/queries.parquet, "
+                                         "the sample workspace, created when missing)")
+        p.add_argument("--tiles", help="tile source (default: WORKDIR/tiles)")
+        p.add_argument("--out", help="footprints manifest (default: WORKDIR/footprints.parquet)")
+        p.add_argument("--extractor", choices=["aliked", "disk", "sift"], help="local features (default aliked)")
+        p.add_argument("--zooms", help="candidate zooms (default 8-12)")
+        p.add_argument("--min-inliers", dest="min_inliers", type=int, help="decision threshold")
+        p.add_argument("--batch-size", dest="batch_size", type=int, help="photos per Dask task (default 4)")
+        p.add_argument("--limit", type=int, help="only the first N photos")
+        p.add_argument("--device", help="cpu or cuda")
+        p.add_argument("--workers", type=int, help="local Dask worker processes (default: one per 2 cores)")
+        p.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
+
+    def resolve(self, conf: dict[str, Any], workdir: Path) -> dict[str, Any]:
+        from .index import _zooms
+
+        conf = dict(conf)
+        self._workdir = workdir
+        conf["queries"] = str(Path(conf["queries"] or workdir / "queries.parquet").resolve())
+        conf["tiles"] = str(Path(conf["tiles"] or workdir / "tiles").resolve())
+        conf["out"] = str(Path(conf["out"] or workdir / "footprints.parquet").resolve())
+        z = conf["zooms"]
+        conf["zooms"] = _zooms(",".join(map(str, z)) if isinstance(z, list) else z)
+        if conf["batch_size"] < 1:
+            raise StageError(f"--batch-size must be at least 1, got {conf['batch_size']}")
+        return conf
+
+    def output(self, conf: dict[str, Any]) -> Path:
+        return Path(conf["out"])
+
+    def input_files(self, conf: dict[str, Any]) -> list[Path]:
+        q = Path(conf["queries"])
+        return [q] if q.is_file() else []
+
+    def run(self, conf: dict[str, Any]) -> str:
+        qpath = Path(conf["queries"])
+        if not qpath.exists() and qpath == (Path(self._workdir) / "queries.parquet").resolve():
+            from .sample import ensure_sample
+
+            ensure_sample(self._workdir)
+        queries, rejected = read_queries(qpath, check_images=False, on_error="collect")
+        if conf["limit"]:
+            queries = queries.head(int(conf["limit"]))
+        search = {k: conf[k] for k in search_conf}
+        parts = self.parts_dir(conf) / fingerprint({k: conf[k] for k in sorted(conf) if k not in self.runtime_keys})
+        parts.mkdir(parents=True, exist_ok=True)
+        records = queries[["photo_id", "image_path", "center_lat", "center_lon", "focal_length_mm"]].to_dict("records")
+        bs = int(conf["batch_size"])
+        batches = [records[i : i + bs] for i in range(0, len(records), bs)]
+        todo = [k for k in range(len(batches)) if not (parts / f"batch{k:05d}.parquet").exists()]
+        if len(todo) < len(batches):
+            log.info("resuming: %d of %d batches already done", len(batches) - len(todo), len(batches))
+        t0 = time.perf_counter()
+        if todo:
+            self._run_dask(conf, search, batches, todo, parts)
+        out = Path(conf["out"])
+        errors = pd.DataFrame([{"photo_id": r.photo_id, "status": "error",
+                                "reason": f"bad queries row {r.row}, column {r.column}: {r.reason}"}
+                               for r in rejected.itertuples()]) if len(rejected) else None
+        with ManifestWriter(out, FOOTPRINTS) as writer:
+            for k in range(len(batches)):
+                writer.write(pq.read_table(parts / f"batch{k:05d}.parquet"))
+            if errors is not None:
+                writer.write(errors)
+        table = pq.read_table(out, columns=["status", "elapsed_s"]).to_pandas()
+        counts = table["status"].value_counts()
+        lines = [f"footprints: {len(table)} photos -> {out}"]
+        for s in ("localized", "not_localized", "error"):
+            lines.append(f"  {s:<14} {int(counts.get(s, 0)):>7d}")
+        secs = table["elapsed_s"].sum()
+        lines.append(f"  {secs / max(len(table), 1):.1f} s per photo of worker time; wall {time.perf_counter() - t0:.0f} s")
+        return "\n".join(lines)
+
+    def _run_dask(self, conf: dict, search: dict, batches: list, todo: list[int], parts: Path) -> None:
+        from dask.distributed import Client, LocalCluster, as_completed
+
+        if conf["scheduler"]:
+            client = Client(conf["scheduler"])
+            cluster = None
+        else:
+            n = int(conf["workers"] or max(1, (os.cpu_count() or 2) // 2))
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                                   silence_logs=logging.WARNING)
+            client = Client(cluster)
+        resources = {"GPU": 1} if conf["device"].startswith("cuda") else None
+        try:
+            futures = {}
+            for k in todo:
+                f = client.submit(run_batch, batches[k], conf["tiles"], search, conf["device"],
+                                  str(parts / f"batch{k:05d}.parquet"), key=f"footprints-batch-{parts.name}-{k}",
+                                  retries=2, resources=resources, pure=False)
+                futures[f] = k
+            with progress(total=sum(len(batches[k]) for k in todo), desc="footprints", unit="photo") as bar:
+                for f in as_completed(futures):
+                    res = f.result()
+                    bar.update(res["photos"])
+                    bar.set_postfix(localized=res["localized"])
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()

@@ -1,0 +1,72 @@
+"""The footprint search: homography bookkeeping, bad photos, and one photo localized end to end."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from manifests import read_manifest
+from pipeline.cli import main
+from pipeline.footprint import homography as hg
+from pipeline.geometry.geodesy import footprint_polygon, iou
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+def test_rotation_matrix_follows_np_rot90(k):
+    img = np.zeros((6, 10), np.uint8)
+    img[1, 7] = 255  # the pixel whose centre is (7.5, 1.5)
+    rot = np.rot90(img, k)
+    v, u = np.argwhere(rot == 255)[0]
+    moved = hg.apply(hg.rotation(k, 10, 6), np.array([[7.5, 1.5]]))[0]
+    assert moved == pytest.approx([u + 0.5, v + 0.5])
+
+
+def test_pixel_conventions_round_trip():
+    h = np.array([[1.1, 0.1, 3.0], [0.05, 0.9, -2.0], [1e-4, 2e-4, 1.0]])
+    assert np.allclose(hg.to_centres(hg.from_centres(h)), h)
+    assert hg.apply(hg.pixels_to_mercator((0, 0, 100, 50), 10, 5), np.array([[0, 0], [10, 5]])).tolist() == \
+        [[0, 50], [100, 0]]
+
+
+def test_bad_photos_end_as_errors(tmp_path):
+    from stages.footprints import localize_one
+
+    bad = tmp_path / "corrupt.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    tiny = tmp_path / "tiny.png"
+    cv2.imwrite(str(tiny), np.zeros((1, 1, 3), np.uint8))
+    base = {"photo_id": "X", "center_lat": 45.0, "center_lon": 4.0, "focal_length_mm": 400.0}
+    cases = {
+        "not found": dict(base, image_path=str(tmp_path / "missing.jpg")),
+        "unreadable": dict(base, image_path=str(bad)),
+        "too small": dict(base, image_path=str(tiny)),
+        "beyond the Web Mercator": dict(base, image_path=str(tiny), center_lat=89.0),
+    }
+    for words, row in cases.items():
+        out = localize_one(None, row, "aliked+lightglue")  # fails before any matching
+        assert out["status"] == "error" and words in out["reason"], (words, out["reason"])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tinyfp")
+    assert main(["run", "sample", "--size", "tiny", "--workdir", str(out), "-q"]) == 0
+    return out
+
+
+def test_a_sample_photo_is_localized_with_its_true_footprint(tiny):
+    from pipeline.footprint.search import FootprintSearch
+    from pipeline.imagery import open_tile_source
+
+    q = read_manifest(tiny / "queries.parquet", "queries")
+    t = read_manifest(tiny / "truth.parquet", "truth", geometry=False)
+    row, truth = q.iloc[0], t.iloc[0]
+    assert truth.localizable
+    photo = cv2.imread(str(tiny / row.image_path))[..., ::-1]
+    result = FootprintSearch(open_tile_source(tiny / "tiles")).localize(
+        np.ascontiguousarray(photo), row.center_lon, row.center_lat, row.focal_length_mm)
+    assert result.status == "localized", result.reason
+    true = np.array([[truth.tl_lon, truth.tl_lat], [truth.tr_lon, truth.tr_lat], [truth.br_lon, truth.br_lat],
+                     [truth.bl_lon, truth.bl_lat]])
+    assert iou(footprint_polygon(result.corners_lonlat), footprint_polygon(true)) >= 0.8
