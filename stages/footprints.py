@@ -97,8 +97,15 @@ def localize_one(search, row: dict, matcher: str) -> dict:
     return out
 
 
-def run_batch(rows: list[dict], tiles: str, conf: dict, device: str, part: str) -> dict:
-    """A Dask task: localize a batch of photos and write their rows to ``part`` (atomically)."""
+def run_batch(rows: list[dict], tiles: str, conf: dict, device: str, part: str, threads: int = 0) -> dict:
+    """A Dask task: localize a batch of photos and write their rows to ``part`` (atomically).
+
+    ``threads``: torch threads in this worker (Dask sets OMP_NUM_THREADS=1 in its workers;
+    with fewer workers than cores that leaves cores idle)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
     search = _searcher(tiles, conf, device)
     matcher = f"{conf['extractor']}+lightglue" if conf["extractor"] != "sift" else "sift+nn"
     out = [localize_one(search, r, matcher) for r in rows]
@@ -202,9 +209,10 @@ class FootprintsStage(Stage):
 
         if conf["scheduler"]:
             client = Client(conf["scheduler"])
-            cluster = None
+            cluster, threads = None, 0
         else:
             n = int(conf["workers"] or max(1, (os.cpu_count() or 2) // 2))
+            threads = max(1, (os.cpu_count() or 1) // n)
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                                    silence_logs=logging.WARNING)
             client = Client(cluster)
@@ -213,7 +221,7 @@ class FootprintsStage(Stage):
             futures = {}
             for k in todo:
                 f = client.submit(run_batch, batches[k], conf["tiles"], search, conf["device"],
-                                  str(parts / f"batch{k:05d}.parquet"), key=f"footprints-batch-{parts.name}-{k}",
+                                  str(parts / f"batch{k:05d}.parquet"), threads, key=f"footprints-batch-{parts.name}-{k}",
                                   retries=2, resources=resources, pure=False)
                 futures[f] = k
             with progress(total=sum(len(batches[k]) for k in todo), desc="footprints", unit="photo") as bar:

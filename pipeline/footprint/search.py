@@ -129,9 +129,12 @@ class FootprintSearch:
             self._features.move_to_end(key)
             return self._features[key]
         n = self.conf["window_px"]
-        img = self.source.render(window.bounds_mercator(), n, n)
+        img = self.source.read_window(window)  # native resolution: served by tile caches
         valid = img.valid_fraction
-        feats = self.extractor(img.rgb) if valid >= self.conf["min_valid"] else None
+        rgb = img.rgb
+        if rgb.shape[0] != n:
+            rgb = cv2.resize(rgb, (n, n), interpolation=cv2.INTER_AREA)
+        feats = self.extractor(rgb) if valid >= self.conf["min_valid"] else None
         out = (feats, valid)
         if self.conf["feature_cache"] > 0:
             self._features[key] = out
