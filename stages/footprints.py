@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -92,8 +91,8 @@ def localize_one(search, row: dict, matcher: str) -> dict:
     if r.status == "localized":
         poly = footprint_polygon(r.corners_lonlat)
         out.update(corners_columns(r.corners_lonlat), geometry=poly, area_km2=area_km2(poly),
-                   homography=[float(v) for v in r.homography.ravel()],
-                   confidence=float(1.0 - math.exp(-r.inliers / 40.0)))
+                   homography=[float(v) for v in r.homography.ravel()])
+        # confidence stays null until `run calibrate` provides a fitted inliers -> precision model
     return out
 
 

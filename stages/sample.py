@@ -192,8 +192,8 @@ class SampleStage(Stage):
         if len(area):
             q = area.quantile([0.05, 0.5, 0.95])
             lines.append(f"  footprint area km2: 5% {q[0.05]:.0f}  median {q[0.5]:.0f}  95% {q[0.95]:.0f}")
-        lines.append(f"  wrote queries.parquet, truth.parquet, database.parquet, regions.geojson, photos/, "
-                     f"tiles/world.toml")
+        lines.append("  wrote queries.parquet, truth.parquet, database.parquet, regions.geojson, photos/, "
+                     "tiles/world.toml")
         lines += ["  " + line for line in index_summary.splitlines()[:1]]
         return "\n".join(lines)
 

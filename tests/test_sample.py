@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 
 import cv2
 import numpy as np
@@ -262,4 +261,3 @@ def test_sample_refuses_a_changed_config(tiny):
 def test_bad_size_is_a_usage_error(tmp_path):
     with pytest.raises(SystemExit):
         main(["run", "sample", "--size", "huge", "--workdir", str(tmp_path)])
-    shutil.rmtree(tmp_path, ignore_errors=True)

@@ -19,7 +19,7 @@ What is simulated (units: degrees, metres, millimetres, pixels):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -36,7 +36,6 @@ GLOBE = (-180.0, -80.0, 180.0, 80.0)
 """Region of the world the photos are rendered from: the same geography as the sample's
 world (same seed) but without its edge, so that a limb photo sees land to the horizon."""
 SENSOR_MM = (36.0, 24.0)
-REASONS = ("ok", "limb", "night", "wrong_label", "clouds")
 
 
 @dataclass(frozen=True)
@@ -303,7 +302,3 @@ def query_row(plan: PhotoPlan, nadir: tuple[float, float], image_path: str) -> d
         "focal_length_mm": float(round(plan.focal_mm)), "tilt_deg": float(round(plan.tilt_deg)),
         "cloud_pct": float(5 * round(20 * plan.appearance.cloud_cover)), "split": plan.split,
     }
-
-
-def plan_to_dict(plan: PhotoPlan) -> dict:
-    return asdict(plan)
