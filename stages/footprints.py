@@ -29,6 +29,7 @@ from pipeline.geometry.mercator import MAX_LATITUDE
 from pipeline.progress import progress
 
 from .base import Stage, StageError
+from .index import parse_zooms
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class FootprintsStage(Stage):
         p.add_argument("--tiles", help="tile source (default: WORKDIR/tiles)")
         p.add_argument("--out", help="footprints manifest (default: WORKDIR/footprints.parquet)")
         p.add_argument("--extractor", choices=["aliked", "disk", "sift"], help="local features (default aliked)")
-        p.add_argument("--zooms", help="candidate zooms (default 8-12)")
+        p.add_argument("--zooms", type=parse_zooms, help="candidate zooms (default 8-12)")
         p.add_argument("--min-inliers", dest="min_inliers", type=int, help="decision threshold")
         p.add_argument("--batch-size", dest="batch_size", type=int, help="photos per Dask task (default 4)")
         p.add_argument("--limit", type=int, help="only the first N photos")
@@ -144,15 +145,13 @@ class FootprintsStage(Stage):
         p.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
 
     def resolve(self, conf: dict[str, Any], workdir: Path) -> dict[str, Any]:
-        from .index import _zooms
 
         conf = dict(conf)
         self._workdir = workdir
         conf["queries"] = str(Path(conf["queries"] or workdir / "queries.parquet").resolve())
         conf["tiles"] = str(Path(conf["tiles"] or workdir / "tiles").resolve())
         conf["out"] = str(Path(conf["out"] or workdir / "footprints.parquet").resolve())
-        z = conf["zooms"]
-        conf["zooms"] = _zooms(",".join(map(str, z)) if isinstance(z, list) else z)
+        conf["zooms"] = parse_zooms(conf["zooms"])
         if conf["batch_size"] < 1:
             raise StageError(f"--batch-size must be at least 1, got {conf['batch_size']}")
         return conf

@@ -24,10 +24,11 @@ from .base import Stage, StageError
 log = logging.getLogger(__name__)
 
 
-def _zooms(text: str) -> list[int]:
-    """'8-12' or '8,10,12' -> [8, ..., 12]."""
+def parse_zooms(value) -> list[int]:
+    """'8-12', '8,10,12', 9 or [8, 9] (from a TOML config) -> sorted unique zooms."""
+    text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
     out: list[int] = []
-    for part in str(text).split(","):
+    for part in text.split(","):
         part = part.strip()
         if "-" in part:
             a, b = part.split("-", 1)
@@ -35,7 +36,7 @@ def _zooms(text: str) -> list[int]:
         elif part:
             out.append(int(part))
     if not out or any(z < 0 or z > 24 for z in out):
-        raise argparse.ArgumentTypeError(f"zooms must be integers 0-24 like '8-12' or '8,10,12', got {text!r}")
+        raise argparse.ArgumentTypeError(f"zooms must be integers 0-24 like '8-12' or '8,10,12', got {value!r}")
     return sorted(set(out))
 
 
@@ -56,7 +57,7 @@ class IndexStage(Stage):
         p.add_argument("--tiles", help="tile source: GeoTIFF/COG/VRT, folder or glob of them, or XYZ folder "
                                        "(default: WORKDIR/tiles)")
         p.add_argument("--out", help="database manifest to write (default: WORKDIR/database.parquet)")
-        p.add_argument("--zooms", type=_zooms, help="zoom levels, e.g. 8-12 or 9,11 (default 8-12)")
+        p.add_argument("--zooms", type=parse_zooms, help="zoom levels, e.g. 8-12 or 9,11 (default 8-12)")
         p.add_argument("--size-tiles", dest="size_tiles", type=int, help="window side in tiles, even (default 4)")
         p.add_argument("--min-valid", dest="min_valid", type=float,
                        help="keep windows at least this fraction valid (default 0.5)")
@@ -68,7 +69,7 @@ class IndexStage(Stage):
         conf = dict(conf)
         conf["tiles"] = str(Path(conf["tiles"]).resolve()) if conf["tiles"] else str((workdir / "tiles").resolve())
         conf["out"] = str(Path(conf["out"] or workdir / "database.parquet").resolve())
-        conf["zooms"] = _zooms(",".join(map(str, conf["zooms"]))) if isinstance(conf["zooms"], list) else _zooms(conf["zooms"])
+        conf["zooms"] = parse_zooms(conf["zooms"])
         if conf["size_tiles"] < 2 or conf["size_tiles"] % 2:
             raise StageError(f"--size-tiles must be even and >= 2 (half-window stride), got {conf['size_tiles']}")
         if not 0.0 <= conf["min_valid"] <= 1.0:

@@ -36,7 +36,7 @@ from pipeline.simulate.sample import SIZES, PhotoPlan, plan_photos, query_row, r
 from pipeline.world import ProceduralWorld, save_world
 
 from .base import Stage, StageError
-from .index import IndexStage
+from .index import IndexStage, parse_zooms
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class SampleStage(Stage):
                        "(6x4 deg, 200 photos), large (30x20 deg, 3000 photos, for benchmarks)")
         p.add_argument("--seed", type=int, help="random seed: the same seed gives byte-identical manifests")
         p.add_argument("--photos", type=int, help="number of photos (default: the size's)")
-        p.add_argument("--zooms", help="database zoom levels (default 8-12)")
+        p.add_argument("--zooms", type=parse_zooms, help="database zoom levels (default 8-12)")
         p.add_argument("--workers", type=int, help="rendering processes (default: up to 2, one per core)")
         p.add_argument("--preview", metavar="PNG", help="also write a contact sheet of photos beside their "
                        "north-up truth to this PNG")
@@ -98,10 +98,8 @@ class SampleStage(Stage):
             raise StageError(f"--size must be one of {', '.join(sorted(SIZES))}, got {conf['size']!r}")
         if conf["photos"] is not None and int(conf["photos"]) < 1:
             raise StageError(f"--photos must be at least 1, got {conf['photos']}")
-        from .index import _zooms
 
-        z = conf["zooms"]
-        conf["zooms"] = _zooms(",".join(map(str, z)) if isinstance(z, list) else z)
+        conf["zooms"] = parse_zooms(conf["zooms"])
         if conf["preview"]:
             conf["preview"] = str(Path(conf["preview"]).resolve())
         return conf
