@@ -20,7 +20,7 @@ import numpy as np
 from ..files import atomic_output
 from ..geometry.mercator import TILE_SIZE, mercator_to_pixel, pixel_to_mercator, resolution_m
 from .base import BoundsMercator, Rendered, TileSource, check_render_args
-from .xyz import _decode_tile, _encode
+from .xyz import _decode_tile, _encode, paste_tiles
 
 _ALIGN_TOL = 1e-4
 """Pixel slack when deciding a request sits on a zoom's pixel grid."""
@@ -92,18 +92,7 @@ class CachedTileSource(TileSource):
         missing = [k for k, v in tiles.items() if v is None]
         if missing:
             tiles.update(self._fill(z, missing))
-        rgb = np.zeros((height, width, 3), np.uint8)
-        mask = np.zeros((height, width), bool)
-        for (tx, ty), tile in tiles.items():
-            if tile is None:
-                continue
-            gx0, gy0 = max(px0, tx * ts), max(py0, ty * ts)
-            gx1, gy1 = min(px1, (tx + 1) * ts), min(py1, (ty + 1) * ts)
-            src = (slice(gy0 - ty * ts, gy1 - ty * ts), slice(gx0 - tx * ts, gx1 - tx * ts))
-            dst = (slice(gy0 - py0, gy1 - py0), slice(gx0 - px0, gx1 - px0))
-            rgb[dst] = tile[0][src]
-            mask[dst] = tile[1][src]
-        return Rendered(rgb, mask)
+        return Rendered(*paste_tiles(tiles, px0, py0, px1, py1, ts))
 
     def _fill(self, z: int, missing: list[tuple[int, int]]) -> dict:
         """Render the block of tiles covering ``missing`` in one call; write the valid ones."""

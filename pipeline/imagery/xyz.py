@@ -237,22 +237,9 @@ class XYZTileSource(TileSource):
     def _mosaic(self, z: int, px0: int, py0: int, px1: int, py1: int):
         """Pixels [px0, px1) x [py0, py1) of zoom ``z`` (global pixel coordinates)."""
         ts = self.tile_size
-        h, w = py1 - py0, px1 - px0
-        rgb = np.zeros((h, w, 3), np.uint8)
-        mask = np.zeros((h, w), bool)
-        for ty in range(py0 // ts, (py1 - 1) // ts + 1):
-            for tx in range(px0 // ts, (px1 - 1) // ts + 1):
-                tile = self.read_tile(z, tx, ty)
-                if tile is None:
-                    continue
-                # overlap of the tile with the requested pixel range
-                gx0, gy0 = max(px0, tx * ts), max(py0, ty * ts)
-                gx1, gy1 = min(px1, (tx + 1) * ts), min(py1, (ty + 1) * ts)
-                src = (slice(gy0 - ty * ts, gy1 - ty * ts), slice(gx0 - tx * ts, gx1 - tx * ts))
-                dst = (slice(gy0 - py0, gy1 - py0), slice(gx0 - px0, gx1 - px0))
-                rgb[dst] = tile[0][src]
-                mask[dst] = tile[1][src]
-        return rgb, mask
+        tiles = {(tx, ty): self.read_tile(z, tx, ty)
+                 for ty in range(py0 // ts, (py1 - 1) // ts + 1) for tx in range(px0 // ts, (px1 - 1) // ts + 1)}
+        return paste_tiles(tiles, px0, py0, px1, py1, ts)
 
     def render(self, bounds: BoundsMercator, width: int, height: int) -> Rendered:
         (xmin, ymin, xmax, ymax), width, height = check_render_args(bounds, width, height)
@@ -291,6 +278,29 @@ class XYZTileSource(TileSource):
         rgb, mask = self._mosaic(z, px0, py0, px1, py1)
         rgb_out, mask_out = resample_to_box(rgb, mask, left - px0, top - py0, sx, sy, width, height)
         return Rendered(rgb_out, mask_out)
+
+
+def paste_tiles(tiles: dict, px0: int, py0: int, px1: int, py1: int, tile_size: int = TILE_SIZE):
+    """Mosaic of global pixels [px0, px1) x [py0, py1) from ``tiles`` {(x, y): (rgb, mask) or None}.
+
+    Returns (rgb (H, W, 3) uint8, mask (H, W) bool); missing tiles stay black and invalid.
+    """
+    ts = tile_size
+    rgb = np.zeros((py1 - py0, px1 - px0, 3), np.uint8)
+    mask = np.zeros((py1 - py0, px1 - px0), bool)
+    for (tx, ty), tile in tiles.items():
+        if tile is None:
+            continue
+        # overlap of the tile with the requested pixel range
+        gx0, gy0 = max(px0, tx * ts), max(py0, ty * ts)
+        gx1, gy1 = min(px1, (tx + 1) * ts), min(py1, (ty + 1) * ts)
+        if gx1 <= gx0 or gy1 <= gy0:
+            continue
+        src = (slice(gy0 - ty * ts, gy1 - ty * ts), slice(gx0 - tx * ts, gx1 - tx * ts))
+        dst = (slice(gy0 - py0, gy1 - py0), slice(gx0 - px0, gx1 - px0))
+        rgb[dst] = tile[0][src]
+        mask[dst] = tile[1][src]
+    return rgb, mask
 
 
 def resample_to_box(
