@@ -15,3 +15,15 @@ def real_sample() -> Path:
     if not (REAL_SAMPLE / "queries.csv").is_file():
         pytest.skip(f"real sample not found at {REAL_SAMPLE} (it ships beside the repository as ../shared)")
     return REAL_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Path:
+    """The tiny sample workspace (``run sample --size tiny``), made once per test session.
+
+    Tests must not change it; those that need their own write elsewhere."""
+    from pipeline.cli import main
+
+    out = tmp_path_factory.mktemp("tiny")
+    assert main(["run", "sample", "--size", "tiny", "--workdir", str(out), "-q"]) == 0
+    return out

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from manifests import read_manifest
-from pipeline.cli import main
 from pipeline.footprint import homography as hg
 from pipeline.geometry.geodesy import footprint_polygon, iou
 
@@ -46,13 +45,6 @@ def test_bad_photos_end_as_errors(tmp_path):
     for words, row in cases.items():
         out = localize_one(None, row, "aliked+lightglue")  # fails before any matching
         assert out["status"] == "error" and words in out["reason"], (words, out["reason"])
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tinyfp")
-    assert main(["run", "sample", "--size", "tiny", "--workdir", str(out), "-q"]) == 0
-    return out
 
 
 def test_a_sample_photo_is_localized_with_its_true_footprint(tiny):

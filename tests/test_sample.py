@@ -91,13 +91,6 @@ def test_render_view_matches_the_ground_under_a_nadir_camera():
 # -- the workspace -----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny")
-    assert main(["run", "sample", "--size", "tiny", "--workdir", str(out), "-q"]) == 0
-    return out
-
-
 def test_tiny_workspace_has_every_manifest(tiny):
     for name in FILES:
         assert (tiny / name).is_file(), name
