@@ -27,7 +27,7 @@ from pipeline.matching import build_extractor, build_matcher, estimate_homograph
 from pipeline.simulate.camera import camera_looking_at
 from pipeline.simulate.render import render_view
 from pipeline.simulate.sample import GLOBE
-from pipeline.world import ProceduralWorld
+from pipeline.world import ProceduralWorld, load_world
 
 
 def nearest_window(lon: float, lat: float, zoom: int) -> Window:
@@ -48,6 +48,7 @@ def main() -> None:
     args = ap.parse_args()
     truth = read_manifest(f"{args.workdir}/truth.parquet", "truth", geometry=False)
     db = open_tile_source(f"{args.workdir}/tiles")
+    seed = load_world(f"{args.workdir}/tiles").seed
     ext = build_extractor("aliked", max_keypoints=args.max_keypoints)
     matcher = build_matcher("aliked")
 
@@ -80,7 +81,7 @@ def main() -> None:
         if row.reason == "ok":  # the same place as a clean nadir photo of another season
             cam, _ = camera_looking_at(row.target_lon, row.target_lat, 0.0, 0.0, 0.0, 410e3,
                                        410e3 * 36 / (row.width * res_ground) * row.width / 640, 640, 427)
-            clean = render_view(cam, ProceduralWorld(GLOBE, seed=0, year=(row.world_year + 1) % 4)).rgb
+            clean = render_view(cam, ProceduralWorld(GLOBE, seed=seed, year=(row.world_year + 1) % 4)).rgb
             w2 = nearest_window(row.target_lon, row.target_lat, zoom)
             far2 = Window(zoom, w2.x + 2 * w2.size_tiles, w2.y + w2.size_tiles, w2.size_tiles)
             results.setdefault("clean nadir", []).append(
