@@ -1,0 +1,114 @@
+"""The decision threshold: inliers -> probability that a footprint is right, fitted on truth.
+
+As EarthMatch does, a logistic regression models ``P(correct | inliers)`` on footprints whose
+truth is known (a footprint is correct when its IoU with the true one reaches ``iou``; any
+footprint of a negative photo is wrong), and the threshold is the smallest inlier count whose
+modelled probability reaches the target precision (99.9 % by default). The regression is
+one-dimensional and fitted here by Newton's method with a small L2 penalty on the slope, so
+perfectly separated data (common: wrong matches rarely get more than ~20 inliers) still gives
+a finite, conservative slope.
+
+A :class:`Calibration` is stored as JSON (``calibration.json``) and carries the fitted model,
+the threshold and the figures it was fitted on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..files import atomic_output
+
+DEFAULT_PRECISION = 0.999
+PACKAGED = Path(__file__).with_name("calibration.json")
+"""The calibration shipped with the package: ALIKED with the default search, fitted on the small sample."""
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iterations: int = 100) -> tuple[float, float]:
+    """Fit ``P(y = 1 | x) = 1 / (1 + exp(-(a + b x)))``; returns ``(a, b)``.
+
+    x: (N,) feature (inliers); y: (N,) 0/1 labels. ``l2`` penalizes ``b**2 / 2`` (not ``a``).
+    """
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    if x.shape != y.shape or x.ndim != 1 or len(x) == 0:
+        raise ValueError(f"need two (N,) arrays of the same length, got {x.shape} and {y.shape}")
+    X = np.column_stack([np.ones_like(x), x])
+    w = np.zeros(2)
+    penalty = np.diag([0.0, l2])
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-np.clip(X @ w, -500, 500)))
+        grad = X.T @ (p - y) + penalty @ w
+        hess = X.T @ (X * (p * (1 - p))[:, None]) + penalty + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(w[0]), float(w[1])
+
+
+def threshold_for(intercept: float, slope: float, precision: float) -> int | None:
+    """The smallest whole inlier count whose modelled probability reaches ``precision`` (None: never)."""
+    if not 0.0 < precision < 1.0:
+        raise ValueError(f"precision must be in (0, 1), got {precision}")
+    if slope <= 0:
+        return None
+    return max(0, math.ceil((math.log(precision / (1.0 - precision)) - intercept) / slope))
+
+
+@dataclass
+class Calibration:
+    """A fitted inliers -> P(correct) model and the threshold it gives."""
+
+    intercept: float
+    slope: float  # per inlier
+    min_inliers: int
+    precision: float  # the target
+    extractor: str
+    iou: float  # a footprint counted as correct from this IoU with the truth
+    footprints: int  # fitted on this many footprints,
+    correct: int  # of which this many were correct
+    precision_measured: float  # among fitted footprints with inliers >= min_inliers
+    recall_measured: float  # correct footprints kept at min_inliers
+
+    def probability(self, inliers) -> np.ndarray:
+        """P(correct) for inlier counts (any shape)."""
+        z = self.intercept + self.slope * np.asarray(inliers, np.float64)
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
+
+    def save(self, path: str | os.PathLike) -> None:
+        with atomic_output(path) as tmp:
+            Path(tmp).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Calibration":
+        try:
+            d = json.loads(Path(path).read_text())
+            return cls(**d)
+        except (OSError, ValueError, TypeError) as e:
+            raise ValueError(f"{path}: not a calibration file ({e}); make one with `python -m pipeline run "
+                             "calibrate`") from None
+
+
+def calibrate(inliers: np.ndarray, correct: np.ndarray, precision: float = DEFAULT_PRECISION,
+              extractor: str = "aliked", iou: float = 0.5) -> Calibration:
+    """Fit the model on footprints' inliers (N,) and correctness (N,) and derive the threshold."""
+    inliers = np.asarray(inliers, np.float64)
+    correct = np.asarray(correct, bool)
+    if correct.all() or not correct.any():
+        raise ValueError(f"calibration needs both correct and wrong footprints, got {int(correct.sum())} correct "
+                         f"of {len(correct)}; use a workspace with negatives (the sample has them) or more photos")
+    a, b = fit_logistic(inliers, correct.astype(np.float64))
+    t = threshold_for(a, b, precision)
+    if t is None:
+        raise ValueError("more inliers do not make a footprint more likely right on this data; check the truth")
+    kept = inliers >= t
+    return Calibration(intercept=a, slope=b, min_inliers=int(t), precision=precision, extractor=extractor, iou=iou,
+                       footprints=int(len(inliers)), correct=int(correct.sum()),
+                       precision_measured=float(correct[kept].mean()) if kept.any() else float("nan"),
+                       recall_measured=float(kept[correct].mean()))

@@ -1,0 +1,144 @@
+"""``run calibrate``: fit the footprint decision threshold on a workspace with truth.
+
+Footprints of the workspace's photos are computed with no inlier threshold (``run footprints
+--min-inliers 0``, into ``WORKDIR/calibration/footprints.parquet``, resumable like any
+footprints run) unless ``--footprints`` names such a manifest; each footprint is scored
+against the truth (correct at IoU >= ``--iou``; any footprint of a negative photo is wrong,
+and so is a photo left without one, at the inliers its decision saw); a logistic regression of correctness on inliers gives the smallest inlier count at the target
+precision (:mod:`pipeline.footprint.calibration`). The result, ``WORKDIR/calibration.json``,
+is what ``run footprints`` then uses for its threshold and its ``confidence`` column.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from manifests import read_manifest
+from pipeline.footprint.calibration import DEFAULT_PRECISION, calibrate
+from pipeline.geometry.geodesy import footprint_polygon, iou
+
+from .base import Stage, StageError
+
+CORNERS = ("tl", "tr", "br", "bl")
+
+
+def read_truth(path: str | Path) -> pd.DataFrame:
+    """truth.parquet of a sample workspace, or a CSV like the real sample's truth.csv, indexed by photo_id.
+
+    Needs ``localizable`` and the eight corner columns ``tl_lat``, ``tl_lon``, ... ``bl_lon``."""
+    path = Path(path)
+    if not path.is_file():
+        raise StageError(f"truth file not found: {path}; a sample workspace has truth.parquet "
+                         "(`python -m pipeline run sample`), or pass --truth FILE")
+    df = pd.read_csv(path) if path.suffix.lower() == ".csv" else read_manifest(path, "truth", geometry=False)
+    need = ["photo_id", "localizable"] + [f"{c}_{k}" for c in CORNERS for k in ("lat", "lon")]
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise StageError(f"{path}: truth needs columns {missing}")
+    return df.set_index("photo_id")
+
+
+def score_footprints(footprints: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """IoU of every footprint with its true footprint (0 for photos that are not localizable).
+
+    Returns photo_id, inliers, iou for the rows with an inlier count and a truth row; a row
+    without a footprint (too few inliers, lost in refinement, implausible) scores IoU 0 at its
+    best inliers: the decision saw those inliers and there was nothing right to accept."""
+    rows = []
+    for r in footprints.itertuples():
+        if r.photo_id not in truth.index or pd.isna(r.inliers):
+            continue
+        if r.status != "localized":
+            rows.append({"photo_id": r.photo_id, "inliers": int(r.inliers), "iou": 0.0})
+            continue
+        t = truth.loc[r.photo_id]
+        est = np.array([[getattr(r, f"{c}_lon"), getattr(r, f"{c}_lat")] for c in CORNERS])
+        score = 0.0
+        if bool(t["localizable"]):
+            true = np.array([[t[f"{c}_lon"], t[f"{c}_lat"]] for c in CORNERS])
+            score = iou(footprint_polygon(est), footprint_polygon(true))
+        rows.append({"photo_id": r.photo_id, "inliers": int(r.inliers), "iou": score})
+    return pd.DataFrame(rows, columns=["photo_id", "inliers", "iou"])
+
+
+class CalibrateStage(Stage):
+    name = "calibrate"
+    help = "fit the footprint decision threshold (inliers at 99.9 %% precision) on a workspace with truth"
+    default_conf = {
+        "footprints": "",
+        "truth": "",
+        "out": "",
+        "precision": DEFAULT_PRECISION,
+        "iou": 0.5,
+        "extractor": "aliked",
+        "limit": None,
+        "workers": None,
+    }
+    runtime_keys = ("workers",)
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--footprints", help="a footprints manifest made with --min-inliers 0 (default: computed "
+                                            "into WORKDIR/calibration/footprints.parquet)")
+        p.add_argument("--truth", help="truth.parquet or a truth CSV (default: WORKDIR/truth.parquet)")
+        p.add_argument("--out", help="the calibration (default: WORKDIR/calibration.json)")
+        p.add_argument("--precision", type=float, help="target precision of localized footprints (default 0.999)")
+        p.add_argument("--iou", type=float, help="a footprint is correct from this IoU with the truth (default 0.5)")
+        p.add_argument("--extractor", choices=["aliked", "disk", "superpoint", "sift"],
+                       help="features the footprints are computed with (default aliked)")
+        p.add_argument("--limit", type=int, help="only the first N photos")
+        p.add_argument("--workers", type=int, help="local Dask worker processes for the footprints")
+
+    def resolve(self, conf: dict[str, Any], workdir: Path) -> dict[str, Any]:
+        conf = dict(conf)
+        self._workdir = Path(workdir)
+        conf["truth"] = str(Path(conf["truth"] or workdir / "truth.parquet").resolve())
+        conf["out"] = str(Path(conf["out"] or workdir / "calibration.json").resolve())
+        if not 0.5 <= float(conf["precision"]) < 1.0:
+            raise StageError(f"--precision must be in [0.5, 1), got {conf['precision']}")
+        return conf
+
+    def output(self, conf: dict[str, Any]) -> Path:
+        return Path(conf["out"])
+
+    def input_files(self, conf: dict[str, Any]) -> list[Path]:
+        return [Path(p) for p in (conf["truth"], conf["footprints"]) if p and Path(p).is_file()]
+
+    def run(self, conf: dict[str, Any]) -> str:
+        lines = []
+        path = conf["footprints"]
+        if not path:
+            from .footprints import FootprintsStage
+
+            fp = FootprintsStage()
+            fconf = fp.resolve({**fp.default_conf, "min_inliers": 0, "extractor": conf["extractor"],
+                                "limit": conf["limit"], "workers": conf["workers"],
+                                "out": str(self._workdir / "calibration" / "footprints.parquet"),
+                                "calibration": "none"}, self._workdir)
+            lines.append(fp.execute(fconf))
+            path = fconf["out"]
+        footprints = read_manifest(path, "footprints", geometry=False)
+        truth = read_truth(conf["truth"])
+        scored = score_footprints(footprints, truth)
+        correct = scored["iou"].to_numpy() >= float(conf["iou"])
+        try:
+            cal = calibrate(scored["inliers"].to_numpy(), correct, float(conf["precision"]), conf["extractor"],
+                            float(conf["iou"]))
+        except ValueError as e:
+            raise StageError(f"{path}: {e}") from None
+        cal.save(conf["out"])
+        wrong = scored[~correct]["inliers"]
+        lines += [
+            f"calibrate: {cal.footprints} photos with inliers of {len(footprints)} ({cal.correct} correct at IoU >= "
+            f"{cal.iou:g}; wrong ones have at most {int(wrong.max()) if len(wrong) else 0} inliers)",
+            f"  P(correct) = 1 / (1 + exp(-({cal.intercept:.3f} + {cal.slope:.4f} * inliers)))",
+            f"  threshold at {cal.precision:.1%} precision: min_inliers = {cal.min_inliers}",
+            f"  on these footprints: precision {cal.precision_measured:.3f}, recall {cal.recall_measured:.3f}",
+            "  P(correct) at " + ", ".join(f"{n}: {cal.probability(n):.3f}" for n in (10, 20, 30, 40, 60, 100)),
+            f"  wrote {conf['out']} (run footprints uses it from WORKDIR, or pass --calibration FILE)",
+        ]
+        return "\n".join(lines)
