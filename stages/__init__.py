@@ -6,11 +6,12 @@ Only stages that exist are registered; ``python -m pipeline run --help`` lists t
 from __future__ import annotations
 
 from .base import Stage, StageError
+from .calibrate import CalibrateStage
 from .footprints import FootprintsStage
 from .index import IndexStage
 from .sample import SampleStage
 
-STAGES: dict[str, Stage] = {s.name: s for s in (SampleStage(), IndexStage(), FootprintsStage())}
+STAGES: dict[str, Stage] = {s.name: s for s in (SampleStage(), IndexStage(), FootprintsStage(), CalibrateStage())}
 
 
 def get_stage(name: str) -> Stage:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -55,8 +56,11 @@ def _error(photo_id: str, reason: str, t0: float, matcher: str) -> dict:
             "matcher": matcher, "elapsed_s": time.perf_counter() - t0}
 
 
-def localize_one(search, row: dict, matcher: str) -> dict:
-    """One photo -> one footprints row; never raises for a bad photo."""
+def localize_one(search, row: dict, matcher: str, confidence_model: list[float] | None = None) -> dict:
+    """One photo -> one footprints row; never raises for a bad photo.
+
+    ``confidence_model``: (intercept, slope) of the calibration's logistic model; a localized
+    row's ``confidence`` is its modelled probability of being right (null without one)."""
     t0 = time.perf_counter()
     pid = row["photo_id"]
     lat, lon = float(row["center_lat"]), float(row["center_lon"])
@@ -93,11 +97,14 @@ def localize_one(search, row: dict, matcher: str) -> dict:
         poly = footprint_polygon(r.corners_lonlat)
         out.update(corners_columns(r.corners_lonlat), geometry=poly, area_km2=area_km2(poly),
                    homography=[float(v) for v in r.homography.ravel()])
-        # confidence stays null until `run calibrate` provides a fitted inliers -> precision model
+        if confidence_model:
+            a, b = confidence_model
+            out["confidence"] = 1.0 / (1.0 + math.exp(-min(500.0, max(-500.0, a + b * r.inliers))))
     return out
 
 
-def run_batch(rows: list[dict], tiles: str, conf: dict, device: str, part: str, threads: int = 0) -> dict:
+def run_batch(rows: list[dict], tiles: str, conf: dict, device: str, part: str, threads: int = 0,
+              confidence_model: list[float] | None = None) -> dict:
     """A Dask task: localize a batch of photos and write their rows to ``part`` (atomically).
 
     ``threads``: torch threads in this worker (Dask sets OMP_NUM_THREADS=1 in its workers;
@@ -108,7 +115,7 @@ def run_batch(rows: list[dict], tiles: str, conf: dict, device: str, part: str, 
         torch.set_num_threads(int(threads))
     search = _searcher(tiles, conf, device)
     matcher = f"{conf['extractor']}+lightglue" if conf["extractor"] != "sift" else "sift+nn"
-    out = [localize_one(search, r, matcher) for r in rows]
+    out = [localize_one(search, r, matcher, confidence_model) for r in rows]
     write_manifest(pd.DataFrame(out), part, FOOTPRINTS)
     return {"photos": len(out), "localized": sum(o["status"] == "localized" for o in out),
             "seconds": sum(o["elapsed_s"] for o in out)}
@@ -127,6 +134,8 @@ class FootprintsStage(Stage):
         "workers": None,
         "scheduler": None,
         **{k: v for k, v in search_conf.items()},
+        "min_inliers": None,  # None: from the calibration (else the search's default)
+        "calibration": "",  # "": WORKDIR/calibration.json if present, else the packaged one; "none": no calibration
     }
     runtime_keys = ("workers", "scheduler", "batch_size")
 
@@ -135,13 +144,20 @@ class FootprintsStage(Stage):
                                          "the sample workspace, created when missing)")
         p.add_argument("--tiles", help="tile source (default: WORKDIR/tiles)")
         p.add_argument("--out", help="footprints manifest (default: WORKDIR/footprints.parquet)")
-        p.add_argument("--extractor", choices=["aliked", "disk", "sift"], help="local features (default aliked)")
+        p.add_argument("--extractor", choices=["aliked", "disk", "superpoint", "sift"],
+                       help="local features (default aliked; superpoint needs --weights-dir)")
+        p.add_argument("--weights-dir", dest="weights_dir",
+                       help="folder with user-supplied weights: superpoint_v1.pth and superpoint_lightglue.pth")
         p.add_argument("--zooms", type=parse_zooms, help="candidate zooms (default 8-12)")
-        p.add_argument("--min-inliers", dest="min_inliers", type=int, help="decision threshold")
+        p.add_argument("--min-inliers", dest="min_inliers", type=int,
+                       help="decision threshold (default: the calibration's, see `run calibrate`)")
+        p.add_argument("--calibration", help="calibration.json from `run calibrate` (default: WORKDIR/calibration.json "
+                                             "if present, else the packaged one for aliked; 'none' for no calibration)")
         p.add_argument("--batch-size", dest="batch_size", type=int, help="photos per Dask task (default 4)")
         p.add_argument("--limit", type=int, help="only the first N photos")
         p.add_argument("--device", help="cpu or cuda")
-        p.add_argument("--workers", type=int, help="local Dask worker processes (default: one per 2 cores)")
+        p.add_argument("--workers", type=int, help="local Dask worker processes (default: one per core, one thread each; "
+                                                      "with cuda: one per GPU)")
         p.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
 
     def resolve(self, conf: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -152,9 +168,41 @@ class FootprintsStage(Stage):
         conf["tiles"] = str(Path(conf["tiles"] or workdir / "tiles").resolve())
         conf["out"] = str(Path(conf["out"] or workdir / "footprints.parquet").resolve())
         conf["zooms"] = parse_zooms(conf["zooms"])
+        if conf["weights_dir"]:
+            conf["weights_dir"] = str(Path(conf["weights_dir"]).resolve())
+        cal = self._calibration(conf, workdir)
+        conf["calibration"] = cal[0] if cal else "none"
+        conf["confidence_model"] = [cal[1].intercept, cal[1].slope] if cal else None
+        if conf["min_inliers"] is None:
+            conf["min_inliers"] = cal[1].min_inliers if cal else search_conf["min_inliers"]
         if conf["batch_size"] < 1:
             raise StageError(f"--batch-size must be at least 1, got {conf['batch_size']}")
         return conf
+
+    @staticmethod
+    def _calibration(conf: dict[str, Any], workdir: Path):
+        """(path, Calibration) that applies to this run, or None."""
+        from pipeline.footprint.calibration import PACKAGED, Calibration
+
+        given = conf["calibration"]
+        if given == "none":
+            return None
+        path = Path(given) if given else workdir / "calibration.json"
+        if given and not path.is_file():
+            raise StageError(f"calibration file not found: {path}; make one with `python -m pipeline run calibrate`, "
+                             "or pass --calibration none")
+        if not path.is_file():
+            path = PACKAGED
+        try:
+            cal = Calibration.load(path)
+        except ValueError as e:
+            raise StageError(str(e)) from None
+        if cal.extractor != conf["extractor"]:
+            if given:
+                raise StageError(f"{path} was fitted for {cal.extractor} features, this run uses {conf['extractor']}; "
+                                 "calibrate for them (`run calibrate --extractor ...`) or pass --calibration none")
+            return None
+        return str(path.resolve()), cal
 
     def output(self, conf: dict[str, Any]) -> Path:
         return Path(conf["out"])
@@ -209,17 +257,23 @@ class FootprintsStage(Stage):
             client = Client(conf["scheduler"])
             cluster, threads = None, 0
         else:
-            n = int(conf["workers"] or max(1, (os.cpu_count() or 2) // 2))
-            threads = max(1, (os.cpu_count() or 1) // n)
+            # CPU: one single-threaded worker per core. Torch threads in several processes (or beside
+            # any other busy process) oversubscribe the cores, and OpenMP's spinning then made a
+            # batch 5x slower (2 threads: 41.6 s, 1 thread: 8.5 s, with one other busy process).
+            # CUDA: one worker per GPU (one here), with the cores for decoding and rendering.
+            gpu = conf["device"].startswith("cuda")
+            cores = os.cpu_count() or 1
+            n = int(conf["workers"] or (1 if gpu else cores))
+            threads = max(1, cores // n) if gpu else 1
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                                   silence_logs=logging.WARNING)
+                                   silence_logs=logging.WARNING, resources={"GPU": 1} if gpu else None)
             client = Client(cluster)
         resources = {"GPU": 1} if conf["device"].startswith("cuda") else None
         try:
             futures = {}
             for k in todo:
                 f = client.submit(run_batch, batches[k], conf["tiles"], search, conf["device"],
-                                  str(parts / f"batch{k:05d}.parquet"), threads, key=f"footprints-batch-{parts.name}-{k}",
+                                  str(parts / f"batch{k:05d}.parquet"), threads, conf["confidence_model"], key=f"footprints-batch-{parts.name}-{k}",
                                   retries=2, resources=resources, pure=False)
                 futures[f] = k
             with progress(total=sum(len(batches[k]) for k in todo), desc="footprints", unit="photo") as bar:

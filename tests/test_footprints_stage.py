@@ -1,0 +1,157 @@
+"""`run footprints` on a real local Dask cluster: bad photos, kill and resume, inspect, the real sample.
+
+The stage tests use a cheap search (one zoom, few keypoints, one refinement) on the tiny sample:
+what they check (every photo accounted for, atomic parts, resume) does not depend on accuracy.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from manifests import read_manifest, read_queries
+from pipeline.cli import main
+from pipeline.geometry.geodesy import footprint_polygon, iou
+
+CHEAP = """[footprints]
+zooms = [11]
+max_keypoints = 256
+photo_px = 256
+window_px = 512
+refine_iterations = 1
+refine_px = 256
+batch_size = 1
+workers = 1
+calibration = "none"
+min_inliers = 20
+"""
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def stage_inputs(tiny, tmp_path_factory):
+    """Queries: 4 tiny-sample photos and 5 bad ones (corrupt, missing, 1x1, 20000x20000, latitude 89)."""
+    d = tmp_path_factory.mktemp("fpstage")
+    q = read_queries(tiny / "queries.parquet")[0].head(4)  # image paths made absolute
+    rows = q[["photo_id", "image_path", "center_lat", "center_lon", "focal_length_mm"]].to_dict("records")
+    (d / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    cv2.imwrite(str(d / "one.png"), np.zeros((1, 1, 3), np.uint8))
+    ok, buf = cv2.imencode(".jpg", np.zeros((20000, 20000), np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 50])
+    (d / "huge.jpg").write_bytes(buf.tobytes())  # a real 20000 x 20000 JPEG (6 MB, mostly black)
+    del buf
+    good = rows[0]
+    bad = {"BAD-corrupt": "corrupt.jpg", "BAD-missing": "missing.jpg", "BAD-1x1": "one.png",
+           "BAD-huge": "huge.jpg", "BAD-lat89": rows[0]["image_path"]}
+    for pid, path in bad.items():
+        rows.insert(2, dict(good, photo_id=pid, image_path=str(d / path) if "/" not in path else path,
+                            center_lat=89.0 if pid == "BAD-lat89" else good["center_lat"]))
+    pd.DataFrame(rows).to_csv(d / "queries.csv", index=False)
+    (d / "cheap.toml").write_text(CHEAP)
+    return d
+
+
+def _args(d: Path, tiny: Path, out: Path) -> list[str]:
+    return ["run", "footprints", "--workdir", str(d), "--queries", str(d / "queries.csv"), "--tiles",
+            str(tiny / "tiles"), "--out", str(out), "--config", str(d / "cheap.toml"), "-q"]
+
+
+def _table(path: Path) -> pd.DataFrame:
+    df = read_manifest(path, "footprints", geometry=False).drop(columns=["elapsed_s"])
+    return df.sort_values("photo_id").reset_index(drop=True)
+
+
+def test_every_photo_is_accounted_for_and_bad_ones_are_errors(stage_inputs, tiny):
+    d = stage_inputs
+    out = d / "full.parquet"
+    assert main(_args(d, tiny, out)) == 0
+    df = _table(out)
+    assert len(df) == 9 and df["photo_id"].is_unique
+    errors = df.set_index("photo_id")["reason"]
+    assert "unreadable" in errors["BAD-corrupt"] and "not found" in errors["BAD-missing"]
+    assert "too small" in errors["BAD-1x1"] and "too large (20000x20000" in errors["BAD-huge"]
+    assert "89" in errors["BAD-lat89"]
+    assert (df[df.photo_id.str.startswith("BAD")]["status"] == "error").all()
+    assert set(df[~df.photo_id.str.startswith("BAD")]["status"]) <= {"localized", "not_localized"}
+    # inspect: the status breakdown and an inlier histogram; --geojson exports the footprints
+    from manifests.inspect import inspect_manifest
+
+    text = inspect_manifest(out, d / "fp.geojson")
+    assert "status:" in text and "error" in text and "inliers histogram:" in text
+    assert (d / "fp.geojson").is_file()
+
+
+def test_a_killed_run_resumes_to_the_same_manifest(stage_inputs, tiny):
+    """Kill the whole process group once a batch is written; run again; compare with an uninterrupted run."""
+    d = stage_inputs
+    full = d / "full.parquet"
+    if not full.exists():
+        assert main(_args(d, tiny, full)) == 0
+    out = d / "resumed.parquet"
+    parts = out.with_name(out.name + ".parts")
+    cmd = [sys.executable, "-m", "pipeline", *_args(d, tiny, out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if parts.exists() and len(list(parts.glob("*/batch*.parquet"))) >= 2:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run finished before it could be killed; give it more photos"
+        os.killpg(proc.pid, signal.SIGKILL)  # the CLI, the scheduler and the workers, at once
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    done = len(list(parts.glob("*/batch*.parquet")))
+    assert not out.exists() and 2 <= done < 9
+    for part in parts.glob("*/batch*.parquet"):  # parts are whole or absent (temporary file, then rename)
+        assert len(read_manifest(part, "footprints", geometry=False)) == 1
+    assert main(_args(d, tiny, out)) == 0
+    pd.testing.assert_frame_equal(_table(out), _table(full))
+
+
+def test_real_sample_footprints(real_sample, tmp_path):
+    """The issue's command on the real sample: every localizable photo of truth.csv within IoU 0.7."""
+    out = tmp_path / "fp.parquet"
+    assert main(["run", "footprints", "--workdir", str(tmp_path), "--queries", str(real_sample / "queries.csv"),
+                 "--tiles", str(real_sample / "mosaics"), "--out", str(out), "-q"]) == 0
+    fp = read_manifest(out, "footprints", geometry=False).set_index("photo_id")
+    truth = pd.read_csv(real_sample / "truth.csv").set_index("photo_id")
+    assert len(fp) == len(truth)
+    scores = {}
+    for pid, t in truth[truth.localizable].iterrows():
+        r = fp.loc[pid]
+        if r.status == "localized":
+            est = np.array([[r[f"{c}_lon"], r[f"{c}_lat"]] for c in ("tl", "tr", "br", "bl")])
+            true = np.array([[t[f"{c}_lon"], t[f"{c}_lat"]] for c in ("tl", "tr", "br", "bl")])
+            scores[pid] = iou(footprint_polygon(est), footprint_polygon(true))
+    assert all(s >= 0.7 for s in scores.values()), scores  # no footprint off the truth
+    must = set(truth[truth.localizable].index) - KNOWN_MISSES - BORDERLINE
+    assert must <= set(scores), f"not localized: {sorted(must - set(scores))}"
+    # wrong imagery (another place's, as a wrong label would give): no footprint
+    assert fp.loc["ISS056-E-153176", "status"] != "localized"
+    # truth.csv calls ISS062-E-24032 not localizable ("no candidate contains it": the published
+    # runs' candidates did not). Our zoom-8 candidates do, and its lakes line up by eye with the
+    # footprint below (see the issue note); should it be localized, it must be there.
+    r = fp.loc["ISS062-E-24032"]
+    if r.status == "localized":
+        assert r.tl_lon == pytest.approx(87.58, abs=0.1) and r.tl_lat == pytest.approx(28.74, abs=0.1)
+        assert r.br_lon == pytest.approx(85.83, abs=0.1) and r.br_lat == pytest.approx(31.57, abs=0.1)
+
+
+KNOWN_MISSES = {"ISS064-E-513"}
+"""Photos the default search does not localize yet (see the issue notes): hazy, half clouded,
+oblique; even at its true alignment ALIKED + LightGlue find ~17 inliers at 384 px."""
+BORDERLINE = {"ISS054-E-21023"}
+"""Localized right (IoU 0.965) with 25 inliers, exactly the calibrated threshold: a change of
+thread count may move it by one inlier either way."""
