@@ -3,11 +3,20 @@
 Runs :class:`pipeline.footprint.search.FootprintSearch` in this process (no Dask) with its
 default settings plus ``--set key=value`` overrides, and prints per photo: the truth's kind,
 the status and reason, inliers, zoom, rotation, seconds, pairs matched and the IoU with the
-true footprint; then the totals.
+true footprint; then the acceptance figures of the footprint stage:
 
-    python bench/footprints_sample.py --workdir workspace --photos 8
+* localizable photos localized with IoU >= 0.8 (share),
+* photos reported localized with IoU < 0.5 (count and share; negatives count as IoU 0),
+* negatives (limb, night, wrong label, clouds) not localized (share).
+
+``--exhaustive N`` also runs the exhaustive path (all 80 pairs, no feature cache, photo and
+windows at full resolution) on the first N photos, right after the default path on the same
+photos, and prints seconds per photo of both and their ratio.
+
+    python bench/footprints_sample.py --workdir workspace --photos 60 --csv fp60.csv
+    python bench/footprints_sample.py --workdir workspace --photos 10 --exhaustive 10
     python bench/footprints_sample.py --queries ../shared/real-sample/queries.csv \\
-        --tiles ../shared/real-sample/mosaics --truth ../shared/real-sample/truth.csv --set zooms=[8,9,10,11,12,13]
+        --tiles ../shared/real-sample/mosaics --truth ../shared/real-sample/truth.csv
 """
 
 from __future__ import annotations
@@ -21,9 +30,51 @@ import numpy as np
 import pandas as pd
 
 from manifests import read_manifest, read_queries
+from pipeline.footprint.calibration import calibrate
 from pipeline.footprint.search import FootprintSearch
 from pipeline.geometry.geodesy import footprint_polygon, iou
 from pipeline.imagery import open_tile_source
+
+
+def exhaustive_conf(photo_long_side: int, size_tiles: int = 4) -> dict:
+    """The exhaustive path: every (window, rotation) pair, no cache, native resolutions."""
+    return {"early_stop_inliers": 0, "feature_cache": 0, "photo_px": photo_long_side,
+            "window_px": size_tiles * 256, "refine_px": photo_long_side}
+
+
+def run(search: FootprintSearch, q: pd.DataFrame, truth: pd.DataFrame, label: str) -> pd.DataFrame:
+    rows = []
+    for r in q.itertuples():
+        t = truth.loc[r.photo_id]
+        img = np.ascontiguousarray(cv2.imread(r.image_path)[..., ::-1])
+        res = search.localize(img, r.center_lon, r.center_lat, r.focal_length_mm)
+        kind = t["reason"] if "reason" in t else ("ok" if t["localizable"] else "negative")
+        score = float("nan")
+        if res.corners_lonlat is not None:
+            score = 0.0
+            if bool(t["localizable"]):
+                true = np.array([[t.tl_lon, t.tl_lat], [t.tr_lon, t.tr_lat], [t.br_lon, t.br_lat],
+                                 [t.bl_lon, t.bl_lat]])
+                score = iou(footprint_polygon(res.corners_lonlat), footprint_polygon(true))
+        rows.append({"photo_id": r.photo_id, "kind": kind, "status": res.status, "inliers": res.inliers,
+                     "zoom": res.zoom, "rotation_deg": res.rotation_deg, "iterations": res.iterations,
+                     "pairs": res.pairs_matched, "iou": score, "seconds": res.elapsed_s, "reason": res.reason})
+        print(f"  [{label}] {r.photo_id:<16} {kind:<12} {res.status:<13} inliers {res.inliers:>4d}  zoom {res.zoom}  "
+              f"rot {res.rotation_deg}  {res.elapsed_s:5.1f} s  pairs {res.pairs_matched:>2d}  IoU {score:.3f}  "
+              f"{res.reason or ''}", flush=True)
+    return pd.DataFrame(rows)
+
+
+def summary(df: pd.DataFrame, label: str) -> str:
+    pos, neg = df[df["kind"] == "ok"], df[df["kind"] != "ok"]
+    loc = df[df["status"] == "localized"]
+    good = int((pos["iou"] >= 0.8).sum())
+    bad = int((loc["iou"].fillna(0) < 0.5).sum())
+    rejected = int((neg["status"] != "localized").sum())
+    return (f"{label}: {len(df)} photos, {df['seconds'].mean():.1f} s per photo (median {df['seconds'].median():.1f})\n"
+            f"  localizable localized with IoU >= 0.8: {good}/{len(pos)} = {good / max(len(pos), 1):.1%}\n"
+            f"  reported localized with IoU < 0.5:     {bad}/{len(loc)} = {bad / max(len(loc), 1):.1%}\n"
+            f"  negatives not localized:               {rejected}/{len(neg)} = {rejected / max(len(neg), 1):.1%}")
 
 
 def main() -> None:
@@ -32,38 +83,46 @@ def main() -> None:
     ap.add_argument("--queries")
     ap.add_argument("--tiles")
     ap.add_argument("--truth", help="truth.parquet or the real sample's truth.csv")
-    ap.add_argument("--photos", type=int, default=8)
+    ap.add_argument("--photos", type=int, default=8, help="the first N photos (after --skip)")
+    ap.add_argument("--skip", type=int, default=0, help="skip the first N photos (e.g. to calibrate on others)")
     ap.add_argument("--set", action="append", default=[], help="search option key=JSON value")
+    ap.add_argument("--exhaustive", type=int, default=0, help="also run the exhaustive path on the first N photos")
+    ap.add_argument("--csv", help="write the per-photo rows here")
+    ap.add_argument("--fit-calibration", metavar="OUT", help="fit the decision threshold on these photos (run "
+                    "with --set min_inliers=0) and write it as a calibration JSON")
     args = ap.parse_args()
     queries = args.queries or f"{args.workdir}/queries.parquet"
     tiles = args.tiles or f"{args.workdir}/tiles"
     truth_path = args.truth or f"{args.workdir}/truth.parquet"
     q, _ = read_queries(queries)
+    q = q.iloc[args.skip:].head(args.photos)
     truth = (pd.read_csv(truth_path) if truth_path.endswith(".csv")
              else read_manifest(truth_path, "truth", geometry=False)).set_index("photo_id")
     conf = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
-    search = FootprintSearch(open_tile_source(tiles), **conf)
-    rows = []
+    source = open_tile_source(tiles)
     t0 = time.perf_counter()
-    for r in q.head(args.photos).itertuples():
-        t = truth.loc[r.photo_id]
-        img = np.ascontiguousarray(cv2.imread(r.image_path)[..., ::-1])
-        res = search.localize(img, r.center_lon, r.center_lat, r.focal_length_mm)
-        score = float("nan")
-        if res.corners_lonlat is not None and bool(t["localizable"]):
-            true = np.array([[t.tl_lon, t.tl_lat], [t.tr_lon, t.tr_lat], [t.br_lon, t.br_lat], [t.bl_lon, t.bl_lat]])
-            score = iou(footprint_polygon(res.corners_lonlat), footprint_polygon(true))
-        kind = t["reason"] if "reason" in t else ("ok" if t["localizable"] else "negative")
-        rows.append((kind, res.status, score, res.elapsed_s))
-        print(f"  {r.photo_id:<16} {kind:<12} {res.status:<13} inliers {res.inliers:>4d}  zoom {res.zoom}  "
-              f"rot {res.rotation_deg}  {res.elapsed_s:5.1f} s  pairs {res.pairs_matched:>2d}  IoU {score:.3f}  "
-              f"{res.reason or ''}", flush=True)
-    df = pd.DataFrame(rows, columns=["kind", "status", "iou", "seconds"])
-    pos = df[df["kind"] == "ok"]
-    neg = df[df["kind"] != "ok"]
-    print(f"\nlocalizable: {len(pos)}, localized with IoU >= 0.8: {(pos['iou'] >= 0.8).sum()}; "
-          f"negatives: {len(neg)}, not localized: {(neg['status'] != 'localized').sum()}; "
-          f"median {df['seconds'].median():.1f} s per photo ({time.perf_counter() - t0:.0f} s in all)")
+    df = run(FootprintSearch(source, **conf), q, truth, "default")
+    print(f"\n{summary(df, 'default path')}  ({time.perf_counter() - t0:.0f} s in all)")
+    if args.exhaustive:
+        sub = q.head(args.exhaustive)
+        long_side = int(max(cv2.imread(p, cv2.IMREAD_REDUCED_COLOR_8).shape[:2]) * 8 for p in sub["image_path"][:1])
+        ex = run(FootprintSearch(source, **{**conf, **exhaustive_conf(long_side)}), sub, truth, "exhaustive")
+        d = df.head(len(sub))
+        print(f"\n{summary(ex, 'exhaustive path')}")
+        print(f"\nsame {len(sub)} photos: default {d['seconds'].mean():.1f} s/photo, exhaustive "
+              f"{ex['seconds'].mean():.1f} s/photo, ratio {ex['seconds'].mean() / d['seconds'].mean():.1f}x; "
+              f"localized: default {(d['status'] == 'localized').sum()}, exhaustive {(ex['status'] == 'localized').sum()}; "
+              f"pairs matched: default {d['pairs'].sum()}, exhaustive {ex['pairs'].sum()}")
+        df = pd.concat([df.assign(path="default"), ex.assign(path="exhaustive")])
+    if args.csv:
+        df.to_csv(args.csv, index=False)
+    if args.fit_calibration:
+        d = df[df["path"] == "default"] if "path" in df else df
+        correct = d["iou"].fillna(0).to_numpy() >= 0.5  # no footprint: wrong at the inliers the decision saw
+        cal = calibrate(d["inliers"].to_numpy(), correct, extractor=conf.get("extractor", "aliked"))
+        cal.save(args.fit_calibration)
+        print(f"\ncalibration: min_inliers {cal.min_inliers} (P = 1/(1+exp(-({cal.intercept:.3f} + {cal.slope:.4f} n))); "
+              f"{cal.footprints} photos, {cal.correct} right) -> {args.fit_calibration}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,15 @@ EXIT_USAGE = 2
 EXIT_FAILED = 1
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default only when it has one (stage options default to None: the config's)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from stages import STAGES
 
@@ -34,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 title="stages", description="(python -m pipeline run STAGE --help for its options)")
     for name, stage in STAGES.items():
         p = stages.add_parser(name, help=stage.help, description=stage.help[:1].upper() + stage.help[1:] + ".",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=_HelpFormatter)
         common = p.add_argument_group("common options")
         common.add_argument("--workdir", default="workspace", help="workspace folder for default inputs and outputs")
         common.add_argument("--config", help="TOML file with this stage's settings (top level or a [%s] table)" % name)
