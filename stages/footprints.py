@@ -137,7 +137,7 @@ class FootprintsStage(Stage):
         "min_inliers": None,  # None: from the calibration (else the search's default)
         "calibration": "",  # "": WORKDIR/calibration.json if present, else the packaged one; "none": no calibration
     }
-    runtime_keys = ("workers", "scheduler", "batch_size")
+    runtime_keys = ("workers", "scheduler", "batch_size", "feature_dir")
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--queries", help="queries CSV/Parquet or photo folder (default: WORKDIR/queries.parquet, "
@@ -155,6 +155,9 @@ class FootprintsStage(Stage):
                                              "if present, else the packaged one for aliked; 'none' for no calibration)")
         p.add_argument("--batch-size", dest="batch_size", type=int, help="photos per Dask task (default 4)")
         p.add_argument("--limit", type=int, help="only the first N photos")
+        p.add_argument("--feature-dir", dest="feature_dir",
+                       help="keep database-window features on disk here, for all workers and later runs "
+                            "(default: in memory, per worker)")
         p.add_argument("--device", help="cpu or cuda")
         p.add_argument("--workers", type=int, help="local Dask worker processes (default: one per core, one thread each; "
                                                       "with cuda: one per GPU)")
@@ -170,6 +173,8 @@ class FootprintsStage(Stage):
         conf["zooms"] = parse_zooms(conf["zooms"])
         if conf["weights_dir"]:
             conf["weights_dir"] = str(Path(conf["weights_dir"]).resolve())
+        if conf["feature_dir"]:  # one subfolder per tile source; the search adds one per feature config
+            conf["feature_dir"] = str(Path(conf["feature_dir"]).resolve() / f"tiles-{fingerprint({'tiles': conf['tiles']})}")
         cal = self._calibration(conf, workdir)
         conf["calibration"] = cal[0] if cal else "none"
         conf["confidence_model"] = [cal[1].intercept, cal[1].slope] if cal else None

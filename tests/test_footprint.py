@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+import torch
 
 from manifests import read_manifest
 from pipeline.footprint import homography as hg
@@ -62,3 +63,27 @@ def test_a_sample_photo_is_localized_with_its_true_footprint(tiny):
     true = np.array([[truth.tl_lon, truth.tl_lat], [truth.tr_lon, truth.tr_lat], [truth.br_lon, truth.br_lat],
                      [truth.bl_lon, truth.bl_lat]])
     assert iou(footprint_polygon(result.corners_lonlat), footprint_polygon(true)) >= 0.8
+
+
+def test_window_features_are_kept_on_disk_and_reused(tiny, tmp_path):
+    """A second search (another process, a later run) loads the features instead of extracting them."""
+    from pipeline.footprint.search import FootprintSearch
+    from pipeline.geometry.windows import windows_containing
+    from pipeline.imagery import open_tile_source
+
+    source = open_tile_source(tiny / "tiles")
+    window = windows_containing(4.0, 46.0, 11)[0]
+    first = FootprintSearch(source, feature_dir=str(tmp_path), max_keypoints=128)
+    feats, valid = first.window_features(window)
+    files = list(tmp_path.rglob("*.npz"))
+    assert len(files) == 1 and files[0].name == f"{window.tile_id}.npz"
+
+    second = FootprintSearch(source, feature_dir=str(tmp_path), max_keypoints=128)
+    second._extract = None  # it must not extract: calling it would fail
+    again, valid2 = second.window_features(window)
+    assert valid2 == valid and again["image_size"] == feats["image_size"]
+    for k in ("keypoints", "descriptors", "scores"):
+        assert torch.equal(again[k], feats[k])
+    # another feature config gets its own folder
+    FootprintSearch(source, feature_dir=str(tmp_path), max_keypoints=64).window_features(window)
+    assert len(list(tmp_path.rglob("*.npz"))) == 2

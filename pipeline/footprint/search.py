@@ -31,12 +31,16 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 import cv2
 import numpy as np
+import torch
 from shapely.geometry import Point, Polygon
 
+from ..config import fingerprint
+from ..files import atomic_output
 from ..geometry.geodesy import area_km2, footprint_polygon
 from ..geometry.mercator import lonlat_to_mercator, resolution_m
 from ..geometry.windows import Window, windows_containing
@@ -72,6 +76,8 @@ default_conf: dict[str, Any] = {
     "min_area_km2": 10.0,
     "max_area_km2": 2_000_000.0,
     "feature_cache": 256,  # database windows whose features are kept per process
+    "feature_dir": None,  # also keep window features in this folder (one per tile source): shared by
+    # processes and runs; None: memory only
 }
 
 
@@ -164,6 +170,10 @@ class FootprintSearch:
                                         device=device, weights_dir=wdir)
         self.matcher = build_matcher(self.conf["extractor"], device=device, weights_dir=wdir)
         self._features: OrderedDict[tuple, tuple[dict, Any]] = OrderedDict()
+        self._disk = None
+        if self.conf["feature_dir"]:
+            keys = ("extractor", "weights_dir", "max_keypoints", "window_px", "contrast", "min_valid", "size_tiles")
+            self._disk = Path(self.conf["feature_dir"]) / fingerprint({k: self.conf[k] for k in keys})
 
     # -- features ----------------------------------------------------------------------------
     def extractor(self, rgb: np.ndarray) -> dict:
@@ -176,19 +186,56 @@ class FootprintSearch:
         if key in self._features:
             self._features.move_to_end(key)
             return self._features[key]
-        n = self.conf["window_px"]
-        img = self.source.read_window(window)  # native resolution: served by tile caches
-        valid = img.valid_fraction
-        rgb = img.rgb
-        if rgb.shape[0] != n:
-            rgb = cv2.resize(rgb, (n, n), interpolation=cv2.INTER_AREA)
-        feats = self.extractor(rgb) if valid >= self.conf["min_valid"] else None
-        out = (feats, valid)
+        out = self._load_features(window)
+        if out is None:
+            n = self.conf["window_px"]
+            img = self.source.read_window(window)  # native resolution: served by tile caches
+            valid = img.valid_fraction
+            rgb = img.rgb
+            if rgb.shape[0] != n:
+                rgb = cv2.resize(rgb, (n, n), interpolation=cv2.INTER_AREA)
+            feats = self.extractor(rgb) if valid >= self.conf["min_valid"] else None
+            out = (feats, valid)
+            self._save_features(window, out)
         if self.conf["feature_cache"] > 0:
             self._features[key] = out
             while len(self._features) > self.conf["feature_cache"]:
                 self._features.popitem(last=False)
         return out
+
+    def _feature_path(self, window: Window) -> Path:
+        return self._disk / str(window.zoom) / f"{window.tile_id}.npz"
+
+    def _load_features(self, window: Window) -> tuple[dict | None, float] | None:
+        """Features from the on-disk cache (None when absent or unreadable)."""
+        if self._disk is None:
+            return None
+        path = self._feature_path(window)
+        try:
+            with np.load(path) as z:
+                valid = float(z["valid"])
+                if not bool(z["has_features"]):
+                    return None, valid
+                feats = {k: torch.from_numpy(z[k].copy()) for k in ("keypoints", "descriptors", "scores")}
+                feats["image_size"] = tuple(int(v) for v in z["image_size"])
+                return feats, valid
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError) as e:  # a damaged file is recomputed and replaced
+            log.warning("feature cache file %s unreadable (%s); recomputing it", path, e)
+            return None
+
+    def _save_features(self, window: Window, out: tuple[dict | None, float]) -> None:
+        if self._disk is None:
+            return
+        feats, valid = out
+        arrays = {"valid": np.float64(valid), "has_features": np.bool_(feats is not None)}
+        if feats is not None:
+            arrays.update({k: feats[k].numpy() for k in ("keypoints", "descriptors", "scores")},
+                          image_size=np.asarray(feats["image_size"], np.int64))
+        with atomic_output(self._feature_path(window)) as tmp:  # processes share the folder safely
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
 
     def _match(self, f0: dict, f1: dict) -> tuple[np.ndarray | None, int]:
         m0, m1, _ = self.matcher(f0, f1)
