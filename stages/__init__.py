@@ -9,9 +9,10 @@ from .base import Stage, StageError
 from .calibrate import CalibrateStage
 from .footprints import FootprintsStage
 from .index import IndexStage
+from .pairs import PairsStage
 from .sample import SampleStage
 
-STAGES: dict[str, Stage] = {s.name: s for s in (SampleStage(), IndexStage(), FootprintsStage(), CalibrateStage())}
+STAGES: dict[str, Stage] = {s.name: s for s in (SampleStage(), IndexStage(), FootprintsStage(), CalibrateStage(), PairsStage())}
 
 
 def get_stage(name: str) -> Stage:

@@ -498,6 +498,16 @@ def iou(a, b, max_segment_deg: float = MAX_SEGMENT_DEG) -> float:
     return min(1.0, inter / union)
 
 
+def zone_area_m2(lat_deg) -> np.ndarray | float:
+    """Area (m2) of the WGS84 ellipsoid between the equator and the parallel ``lat_deg``, all
+    the way around (negative south of the equator); vectorized. Closed form."""
+    e2 = _WGS84_E2
+    e = math.sqrt(e2)
+    b2 = (_WGS84_A * (1.0 - _WGS84_F)) ** 2
+    s = np.sin(np.radians(np.asarray(lat_deg, dtype=np.float64)))
+    return 2.0 * np.pi * b2 * (s / (2.0 * (1.0 - e2 * s * s)) + np.log((1.0 + e * s) / (1.0 - e * s)) / (4.0 * e))
+
+
 def box_area_km2(west, south, east, north) -> np.ndarray | float:
     """Exact WGS84 area (km2) of lon/lat boxes bounded by two meridians and two parallels.
 
@@ -505,14 +515,6 @@ def box_area_km2(west, south, east, north) -> np.ndarray | float:
     share of 360 degrees); vectorized over NumPy arrays of degrees, ``east`` > ``west``. Used
     for database windows, whose Mercator squares are exactly such boxes.
     """
-    e2 = _WGS84_E2
-    e = math.sqrt(e2)
-    b2 = (_WGS84_A * (1.0 - _WGS84_F)) ** 2
-
-    def zone(lat):
-        s = np.sin(np.radians(np.asarray(lat, dtype=np.float64)))
-        return 2.0 * np.pi * b2 * (s / (2.0 * (1.0 - e2 * s * s)) + np.log((1.0 + e * s) / (1.0 - e * s)) / (4.0 * e))
-
     dlon = np.asarray(east, dtype=np.float64) - np.asarray(west, dtype=np.float64)
-    out = np.abs(zone(north) - zone(south)) * dlon / 360.0 / 1e6
+    out = np.abs(zone_area_m2(north) - zone_area_m2(south)) * dlon / 360.0 / 1e6
     return float(out) if np.ndim(out) == 0 else out

@@ -1,0 +1,225 @@
+"""``run pairs``: join localized footprints with the database windows at IoU >= a threshold.
+
+Footprints are split into chunks; each chunk is one Dask task (a local cluster by default)
+that joins it with the database (:func:`pipeline.pairs.join`, the database loaded once per
+worker) and writes its pairs as an atomic part file; the parts are streamed into the pairs
+manifest. An interrupted run resumes at the chunks without a part. ``--exclude`` keeps
+evaluation photos out of the pairs (by region or by the queries' split), as AstroLoc drops
+every pair whose query is in an evaluation set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from manifests import PAIRS, ManifestWriter, read_manifest, write_manifest
+from pipeline.config import fingerprint
+from pipeline.progress import progress
+
+from .base import Stage, StageError
+from .index import parse_zooms
+
+log = logging.getLogger(__name__)
+
+CORNERS = ("tl", "tr", "br", "bl")
+_DATABASES: dict[str, Any] = {}
+"""Per worker process: the database keys, loaded once."""
+
+
+def load_database(path: str):
+    """The database manifest as a :class:`pipeline.pairs.Database` (cached per process)."""
+    if path not in _DATABASES:
+        from pipeline.pairs import Database
+
+        t = pq.read_table(path, columns=["zoom", "x", "y", "size_tiles"])
+        sizes = np.unique(t["size_tiles"].to_numpy())
+        if len(sizes) != 1:
+            raise StageError(f"{path}: windows of several sizes ({sizes.tolist()} tiles); index one size per database")
+        _DATABASES.clear()
+        _DATABASES[path] = Database.from_columns(t["zoom"].to_numpy(), t["x"].to_numpy(), t["y"].to_numpy(),
+                                                 int(sizes[0]))
+    return _DATABASES[path]
+
+
+def run_chunk(photo_ids: list[str], lon: np.ndarray, lat: np.ndarray, database: str, iou: float,
+              zooms: list[int] | None, part: str) -> dict:
+    """A Dask task: the pairs of one chunk of footprints, written atomically to ``part``."""
+    from pipeline.pairs import footprint_rings, join
+
+    db = load_database(database)
+    pairs = join(footprint_rings(lon, lat), db, iou, zooms)
+    ids = np.asarray(photo_ids, dtype=object)
+    df = pd.DataFrame({"photo_id": ids[pairs["fp"].to_numpy()],
+                       "tile_id": [f"{z}_{x}_{y}" for z, x, y in zip(pairs["zoom"], pairs["x"], pairs["y"])],
+                       "iou": pairs["iou"], "zoom": pairs["zoom"], "intersection_km2": pairs["intersection_km2"],
+                       "photo_area_km2": pairs["photo_area_km2"], "tile_area_km2": pairs["tile_area_km2"]})
+    write_manifest(df, part, PAIRS)
+    return {"photos": len(photo_ids), "pairs": len(df)}
+
+
+def excluded_photos(footprints: pd.DataFrame, spec: str, queries: str | None) -> np.ndarray:
+    """Boolean mask of footprints excluded by ``spec``: ``split:NAME`` (the queries' split column),
+    ``FILE`` (any polygon of a GeoJSON/GeoParquet/... file) or ``FILE#NAME`` (its features whose
+    ``split`` property is NAME); a footprint is excluded when it touches an excluded region."""
+    if spec.startswith("split:"):
+        name = spec.split(":", 1)[1]
+        if not queries or not Path(queries).is_file():
+            raise StageError(f"--exclude {spec} needs the queries manifest with a split column (--queries FILE)")
+        q = pd.read_parquet(queries, columns=None) if str(queries).endswith(".parquet") else pd.read_csv(queries)
+        if "split" not in q.columns:
+            raise StageError(f"{queries} has no split column for --exclude {spec}; exclude by region instead "
+                             "(--exclude regions.geojson#eval)")
+        ids = set(q.loc[q["split"] == name, "photo_id"].astype(str))
+        return footprints["photo_id"].astype(str).isin(ids).to_numpy()
+    path, _, name = spec.partition("#")
+    if not Path(path).is_file():
+        raise StageError(f"--exclude: region file not found: {path} (or use split:NAME)")
+    import geopandas as gpd
+    import shapely
+
+    regions = gpd.read_file(path)
+    if name:
+        if "split" not in regions.columns:
+            raise StageError(f"{path} has no 'split' property to select {name!r}; drop '#{name}' to use every region")
+        regions = regions[regions["split"] == name]
+    area = shapely.union_all(regions.geometry.to_numpy())
+    polys = shapely.polygons(np.stack([footprints[[f"{c}_lon" for c in CORNERS]].to_numpy(),
+                                       footprints[[f"{c}_lat" for c in CORNERS]].to_numpy()], axis=2))
+    return shapely.intersects(polys, area)
+
+
+class PairsStage(Stage):
+    name = "pairs"
+    help = "join localized footprints with the database windows at IoU >= a threshold (training pairs)"
+    default_conf = {
+        "footprints": "",
+        "database": "",
+        "queries": "",
+        "out": "",
+        "iou": 0.2,
+        "zooms": None,
+        "exclude": [],
+        "chunk": 10_000,
+        "workers": None,
+        "scheduler": None,
+    }
+    runtime_keys = ("workers", "scheduler", "chunk")
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--footprints", help="footprints manifest (default: WORKDIR/footprints.parquet)")
+        p.add_argument("--database", help="database manifest (default: WORKDIR/database.parquet)")
+        p.add_argument("--queries", help="queries, for --exclude split:NAME (default: WORKDIR/queries.parquet)")
+        p.add_argument("--out", help="pairs manifest (default: WORKDIR/pairs.parquet)")
+        p.add_argument("--iou", type=float, help="minimum IoU on the ellipsoid (default 0.2, as AstroLoc)")
+        p.add_argument("--zooms", type=parse_zooms, help="only these database zooms, e.g. 8-12 (default: all)")
+        p.add_argument("--exclude", action="append",
+                       help="keep these photos out of the pairs: split:eval (the queries' split), regions.geojson "
+                            "(any region) or regions.geojson#eval (its features with split=eval); repeatable")
+        p.add_argument("--chunk", type=int, help="footprints per Dask task (default 10000)")
+        p.add_argument("--workers", type=int, help="local Dask worker processes (default: one per core)")
+        p.add_argument("--scheduler", help="address of an existing Dask scheduler")
+
+    def resolve(self, conf: dict[str, Any], workdir: Path) -> dict[str, Any]:
+        conf = dict(conf)
+        for key, default in (("footprints", "footprints.parquet"), ("database", "database.parquet"),
+                             ("queries", "queries.parquet"), ("out", "pairs.parquet")):
+            conf[key] = str(Path(conf[key] or workdir / default).resolve())
+        conf["zooms"] = parse_zooms(conf["zooms"]) if conf["zooms"] else None
+        conf["exclude"] = [str(e) for e in (conf["exclude"] or [])]
+        if not 0.0 < float(conf["iou"]) <= 1.0:
+            raise StageError(f"--iou must be in (0, 1], got {conf['iou']}")
+        if int(conf["chunk"]) < 1:
+            raise StageError(f"--chunk must be at least 1, got {conf['chunk']}")
+        return conf
+
+    def output(self, conf: dict[str, Any]) -> Path:
+        return Path(conf["out"])
+
+    def input_files(self, conf: dict[str, Any]) -> list[Path]:
+        files = [Path(conf["footprints"]), Path(conf["database"])]
+        files += [Path(e.partition("#")[0]) for e in conf["exclude"] if not e.startswith("split:")]
+        return [f for f in files if f.is_file()]
+
+    def run(self, conf: dict[str, Any]) -> str:
+        for key in ("footprints", "database"):
+            if not Path(conf[key]).is_file():
+                raise StageError(f"{key} manifest not found: {conf[key]}; make it with `python -m pipeline run "
+                                 f"{'footprints' if key == 'footprints' else 'index'}` or pass --{key} FILE")
+        fp = read_manifest(conf["footprints"], "footprints", geometry=False)
+        fp = fp[fp["status"] == "localized"].reset_index(drop=True)
+        lines = [f"pairs: {len(fp)} localized footprints"]
+        keep = np.ones(len(fp), bool)
+        for spec in conf["exclude"]:
+            drop = excluded_photos(fp, spec, conf["queries"]) & keep
+            lines.append(f"  excluded by {spec}: {int(drop.sum())} photos")
+            keep &= ~drop
+        fp = fp[keep].reset_index(drop=True)
+        lon = fp[[f"{c}_lon" for c in CORNERS]].to_numpy(np.float64)
+        lat = fp[[f"{c}_lat" for c in CORNERS]].to_numpy(np.float64)
+        ids = fp["photo_id"].astype(str).tolist()
+        parts = self.parts_dir(conf) / fingerprint({k: conf[k] for k in sorted(conf) if k not in self.runtime_keys})
+        parts.mkdir(parents=True, exist_ok=True)
+        step = int(conf["chunk"])
+        chunks = [slice(i, i + step) for i in range(0, len(fp), step)]
+        todo = [k for k in range(len(chunks)) if not (parts / f"chunk{k:05d}.parquet").exists()]
+        t0 = time.perf_counter()
+        if todo:
+            self._run_dask(conf, ids, lon, lat, chunks, todo, parts)
+        out = Path(conf["out"])
+        with ManifestWriter(out, PAIRS) as writer:  # streamed: one part in memory at a time
+            for k in range(len(chunks)):
+                writer.write(pq.read_table(parts / f"chunk{k:05d}.parquet"))
+        lines += self._summary(out, ids, time.perf_counter() - t0)
+        return "\n".join(lines)
+
+    @staticmethod
+    def _summary(out: Path, ids: list[str], seconds: float) -> list[str]:
+        t = pq.read_table(out, columns=["photo_id", "iou", "zoom"]).to_pandas()
+        per = t.groupby("photo_id").size().reindex(ids, fill_value=0) if ids else pd.Series(dtype=int)
+        lines = [f"  {len(t)} pairs -> {out} ({seconds:.1f} s, {len(ids) / max(seconds, 1e-9):,.0f} photos/s)"]
+        if len(per):
+            lines.append(f"  pairs per photo: mean {per.mean():.2f}, median {per.median():.0f}, max {per.max()}; "
+                         f"photos with no pair: {int((per == 0).sum())} of {len(per)}")
+        if len(t):
+            q = np.quantile(t["iou"], [0.05, 0.25, 0.5, 0.75, 0.95])
+            lines.append("  IoU quantiles 5/25/50/75/95 %: " + " / ".join(f"{v:.3f}" for v in q))
+            lines.append("  pairs per zoom: " + ", ".join(f"z{z}: {n}" for z, n in t["zoom"].value_counts()
+                                                          .sort_index().items()))
+        return lines
+
+    def _run_dask(self, conf, ids, lon, lat, chunks, todo, parts) -> None:
+        from dask.distributed import Client, LocalCluster, as_completed
+
+        if conf["scheduler"]:
+            client, cluster = Client(conf["scheduler"]), None
+        else:
+            n = int(conf["workers"] or (os.cpu_count() or 1))
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                                   silence_logs=logging.WARNING)
+            client = Client(cluster)
+        try:
+            futures = {}
+            for k in todo:
+                s = chunks[k]
+                f = client.submit(run_chunk, ids[s], lon[s], lat[s], conf["database"], float(conf["iou"]),
+                                  conf["zooms"], str(parts / f"chunk{k:05d}.parquet"), key=f"pairs-{parts.name}-{k}",
+                                  retries=2, pure=False)
+                futures[f] = k
+            with progress(total=sum(len(ids[chunks[k]]) for k in todo), desc="pairs", unit="photo") as bar:
+                for f in as_completed(futures):
+                    res = f.result()
+                    bar.update(res["photos"])
+                    bar.set_postfix(pairs=res["pairs"])
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()

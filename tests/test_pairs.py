@@ -1,0 +1,158 @@
+"""Pairs: vectorized overlap on the ellipsoid, and the IoU join against a brute-force reference."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from shapely.geometry import Polygon, box
+
+from pipeline.geometry.geodesy import area_km2, footprint_polygon, iou, window_polygon
+from pipeline.geometry.mercator import lonlat_to_mercator
+from pipeline.geometry.overlap import (
+    box_area_km2_mercator,
+    clip_to_boxes,
+    densify_lonlat,
+    mercator_polygon_area_km2,
+)
+from pipeline.geometry.windows import Window, window_origins
+from pipeline.pairs import Database, footprint_rings, join
+
+
+def test_window_area_is_the_closed_form_box_area():
+    w = Window(9, 260, 170)
+    b = np.array([w.bounds_mercator()])
+    ring = mercator_polygon_area_km2(b[:, [0, 2, 2, 0]], b[:, [3, 3, 1, 1]], np.array([4]))
+    assert ring[0] == pytest.approx(box_area_km2_mercator(b)[0], rel=1e-12)
+    assert ring[0] == pytest.approx(area_km2(window_polygon(w)), rel=1e-6)  # pyproj.Geod, densified
+
+
+def test_footprint_area_matches_the_geodesic_area():
+    c = np.array([[4.0, 46.0], [5.2, 46.3], [5.0, 45.1], [3.9, 45.2]])
+    lon, lat = densify_lonlat(c[None, :, 0], c[None, :, 1], 16)
+    x, y = lonlat_to_mercator(lon, lat)
+    assert mercator_polygon_area_km2(x, y, np.array([64]))[0] == pytest.approx(
+        area_km2(footprint_polygon(c)), rel=1e-5)
+
+
+def test_clipping_matches_shapely():
+    rng = np.random.default_rng(1)
+    ring = np.array([[0.0, 0.0], [10.0, 1.0], [12.0, 9.0], [3.0, 11.0], [-1.0, 5.0]])
+    poly = Polygon(ring)
+    boxes = np.column_stack([rng.uniform(-3, 10, 40), rng.uniform(-3, 10, 40)])
+    boxes = np.column_stack([boxes, boxes + rng.uniform(0.5, 8, (40, 2))])
+    xs, ys, n = clip_to_boxes(np.tile(ring[:, 0], (40, 1)), np.tile(ring[:, 1], (40, 1)), np.full(40, 5), boxes)
+    for k in range(40):
+        ref = poly.intersection(box(*boxes[k])).area
+        got = Polygon(np.column_stack([xs[k, : n[k]], ys[k, : n[k]]])).area if n[k] >= 3 else 0.0
+        assert got == pytest.approx(ref, abs=1e-9)
+
+
+def _database(bounds_lonlat: list[tuple], zooms: range, size: int = 4) -> Database:
+    zs, xs, ys = [], [], []
+    for west, south, east, north in bounds_lonlat:
+        x0, y1 = lonlat_to_mercator(west, north)
+        x1, y0 = lonlat_to_mercator(east, south)
+        for z in zooms:
+            ox, oy = window_origins((x0, y0, x1, y1), z, size)
+            gx, gy = np.meshgrid(ox, oy)
+            zs.append(np.full(gx.size, z))
+            xs.append(gx.ravel())
+            ys.append(gy.ravel())
+    return Database.from_columns(np.concatenate(zs), np.concatenate(xs), np.concatenate(ys), size)
+
+
+def _quad(lon, lat, width_km, height_km, angle_deg, skew=0.15, rng=None):
+    """A photo-like footprint: a rotated, slightly trapezoidal quad around (lon, lat)."""
+    rng = rng or np.random.default_rng(0)
+    a = math.radians(angle_deg)
+    local = np.array([[-1, 1 + skew], [1, 1 - skew], [1, -1], [-1, -1]]) * [width_km / 2, height_km / 2]
+    local = local * (1 + rng.uniform(-0.05, 0.05, (4, 2)))
+    rot = local @ np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])
+    dlat = rot[:, 1] / 111.32
+    dlon = rot[:, 0] / (111.32 * np.cos(np.radians(lat + dlat)))
+    return np.column_stack([(lon + dlon + 180.0) % 360.0 - 180.0, lat + dlat])
+
+
+CASES = {
+    # name: (lon, lat, width km, height km, angle, database boxes, zooms)
+    "ordinary": (4.3, 45.6, 60, 45, 20, [(2, 44, 7, 47)], range(8, 13)),
+    "tiny 40 km2": (4.3, 45.6, 7, 6, 33, [(4, 45.3, 4.6, 45.9)], range(8, 15)),
+    "antimeridian": (179.8, -17.0, 90, 70, 125, [(177, -19, 180, -15), (-180, -19, -177, -15)], range(7, 12)),
+    "near 85 deg": (20.0, 84.6, 40, 30, 70, [(15, 83.5, 25, 85.05)], range(7, 11)),
+    "huge 1.3M km2": (10.0, 5.0, 1200, 1100, 10, [(0, -6, 21, 16)], range(5, 9)),
+}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("name", list(CASES))
+def test_join_agrees_with_brute_force(name, seed):
+    """Each case three times: the footprint turned, resized and moved at random (seeded)."""
+    lon, lat, w, h, angle, regions, zooms = CASES[name]
+    rng = np.random.default_rng(seed)
+    if seed:
+        scale = rng.uniform(0.8, 1.2)
+        w, h, angle = w * scale, h * scale, rng.uniform(0, 360)
+        lon, lat = lon + rng.uniform(-0.1, 0.1), min(lat + rng.uniform(-0.1, 0.1), 84.7)
+    corners = _quad(lon, lat, w, h, angle, rng=rng)
+    db = _database(regions, zooms)
+    rings = footprint_rings(corners[None, :, 0], corners[None, :, 1])
+    poly = footprint_polygon(corners)
+    got = join(rings, db, 0.2)
+    # brute force: every window of the database, its IoU on the ellipsoid (LAEA, densified)
+    ref = {}
+    for key in db.keys:
+        z, x, y = int(key >> 56), int((key >> 28) & ((1 << 28) - 1)), int(key & ((1 << 28) - 1))
+        v = iou(poly, window_polygon(Window(z, x, y, 4)))
+        if v >= 0.2:
+            ref[(z, x, y)] = v
+    mine = {(int(r.zoom), int(r.x), int(r.y)): r.iou for r in got.itertuples()}
+    near = {k for k, v in ref.items() if abs(v - 0.2) < 0.002} | {k for k, v in mine.items() if abs(v - 0.2) < 0.002}
+    assert set(mine) - near == set(ref) - near, name
+    assert len(ref) > 0, f"{name}: the case should produce pairs"
+    for k in set(mine) & set(ref):
+        assert mine[k] == pytest.approx(ref[k], rel=0.005), (name, k)
+    assert rings.area_km2[0] == pytest.approx(area_km2(poly), rel=0.001)
+
+
+def test_pairs_stage_on_the_tiny_sample(tiny, tmp_path):
+    """`run pairs` on true footprints of the tiny sample: the brute-force pairs, exclusions counted."""
+    import pandas as pd
+
+    from manifests import FOOTPRINTS, read_manifest, write_manifest
+    from pipeline.cli import main
+    from pipeline.geometry.geodesy import corners_columns
+
+    truth = read_manifest(tiny / "truth.parquet", "truth", geometry=False)
+    truth = truth[truth.localizable].reset_index(drop=True)
+    rows = []
+    for t in truth.itertuples():
+        c = np.array([[t.tl_lon, t.tl_lat], [t.tr_lon, t.tr_lat], [t.br_lon, t.br_lat], [t.bl_lon, t.bl_lat]])
+        rows.append({"photo_id": t.photo_id, "status": "localized", "inliers": 100, "geometry": footprint_polygon(c),
+                     **corners_columns(c)})
+    rows.append({"photo_id": "NOT-LOCALIZED", "status": "not_localized", "reason": "too few inliers", "geometry": None})
+    write_manifest(pd.DataFrame(rows), tmp_path / "fp.parquet", FOOTPRINTS)
+    args = ["run", "pairs", "--workdir", str(tiny), "--footprints", str(tmp_path / "fp.parquet"), "--workers", "1",
+            "-q"]
+    assert main(args + ["--out", str(tmp_path / "pairs.parquet")]) == 0
+    pairs = read_manifest(tmp_path / "pairs.parquet", "pairs")
+    db = read_manifest(tiny / "database.parquet", "database", geometry=False)
+    # brute force for every photo: all database windows, IoU on the ellipsoid
+    expected = set()
+    for r in rows[:-1]:
+        c = np.array([[r[f"{k}_lon"], r[f"{k}_lat"]] for k in ("tl", "tr", "br", "bl")])
+        poly = footprint_polygon(c)
+        for w in db.itertuples():
+            v = iou(poly, window_polygon(Window(w.zoom, w.x, w.y, w.size_tiles)))
+            if v >= 0.2 + 1e-3:
+                expected.add((r["photo_id"], w.tile_id))
+    got = set(zip(pairs.photo_id, pairs.tile_id))
+    assert expected and expected <= got
+    assert all(v >= 0.2 for v in pairs.iou) and "NOT-LOCALIZED" not in set(pairs.photo_id)
+    # the evaluation region (east quarter) and the queries' split agree on what to drop
+    out = main(args + ["--out", str(tmp_path / "train.parquet"), "--exclude", str(tiny / "regions.geojson") + "#eval"])
+    assert out == 0
+    train = read_manifest(tmp_path / "train.parquet", "pairs")
+    evals = set(truth.photo_id[truth.split == "eval"])
+    assert evals and not (set(train.photo_id) & evals) and set(train.photo_id) == set(pairs.photo_id) - evals
