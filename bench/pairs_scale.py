@@ -147,6 +147,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--naive", type=int, default=300, help="footprints for the naive comparison (0: skip)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stage", metavar="DIR", help="also write the workload as manifests in DIR and time "
+                    "`python -m pipeline run pairs` on them (Dask, Parquet in and out)")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -182,7 +184,51 @@ def main() -> None:
               f"{slow:.1f} s ({k / slow:,.1f}/s, {slow_pairs} pairs): {slow / fast:,.0f}x")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
-    print(f"peak memory: this process {rss:.2f} GB, largest worker {kids:.2f} GB")
+    print(f"peak memory: this process {rss:.2f} GB, largest worker {kids:.2f} GB", flush=True)
+    if args.stage:
+        stage(args, db, lon, lat)
+
+
+def stage(args, db: Database, lon: np.ndarray, lat: np.ndarray) -> None:
+    """Write database.parquet and footprints.parquet, then time the pairs stage in a subprocess."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+    import shapely
+
+    from manifests import DATABASE, FOOTPRINTS, ManifestWriter, write_manifest
+    from pipeline.database import window_rows
+
+    d = Path(args.stage)
+    d.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    z = (db.keys >> 56).astype(np.int64)
+    x = ((db.keys >> 28) & ((1 << 28) - 1)).astype(np.int64)
+    y = (db.keys & ((1 << 28) - 1)).astype(np.int64)
+    with ManifestWriter(d / "database.parquet", DATABASE) as w:
+        for zoom in np.unique(z):
+            idx = np.flatnonzero(z == zoom)
+            for i in range(0, len(idx), 500_000):
+                part = idx[i:i + 500_000]
+                w.write(window_rows(int(zoom), x[part], y[part], 4, None))
+    cols = {f"{c}_{k}": (lon if k == "lon" else lat)[:, j] for j, c in enumerate(("tl", "tr", "br", "bl"))
+            for k in ("lat", "lon")}
+    ring = np.stack([lon, lat], 2)
+    write_manifest(pd.DataFrame({"photo_id": [f"P{i:07d}" for i in range(len(lon))], "status": "localized",
+                                 "geometry": shapely.polygons(np.concatenate([ring, ring[:, :1]], 1)), **cols}),
+                   d / "footprints.parquet", FOOTPRINTS)
+    print(f"stage inputs written to {d} in {time.perf_counter() - t:.0f} s", flush=True)
+    t = time.perf_counter()
+    cmd = [sys.executable, "-m", "pipeline", "run", "pairs", "--workdir", str(d), "--iou", str(args.iou),
+           "--workers", str(args.workers), "--overwrite", "-q"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    print(res.stdout if res.returncode == 0 else res.stdout + res.stderr[-3000:])
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
+    print(f"stage: {wall:.1f} s wall for {len(lon):,} footprints x {len(db.keys):,} windows "
+          f"({len(lon) / wall:,.0f} footprints/s); peak memory of a process in it {kids:.2f} GB")
 
 
 def _init_noop(_):

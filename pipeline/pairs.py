@@ -181,8 +181,13 @@ def join(rings: Rings, db: Database, iou_min: float, zooms: list[int] | None = N
         if not keep.any():
             continue
         f, xw, y0, boxes, a_w, a_f = f[keep], xw[keep], y0[keep], boxes[keep], a_w[keep], a_f[keep]
-        cx, cy, cn = clip_to_boxes(xs[keep], ys[keep], n[keep], boxes)
-        inter = np.minimum(mercator_polygon_area_km2(cx, cy, cn), np.minimum(a_f, a_w))
+        xs, ys, n = xs[keep], ys[keep], n[keep]
+        inter = np.zeros(len(f))
+        for nv in np.unique(n):  # rings of one vertex count at a time: no padding to the largest
+            g = np.flatnonzero(n == nv)
+            cx, cy, cn = clip_to_boxes(xs[g, :nv], ys[g, :nv], n[g], boxes[g])
+            inter[g] = mercator_polygon_area_km2(cx, cy, cn)
+        inter = np.minimum(inter, np.minimum(a_f, a_w))
         iou = inter / (a_f + a_w - inter)
         keep = iou >= iou_min
         out.append(pd.DataFrame({"fp": f[keep], "zoom": np.full(int(keep.sum()), zoom, np.int32), "x": xw[keep],

@@ -173,6 +173,14 @@ class FootprintsStage(Stage):
         conf["zooms"] = parse_zooms(conf["zooms"])
         if conf["weights_dir"]:
             conf["weights_dir"] = str(Path(conf["weights_dir"]).resolve())
+        if conf["extractor"] == "superpoint":  # fail here, with the list of files, not in every worker
+            from pipeline.matching.weights import WeightsNotFoundError, user_weights_path
+
+            try:
+                for kind in ("superpoint", "superpoint_lightglue"):
+                    user_weights_path(conf["weights_dir"], kind)
+            except WeightsNotFoundError as e:
+                raise StageError(str(e)) from None
         if conf["feature_dir"]:  # one subfolder per tile source; the search adds one per feature config
             conf["feature_dir"] = str(Path(conf["feature_dir"]).resolve() / f"tiles-{fingerprint({'tiles': conf['tiles']})}")
         cal = self._calibration(conf, workdir)
