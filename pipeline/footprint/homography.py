@@ -38,6 +38,21 @@ def rotation(k: int, width: float, height: float) -> np.ndarray:
     }[k]
 
 
+def rotation_deg(degrees: float, width: float, height: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """Photo pixels -> pixels of the photo turned ``degrees`` counter-clockwise about its centre onto
+    the smallest canvas that holds it; returns the matrix and the canvas (width, height).
+
+    Equals :func:`rotation` for multiples of 90 degrees."""
+    t = np.radians(float(degrees))
+    c, s = np.cos(t), np.sin(t)
+    c, s = (round(c), round(s)) if abs(c) < 1e-12 or abs(s) < 1e-12 else (c, s)
+    w, h = float(width), float(height)
+    cw, ch = abs(w * c) + abs(h * s), abs(w * s) + abs(h * c)
+    rot = np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])
+    m = np.array([[1.0, 0, cw / 2], [0, 1.0, ch / 2], [0, 0, 1.0]]) @ rot @ np.array([[1.0, 0, -w / 2], [0, 1.0, -h / 2], [0, 0, 1.0]])
+    return m, (int(np.ceil(cw - 1e-9)), int(np.ceil(ch - 1e-9)))
+
+
 def scale(sx: float, sy: float | None = None) -> np.ndarray:
     return np.diag([float(sx), float(sx if sy is None else sy), 1.0])
 

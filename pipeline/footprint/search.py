@@ -3,7 +3,9 @@
 After AstroLoc (section 3.1) and EarthMatch:
 
 1. **Candidates**: at each zoom, the database windows that contain the weak label (four with
-   the half-window stride), each tried with the photo at 0/90/180/270 deg.
+   the half-window stride), each tried with the photo at 0/90/180/270 deg (AstroLoc's 80
+   pairs); then, for photos still not localized, at 45/135/225/315 deg (ALIKED + LightGlue
+   lose most photos turned ~40 deg from the nearest quarter turn).
 2. **Matching**: local features (ALIKED by default) + LightGlue + MAGSAC++ homography. The
    photo is matched at ``photo_px`` (long side) against windows at ``window_px``: a footprint
    about half a window wide then has about the window's scale, and one of the zooms (a factor
@@ -58,7 +60,8 @@ default_conf: dict[str, Any] = {
     "contrast": "clahe",  # "clahe": equalize lightness locally before extracting features; None: as is
     "zooms": [8, 9, 10, 11, 12],
     "size_tiles": 4,
-    "rotations": [0, 90, 180, 270],
+    "rotations": [0, 90, 180, 270, 45, 135, 225, 315],  # quarter turns first (AstroLoc's 80 pairs), then
+    # the 45-degree offsets, only for photos the quarter turns did not localize
     "photo_px": 384,  # long side of the photo when matched against a window
     "window_px": 768,  # side of a database window when matched (a footprint half a window wide
     # then has the photo's scale)
@@ -252,20 +255,36 @@ class FootprintSearch:
         s = c["photo_px"] / max(hgt, wid)
         small = cv2.resize(photo, (max(1, round(wid * s)), max(1, round(hgt * s))), interpolation=cv2.INTER_AREA)
         sx, sy = small.shape[1] / wid, small.shape[0] / hgt
-        rot_feats = {}
-        for deg in c["rotations"]:
-            k = (int(deg) // 90) % 4
-            rot_feats[int(deg)] = (self.extractor(np.ascontiguousarray(np.rot90(small, k))),
-                                   hg.rotation(k, small.shape[1], small.shape[0]) @ hg.scale(sx, sy))
-        for zoom in expected_zoom_order(c["zooms"], lat, focal_mm, size_tiles=c["size_tiles"]):
-            for window in windows_containing(lon, lat, zoom, c["size_tiles"]):
-                feats, _ = self.window_features(window)
-                if feats is None:
-                    continue
-                to_merc = hg.pixels_to_mercator(window.bounds_mercator(), c["window_px"], c["window_px"])
-                for deg, (f0, pre) in rot_feats.items():
-                    h, n = self._match(f0, feats)
-                    yield Candidate(window, deg, n, None if h is None else to_merc @ h @ pre)
+        # quarter turns at every zoom first (AstroLoc's 80 pairs), then any other angles
+        quarter = [d for d in c["rotations"] if float(d) % 90 == 0]
+        for group in (quarter, [d for d in c["rotations"] if float(d) % 90 != 0]):
+            rot_feats = {d: self._rotated_features(small, d, hg.scale(sx, sy)) for d in group}
+            for zoom in expected_zoom_order(c["zooms"], lat, focal_mm, size_tiles=c["size_tiles"]) if group else []:
+                for window in windows_containing(lon, lat, zoom, c["size_tiles"]):
+                    feats, _ = self.window_features(window)
+                    if feats is None:
+                        continue
+                    to_merc = hg.pixels_to_mercator(window.bounds_mercator(), c["window_px"], c["window_px"])
+                    for deg, (f0, pre) in rot_feats.items():
+                        h, n = self._match(f0, feats)
+                        yield Candidate(window, deg, n, None if h is None else to_merc @ h @ pre)
+
+    def _rotated_features(self, small: np.ndarray, deg: float, to_small: np.ndarray) -> tuple[dict, np.ndarray]:
+        """Features of the photo turned ``deg`` counter-clockwise, and photo pixels -> turned pixels.
+
+        Quarter turns are exact (np.rot90); other angles are warped onto a larger canvas and
+        keypoints within 4 px of the photo's edge (the canvas's empty corners) are dropped."""
+        h, w = small.shape[:2]
+        m, (cw, ch) = hg.rotation_deg(deg, w, h)
+        if float(deg) % 90 == 0:
+            return self.extractor(np.ascontiguousarray(np.rot90(small, int(deg) // 90 % 4))), m @ to_small
+        turned = cv2.warpAffine(small, hg.to_centres(m)[:2], (cw, ch), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        feats = self.extractor(turned)
+        back = hg.apply(np.linalg.inv(m), feats["keypoints"].numpy().astype(np.float64) + 0.5)
+        keep = torch.from_numpy((back[:, 0] > 4) & (back[:, 0] < w - 4) & (back[:, 1] > 4) & (back[:, 1] < h - 4))
+        feats = {k: (v[keep] if k in ("keypoints", "descriptors", "scores") else v) for k, v in feats.items()}
+        return feats, m @ to_small
 
     def refine(self, photo: np.ndarray, to_merc: np.ndarray) -> tuple[np.ndarray | None, int, int]:
         """EarthMatch's iterative refinement; returns (photo -> Mercator, inliers, iterations)."""
