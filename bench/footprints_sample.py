@@ -105,7 +105,7 @@ def main() -> None:
     print(f"\n{summary(df, 'default path')}  ({time.perf_counter() - t0:.0f} s in all)")
     if args.exhaustive:
         sub = q.head(args.exhaustive)
-        long_side = int(max(cv2.imread(p, cv2.IMREAD_REDUCED_COLOR_8).shape[:2]) * 8 for p in sub["image_path"][:1])
+        long_side = int(max(cv2.imread(sub["image_path"].iloc[0]).shape[:2]))  # the sample's photos share a size
         ex = run(FootprintSearch(source, **{**conf, **exhaustive_conf(long_side)}), sub, truth, "exhaustive")
         d = df.head(len(sub))
         print(f"\n{summary(ex, 'exhaustive path')}")
