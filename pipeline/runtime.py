@@ -40,3 +40,15 @@ def tune_malloc() -> bool:
         log.debug("mallopt not available; large buffers stay mmap-backed")
     _done = ok
     return ok
+
+
+def worker_environ() -> dict[str, str]:
+    """Environment for worker processes that run models: the same allocator settings from the start.
+
+    Dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536`` in its workers (to hand memory back to the
+    OS), which undoes :func:`tune_malloc` for tasks; and a task runs in a worker thread, whose own
+    malloc arena cannot hold a 300 MB buffer, so one arena. Measured on 3 real-sample photos in
+    one worker: sys time 14.7 -> 8.8 s, wall 50.9 -> 44.4 s.
+    """
+    big = str(_THRESHOLD)
+    return {"MALLOC_TRIM_THRESHOLD_": big, "MALLOC_MMAP_THRESHOLD_": big, "MALLOC_ARENA_MAX": "1"}

@@ -277,9 +277,15 @@ class FootprintsStage(Stage):
             gpu = conf["device"].startswith("cuda")
             cores = os.cpu_count() or 1
             n = int(conf["workers"] or (1 if gpu else cores))
-            threads = max(1, cores // n) if gpu else 1
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                                   silence_logs=logging.WARNING, resources={"GPU": 1} if gpu else None)
+            threads = max(1, cores // n)  # all cores busy, none oversubscribed
+            import dask
+
+            from pipeline.runtime import worker_environ
+
+            environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **worker_environ()}
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+                                       silence_logs=logging.WARNING, resources={"GPU": 1} if gpu else None)
             client = Client(cluster)
         resources = {"GPU": 1} if conf["device"].startswith("cuda") else None
         try:

@@ -124,7 +124,7 @@ def test_real_sample_footprints(real_sample, tmp_path):
     """The issue's command on the real sample: every localizable photo of truth.csv within IoU 0.7."""
     out = tmp_path / "fp.parquet"
     assert main(["run", "footprints", "--workdir", str(tmp_path), "--queries", str(real_sample / "queries.csv"),
-                 "--tiles", str(real_sample / "mosaics"), "--out", str(out), "-q"]) == 0
+                 "--tiles", str(real_sample / "mosaics"), "--out", str(out), "--batch-size", "1", "-q"]) == 0
     fp = read_manifest(out, "footprints", geometry=False).set_index("photo_id")
     truth = pd.read_csv(real_sample / "truth.csv").set_index("photo_id")
     assert len(fp) == len(truth)
