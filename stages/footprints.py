@@ -27,9 +27,9 @@ from pipeline.config import fingerprint
 from pipeline.footprint.search import default_conf as search_conf
 from pipeline.geometry.geodesy import area_km2, corners_columns, footprint_polygon
 from pipeline.geometry.mercator import MAX_LATITUDE
-from pipeline.progress import progress
 
 from .base import Stage, StageError
+from .cluster import dask_client, gather
 from .index import parse_zooms
 
 log = logging.getLogger(__name__)
@@ -264,43 +264,12 @@ class FootprintsStage(Stage):
         return "\n".join(lines)
 
     def _run_dask(self, conf: dict, search: dict, batches: list, todo: list[int], parts: Path) -> None:
-        from dask.distributed import Client, LocalCluster, as_completed
+        from pipeline.runtime import worker_environ
 
-        if conf["scheduler"]:
-            client = Client(conf["scheduler"])
-            cluster, threads = None, 0
-        else:
-            # CPU: one single-threaded worker per core. Torch threads in several processes (or beside
-            # any other busy process) oversubscribe the cores, and OpenMP's spinning then made a
-            # batch 5x slower (2 threads: 41.6 s, 1 thread: 8.5 s, with one other busy process).
-            # CUDA: one worker per GPU (one here), with the cores for decoding and rendering.
-            gpu = conf["device"].startswith("cuda")
-            cores = os.cpu_count() or 1
-            n = int(conf["workers"] or (1 if gpu else cores))
-            threads = max(1, cores // n)  # all cores busy, none oversubscribed
-            import dask
-
-            from pipeline.runtime import worker_environ
-
-            environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **worker_environ()}
-            with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-                cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                                       silence_logs=logging.WARNING, resources={"GPU": 1} if gpu else None)
-            client = Client(cluster)
-        resources = {"GPU": 1} if conf["device"].startswith("cuda") else None
-        try:
-            futures = {}
-            for k in todo:
-                f = client.submit(run_batch, batches[k], conf["tiles"], search, conf["device"],
-                                  str(parts / f"batch{k:05d}.parquet"), threads, conf["confidence_model"], key=f"footprints-batch-{parts.name}-{k}",
-                                  retries=2, resources=resources, pure=False)
-                futures[f] = k
-            with progress(total=sum(len(batches[k]) for k in todo), desc="footprints", unit="photo") as bar:
-                for f in as_completed(futures):
-                    res = f.result()
-                    bar.update(res["photos"])
-                    bar.set_postfix(localized=res["localized"])
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+        gpu = conf["device"].startswith("cuda")
+        with dask_client(conf["scheduler"], conf["workers"], gpu, worker_environ()) as (client, threads):
+            futures = [client.submit(run_batch, batches[k], conf["tiles"], search, conf["device"],
+                                     str(parts / f"batch{k:05d}.parquet"), threads, conf["confidence_model"],
+                                     key=f"footprints-batch-{parts.name}-{k}", retries=2,
+                                     resources={"GPU": 1} if gpu else None, pure=False) for k in todo]
+            gather(futures, sum(len(batches[k]) for k in todo), "footprints", "localized")

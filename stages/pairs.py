@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,9 @@ import pyarrow.parquet as pq
 
 from manifests import PAIRS, ManifestWriter, read_manifest, write_manifest
 from pipeline.config import fingerprint
-from pipeline.progress import progress
 
 from .base import Stage, StageError
+from .cluster import dask_client, gather
 from .index import parse_zooms
 
 log = logging.getLogger(__name__)
@@ -197,29 +196,8 @@ class PairsStage(Stage):
         return lines
 
     def _run_dask(self, conf, ids, lon, lat, chunks, todo, parts) -> None:
-        from dask.distributed import Client, LocalCluster, as_completed
-
-        if conf["scheduler"]:
-            client, cluster = Client(conf["scheduler"]), None
-        else:
-            n = int(conf["workers"] or (os.cpu_count() or 1))
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
-                                   silence_logs=logging.WARNING)
-            client = Client(cluster)
-        try:
-            futures = {}
-            for k in todo:
-                s = chunks[k]
-                f = client.submit(run_chunk, ids[s], lon[s], lat[s], conf["database"], float(conf["iou"]),
-                                  conf["zooms"], str(parts / f"chunk{k:05d}.parquet"), key=f"pairs-{parts.name}-{k}",
-                                  retries=2, pure=False)
-                futures[f] = k
-            with progress(total=sum(len(ids[chunks[k]]) for k in todo), desc="pairs", unit="photo") as bar:
-                for f in as_completed(futures):
-                    res = f.result()
-                    bar.update(res["photos"])
-                    bar.set_postfix(pairs=res["pairs"])
-        finally:
-            client.close()
-            if cluster is not None:
-                cluster.close()
+        with dask_client(conf["scheduler"], conf["workers"]) as (client, _):
+            futures = [client.submit(run_chunk, ids[chunks[k]], lon[chunks[k]], lat[chunks[k]], conf["database"],
+                                     float(conf["iou"]), conf["zooms"], str(parts / f"chunk{k:05d}.parquet"),
+                                     key=f"pairs-{parts.name}-{k}", retries=2, pure=False) for k in todo]
+            gather(futures, sum(len(ids[chunks[k]]) for k in todo), "pairs", "pairs")
