@@ -4,7 +4,7 @@ glibc hands every allocation above its mmap threshold (at most 32 MB by default)
 ``mmap`` and returns it with ``munmap`` when freed. Feature extractors allocate dense maps of
 hundreds of MB per image (ALIKED at 768 x 768: 128 channels x 590k pixels x 4 bytes = 300 MB),
 so each image paid for ~500k page faults: half of ALIKED's time on 2 cores was spent in the
-kernel (bench: 1.27 s -> 0.70 s per 768 px image after :func:`tune_malloc`). Raising the mmap
+kernel (``python bench/allocator.py``: 1.20 s -> 0.67 s per 768 px image after :func:`tune_malloc`). Raising the mmap
 and trim thresholds keeps freed buffers in the heap for the next image. The price: a worker
 keeps its peak heap instead of giving it back to the OS between images.
 """
