@@ -86,6 +86,8 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=8, help="the first N photos (after --skip)")
     ap.add_argument("--skip", type=int, default=0, help="skip the first N photos (e.g. to calibrate on others)")
     ap.add_argument("--set", action="append", default=[], help="search option key=JSON value")
+    ap.add_argument("--negatives", action="store_true", help="of the selected photos, only the negatives (with "
+                    "--set candidate_min_inliers=0 --set min_inliers=0: the inliers refinement gives wrong candidates)")
     ap.add_argument("--exhaustive", type=int, default=0, help="also run the exhaustive path on the first N photos")
     ap.add_argument("--csv", help="write the per-photo rows here")
     ap.add_argument("--fit-calibration", metavar="OUT", help="fit the decision threshold on these photos (run "
@@ -98,6 +100,8 @@ def main() -> None:
     q = q.iloc[args.skip:].head(args.photos)
     truth = (pd.read_csv(truth_path) if truth_path.endswith(".csv")
              else read_manifest(truth_path, "truth", geometry=False)).set_index("photo_id")
+    if args.negatives:
+        q = q[~truth.loc[q["photo_id"], "localizable"].astype(bool).to_numpy()]
     conf = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     source = open_tile_source(tiles)
     t0 = time.perf_counter()

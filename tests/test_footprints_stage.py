@@ -136,8 +136,9 @@ def test_real_sample_footprints(real_sample, tmp_path):
             true = np.array([[t[f"{c}_lon"], t[f"{c}_lat"]] for c in ("tl", "tr", "br", "bl")])
             scores[pid] = iou(footprint_polygon(est), footprint_polygon(true))
     assert all(s >= 0.7 for s in scores.values()), scores  # no footprint off the truth
-    must = set(truth[truth.localizable].index) - KNOWN_MISSES - BORDERLINE
+    must = set(truth[truth.localizable].index) - BORDERLINE
     assert must <= set(scores), f"not localized: {sorted(must - set(scores))}"
+    assert len(scores) >= truth.localizable.sum() - 1, f"two borderline photos missed: {sorted(scores)}"
     # wrong imagery (another place's, as a wrong label would give): no footprint
     assert fp.loc["ISS056-E-153176", "status"] != "localized"
     # truth.csv calls ISS062-E-24032 not localizable ("no candidate contains it": the published
@@ -149,9 +150,7 @@ def test_real_sample_footprints(real_sample, tmp_path):
         assert r.br_lon == pytest.approx(85.83, abs=0.1) and r.br_lat == pytest.approx(31.57, abs=0.1)
 
 
-KNOWN_MISSES = {"ISS064-E-513"}
-"""Photos the default search does not localize yet (see the issue notes): hazy, half clouded,
-oblique; even at its true alignment ALIKED + LightGlue find ~17 inliers at 384 px."""
-BORDERLINE = {"ISS054-E-21023"}
-"""Localized right (IoU 0.965) with 25 inliers, exactly the calibrated threshold: a change of
-thread count may move it by one inlier either way."""
+BORDERLINE = {"ISS054-E-21023", "ISS064-E-513"}
+"""Localized right (IoU 0.91 and 0.93 in the bench) with a few inliers over the calibrated
+threshold of 25 (31 and 26): hazy photos, and ISS064-E-513 is half clouded and 39 deg oblique.
+A change of thread count may move them by an inlier or two, so one of them may be missed."""

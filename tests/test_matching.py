@@ -258,3 +258,13 @@ def test_real_photo_matches_its_mosaic_in_one_rotation(aliked_lg):
     assert int(np.argmax(inliers)) == 2, inliers
     assert inliers[2] >= 40, inliers
     assert sorted(inliers)[-2] < 15, inliers
+
+
+def test_lightglue_mixed_precision_recovers_known_homography(photo512, aliked):
+    """LightGlue under autocast (``mp``: what ``run footprints`` uses on CUDA, in float16) finds the same homography.
+
+    Here on the CPU autocast runs in bfloat16 (coarser than float16): the same code path, a harder test."""
+    mp = LightGlueMatcher("aliked", mp=True)
+    H, n, _, _ = match_pair(photo512, _warped(photo512), aliked, mp)
+    assert H is not None and n >= 100, n
+    assert _corner_error(H, 512) < 3.0
