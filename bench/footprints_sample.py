@@ -37,8 +37,9 @@ from pipeline.imagery import open_tile_source
 
 
 def exhaustive_conf(photo_long_side: int, size_tiles: int = 4) -> dict:
-    """The exhaustive path: every (window, rotation) pair, no cache, native resolutions."""
-    return {"early_stop_inliers": 0, "feature_cache": 0, "photo_px": photo_long_side,
+    """The exhaustive path: AstroLoc's 80 pairs (every window at 5 zooms x 4 quarter turns), no cache, native
+    resolutions."""
+    return {"early_stop_inliers": 0, "feature_cache": 0, "photo_px": photo_long_side, "rotations": [0, 90, 180, 270],
             "window_px": size_tiles * 256, "refine_px": photo_long_side}
 
 
