@@ -28,9 +28,10 @@ DEFAULT_PRECISION = 0.999
 PACKAGED = Path(__file__).with_name("calibration.json")
 """The calibration shipped with the package: ALIKED, fitted on photos 60-99 of the small sample (30 right
 footprints, wrong ones at <= 15 inliers) with the search of that time (photo at 384 px, refinement context 3).
-Kept for the current search (512 px, context 2): refitting there gives perfectly separated data (no wrong
-footprint at all: wrong candidates forced through refinement keep 0-5 inliers, right footprints have >= 69),
-whose threshold only the fit's penalty decides (75); 25 stays well clear of both."""
+Kept for the current search (512 px, context 2): refitting there on photos 60-99 gives perfectly separated data
+(no wrong footprint at all; right ones have >= 69 inliers), whose threshold only the fit's penalty decides (75).
+Wrong candidates forced through refinement keep 0 inliers there and 5 on the real sample; the real sample's right
+footprints have 26 or more. 25 lies between: far above the wrong ones, one inlier below the hardest right one."""
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iterations: int = 100) -> tuple[float, float]:

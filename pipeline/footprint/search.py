@@ -181,7 +181,8 @@ class FootprintSearch:
         wdir = self.conf["weights_dir"]
         self._extract = build_extractor(self.conf["extractor"], max_keypoints=self.conf["max_keypoints"],
                                         device=device, weights_dir=wdir)
-        mp = {"mp": True} if self.conf["half"] and str(device).startswith("cuda") and self.conf["extractor"] != "sift" else {}
+        half = self.conf["half"] and str(device).startswith("cuda") and self.conf["extractor"] != "sift"
+        mp = {"mp": True} if half else {}  # SIFT's nearest-neighbour matcher has no autocast option
         self.matcher = build_matcher(self.conf["extractor"], device=device, weights_dir=wdir, **mp)
         self._features: OrderedDict[tuple, tuple[dict, Any]] = OrderedDict()
         self._disk = None
