@@ -87,3 +87,28 @@ def test_window_features_are_kept_on_disk_and_reused(tiny, tmp_path):
     # another feature config gets its own folder
     FootprintSearch(source, feature_dir=str(tmp_path), max_keypoints=64).window_features(window)
     assert len(list(tmp_path.rglob("*.npz"))) == 2
+
+
+def test_offset_turns_only_at_the_likeliest_zooms_and_each_turn_extracted_when_first_needed(tiny):
+    """Quarter turns at every zoom first (AstroLoc's 80 pairs), the 45-degree offsets at the
+    ``offset_zooms`` likeliest zooms only; a photo matched by its first pair costs one photo extraction."""
+    from pipeline.footprint.search import FootprintSearch, expected_zoom_order
+    from pipeline.imagery import open_tile_source
+
+    row = read_manifest(tiny / "queries.parquet", "queries").iloc[0]
+    search = FootprintSearch(open_tile_source(tiny / "tiles"), max_keypoints=64, photo_px=128, window_px=256,
+                             offset_zooms=2)
+    calls = []
+    extract = search._extract
+    search._extract = lambda rgb: calls.append(rgb.shape) or extract(rgb)
+    photo = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    pairs = search.candidates(photo, row.center_lon, row.center_lat, 400.0)
+    first = next(pairs)
+    assert (first.rotation_deg, len(calls)) == (0, 2)  # one window and the photo as it is, not its four turns
+    tried = [(first.window.zoom, first.rotation_deg)] + [(c.window.zoom, c.rotation_deg) for c in pairs]
+    order = expected_zoom_order(search.conf["zooms"], row.center_lat, 400.0)
+    quarter = [(z, d) for z, d in tried if d % 90 == 0]
+    offsets = [(z, d) for z, d in tried if d % 90 != 0]
+    assert len(quarter) == 80 and tried[:80] == quarter  # every window of the tiny world has imagery
+    assert [z for z, _ in offsets] == [z for z in order[:2] for _ in range(16)]
+    assert len(calls) == 20 + 8  # 20 windows, 8 turns of the photo: each extracted once

@@ -5,7 +5,10 @@ After AstroLoc (section 3.1) and EarthMatch:
 1. **Candidates**: at each zoom, the database windows that contain the weak label (four with
    the half-window stride), each tried with the photo at 0/90/180/270 deg (AstroLoc's 80
    pairs); then, for photos still not localized, at 45/135/225/315 deg (ALIKED + LightGlue
-   lose most photos turned ~40 deg from the nearest quarter turn).
+   lose most photos turned ~40 deg from the nearest quarter turn), at the ``offset_zooms``
+   (2) likeliest zooms only: the five photos of the sample workspace's 60-photo subset that
+   need a 45-degree turn all match at the first or second likeliest zoom, and a photo that
+   matches nothing (a negative) then costs 112 pairs instead of 160.
 2. **Matching**: local features (ALIKED by default) + LightGlue + MAGSAC++ homography. The
    photo is matched at ``photo_px`` (long side, 512) against windows at ``window_px`` (768): a
    footprint two thirds of a window wide then has the window's scale, and one of the zooms (a
@@ -70,6 +73,7 @@ default_conf: dict[str, Any] = {
     "size_tiles": 4,
     "rotations": [0, 90, 180, 270, 45, 135, 225, 315],  # quarter turns first (AstroLoc's 80 pairs), then
     # the 45-degree offsets, only for photos the quarter turns did not localize
+    "offset_zooms": 2,  # the 45-degree offsets are tried at this many of the likeliest zooms (None: all)
     "photo_px": 512,  # long side of the photo when matched against a window
     "window_px": 768,  # side of a database window when matched (a footprint two thirds of a window
     # wide then has the photo's scale)
@@ -78,7 +82,7 @@ default_conf: dict[str, Any] = {
     "refine_iterations": 4,
     "refine_px": 512,  # long side of the photo when refining (the surroundings are refine_context x that)
     "refine_context": 2.0,  # the surroundings rendered around the estimate, in footprint widths
-    "refine_converged_px": 0.5,  # stop refining once no corner moves more than this (pixels at refine_px)
+    "refine_converged_px": 1.0,  # stop refining once no corner moves more than this (pixels at refine_px)
     "min_inliers": 25,  # decision threshold: the packaged calibration's (`run calibrate` fits one)
     "candidate_min_inliers": 15,  # below this a candidate is not refined
     "early_stop_inliers": 30,  # refine a candidate with this many at once, stop when accepted (0: try all 80)
@@ -160,6 +164,12 @@ def expected_zoom_order(zooms: list[int], lat: float, focal_mm: float | None, al
     coslat = math.cos(math.radians(lat))
     best = math.log2(size_tiles * 256 * resolution_m(0) * coslat / (2.0 * width_m))
     return sorted(zooms, key=lambda z: (abs(z - best), z))
+
+
+def _subset(feats: dict, keep: torch.Tensor) -> dict:
+    """A feature dict restricted to some keypoints (a bool mask or indices); every per-keypoint tensor follows."""
+    n = len(feats["keypoints"])
+    return {k: (v[keep] if torch.is_tensor(v) and v.ndim >= 1 and len(v) == n else v) for k, v in feats.items()}
 
 
 class FootprintSearch:
@@ -261,23 +271,32 @@ class FootprintSearch:
 
     # -- the search ----------------------------------------------------------------------------
     def candidates(self, photo: np.ndarray, lon: float, lat: float, focal_mm: float | None = None) -> Iterator[Candidate]:
-        """Match the photo against every (window, rotation), likeliest zoom first; yields each pair's candidate."""
+        """Match the photo against every (window, rotation), likeliest zoom first; yields each pair's candidate.
+
+        The quarter turns are tried at every zoom (AstroLoc's 80 pairs), the other angles only at
+        the ``offset_zooms`` likeliest zooms. A turn's features are computed when first needed
+        (a photo localized by its first pair costs one extraction, not four)."""
         c = self.conf
         hgt, wid = photo.shape[:2]
         s = c["photo_px"] / max(hgt, wid)
         small = cv2.resize(photo, (max(1, round(wid * s)), max(1, round(hgt * s))), interpolation=cv2.INTER_AREA)
-        sx, sy = small.shape[1] / wid, small.shape[0] / hgt
-        # quarter turns at every zoom first (AstroLoc's 80 pairs), then any other angles
+        to_small = hg.scale(small.shape[1] / wid, small.shape[0] / hgt)
+        order = expected_zoom_order(c["zooms"], lat, focal_mm, size_tiles=c["size_tiles"])
         quarter = [d for d in c["rotations"] if float(d) % 90 == 0]
-        for group in (quarter, [d for d in c["rotations"] if float(d) % 90 != 0]):
-            rot_feats = {d: self._rotated_features(small, d, hg.scale(sx, sy)) for d in group}
-            for zoom in expected_zoom_order(c["zooms"], lat, focal_mm, size_tiles=c["size_tiles"]) if group else []:
+        offsets = [d for d in c["rotations"] if float(d) % 90 != 0]
+        n_off = len(order) if c["offset_zooms"] is None else max(0, int(c["offset_zooms"]))
+        rot_feats: dict = {}
+        for group, zooms in ((quarter, order), (offsets, order[:n_off])):
+            for zoom in zooms if group else []:
                 for window in windows_containing(lon, lat, zoom, c["size_tiles"]):
                     feats, _ = self.window_features(window)
                     if feats is None:
                         continue
                     to_merc = hg.pixels_to_mercator(window.bounds_mercator(), c["window_px"], c["window_px"])
-                    for deg, (f0, pre) in rot_feats.items():
+                    for deg in group:
+                        if deg not in rot_feats:
+                            rot_feats[deg] = self._rotated_features(small, deg, to_small)
+                        f0, pre = rot_feats[deg]
                         h, n = self._match(f0, feats)
                         yield Candidate(window, deg, n, None if h is None else to_merc @ h @ pre)
 
@@ -295,8 +314,7 @@ class FootprintSearch:
         feats = self.extractor(turned)
         back = hg.apply(np.linalg.inv(m), feats["keypoints"].numpy().astype(np.float64) + 0.5)
         keep = torch.from_numpy((back[:, 0] > 4) & (back[:, 0] < w - 4) & (back[:, 1] > 4) & (back[:, 1] < h - 4))
-        feats = {k: (v[keep] if k in ("keypoints", "descriptors", "scores") else v) for k, v in feats.items()}
-        return feats, m @ to_small
+        return _subset(feats, keep), m @ to_small
 
     def refine(self, photo: np.ndarray, to_merc: np.ndarray) -> tuple[np.ndarray | None, int, int]:
         """EarthMatch's iterative refinement; returns (photo -> Mercator, inliers, iterations)."""
