@@ -52,3 +52,24 @@ def worker_environ() -> dict[str, str]:
     """
     big = str(_THRESHOLD)
     return {"MALLOC_TRIM_THRESHOLD_": big, "MALLOC_MMAP_THRESHOLD_": big, "MALLOC_ARENA_MAX": "1"}
+
+
+_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (x86 AVX512-BF16 or AMX-BF16 in ``cpuinfo``'s flags).
+
+    On such a CPU, oneDNN runs bfloat16 matrix products at about twice the float32 rate (LightGlue on
+    2 EPYC cores: 220 -> 115 ms per pair). Elsewhere bfloat16 is emulated and buys nothing, so the
+    answer is False on any other platform or when the file cannot be read.
+    """
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[-1].split())
+                    return any(flag in flags for flag in _BF16_FLAGS)
+    except OSError:
+        pass
+    return False

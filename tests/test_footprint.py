@@ -112,3 +112,42 @@ def test_offset_turns_only_at_the_likeliest_zooms_and_each_turn_extracted_when_f
     assert len(quarter) == 80 and tried[:80] == quarter  # every window of the tiny world has imagery
     assert [z for z, _ in offsets] == [z for z in order[:2] for _ in range(16)]
     assert len(calls) == 20 + 8  # 20 windows, 8 turns of the photo: each extracted once
+
+
+def test_candidates_matched_in_mixed_precision_refinement_in_float32(tiny, monkeypatch):
+    """``half``: the candidate search's LightGlue in mixed precision where the device has it (bfloat16 on a CPU
+    with native bfloat16, float16 on CUDA); refinement, whose inliers meet the calibrated threshold, in float32."""
+    from pipeline.footprint import search as S
+    from pipeline.imagery import open_tile_source
+
+    source = open_tile_source(tiny / "tiles")
+    monkeypatch.setattr(S, "cpu_has_native_bf16", lambda: False)
+    plain = S.FootprintSearch(source)
+    assert not plain.half_precision() and plain.half_precision("cuda") and not plain.matcher.conf["mp"]
+    monkeypatch.setattr(S, "cpu_has_native_bf16", lambda: True)
+    assert not S.FootprintSearch(source, half=False).half_precision()
+    assert not S.FootprintSearch(source, extractor="sift").half_precision()
+    search = S.FootprintSearch(source)
+    assert search.half_precision() and search.matcher.conf["mp"]
+
+    calls, refining = [], [False]
+    matcher, refine = search.matcher, search.refine
+
+    def spy_match(f0, f1, full_precision=False):
+        calls.append((refining[0], full_precision))
+        return matcher(f0, f1, full_precision=full_precision)
+
+    def spy_refine(*args):
+        refining[0] = True
+        try:
+            return refine(*args)
+        finally:
+            refining[0] = False
+
+    search.matcher, search.refine = spy_match, spy_refine
+    row = read_manifest(tiny / "queries.parquet", "queries").iloc[0]
+    photo = np.ascontiguousarray(cv2.imread(str(tiny / row.image_path))[..., ::-1])
+    result = search.localize(photo, row.center_lon, row.center_lat, row.focal_length_mm)
+    assert result.status == "localized", result.reason
+    assert all(full == in_refine for in_refine, full in calls), calls  # float32 exactly when refining
+    assert {c for c in calls} == {(False, False), (True, True)}  # both kinds of call happened

@@ -261,10 +261,24 @@ def test_real_photo_matches_its_mosaic_in_one_rotation(aliked_lg):
 
 
 def test_lightglue_mixed_precision_recovers_known_homography(photo512, aliked):
-    """LightGlue under autocast (``mp``: what ``run footprints`` uses on CUDA, in float16) finds the same homography.
-
-    Here on the CPU autocast runs in bfloat16 (coarser than float16): the same code path, a harder test."""
+    """LightGlue under autocast (``mp``: what the candidate search uses, float16 on CUDA, bfloat16 on a CPU with
+    native bfloat16) finds the same homography. On the CPU autocast runs in bfloat16 (coarser than float16)."""
     mp = LightGlueMatcher("aliked", mp=True)
     H, n, _, _ = match_pair(photo512, _warped(photo512), aliked, mp)
     assert H is not None and n >= 100, n
     assert _corner_error(H, 512) < 3.0
+
+
+def test_lightglue_full_precision_call_is_float32(photo512, aliked, aliked_lg):
+    """A mixed-precision matcher asked for full precision gives exactly the float32 matcher's matches, and holds
+    one copy of the network (its float32 twin shares the weights and stays out of the state dict)."""
+    mp = LightGlueMatcher("aliked", mp=True)
+    f0, f1 = aliked(photo512), aliked(_warped(photo512))
+    idx, scores = mp.match_indices(f0, f1, full_precision=True)
+    ref_idx, ref_scores = aliked_lg.match_indices(f0, f1)
+    assert np.array_equal(idx, ref_idx) and np.array_equal(scores, ref_scores)
+    mixed_idx, mixed_scores = mp.match_indices(f0, f1)
+    assert mixed_scores.dtype == np.float32 and not np.array_equal(mixed_scores, ref_scores)  # bfloat16 rounding
+    assert set(mp.state_dict()) == set(aliked_lg.state_dict())
+    assert mp._float32.conf.mp is False and mp.model.conf.mp is True
+    assert all(a is b for a, b in zip(mp._float32.parameters(), mp.model.parameters()))

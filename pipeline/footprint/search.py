@@ -59,7 +59,7 @@ from ..geometry.mercator import lonlat_to_mercator, resolution_m
 from ..geometry.windows import Window, windows_containing
 from ..imagery.base import TileSource
 from ..matching import build_extractor, build_matcher, estimate_homography
-from ..runtime import tune_malloc
+from ..runtime import cpu_has_native_bf16, tune_malloc
 from . import homography as hg
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,10 @@ default_conf: dict[str, Any] = {
     "label_tolerance": 0.1,  # the label may lie this fraction of the footprint's width outside it
     "min_area_km2": 10.0,
     "max_area_km2": 2_000_000.0,
-    "half": True,  # LightGlue in mixed precision (float16 autocast) on CUDA, as cvg/LightGlue supports; the
-    # extractors stay float32 (sub-pixel keypoints); ignored on the CPU
+    "half": True,  # the candidate search's LightGlue in mixed precision: float16 autocast on CUDA (as cvg/LightGlue
+    # supports), bfloat16 autocast on a CPU that multiplies bfloat16 in hardware (AVX512-BF16, AMX), float32 on any
+    # other CPU. Refinement, whose inliers meet the calibrated threshold, and the extractors (sub-pixel keypoints)
+    # always run in float32.
     "feature_cache": 256,  # database windows whose features are kept per process
     "feature_dir": None,  # also keep window features in this folder (one per tile source): shared by
     # processes and runs; None: memory only
@@ -191,14 +193,19 @@ class FootprintSearch:
         wdir = self.conf["weights_dir"]
         self._extract = build_extractor(self.conf["extractor"], max_keypoints=self.conf["max_keypoints"],
                                         device=device, weights_dir=wdir)
-        half = self.conf["half"] and str(device).startswith("cuda") and self.conf["extractor"] != "sift"
-        mp = {"mp": True} if half else {}  # SIFT's nearest-neighbour matcher has no autocast option
+        mp = {"mp": True} if self.half_precision(device) else {}
         self.matcher = build_matcher(self.conf["extractor"], device=device, weights_dir=wdir, **mp)
         self._features: OrderedDict[tuple, tuple[dict, Any]] = OrderedDict()
         self._disk = None
         if self.conf["feature_dir"]:
             keys = ("extractor", "weights_dir", "max_keypoints", "window_px", "contrast", "min_valid", "size_tiles")
             self._disk = Path(self.conf["feature_dir"]) / fingerprint({k: self.conf[k] for k in keys})
+
+    def half_precision(self, device: str = "cpu") -> bool:
+        """Whether LightGlue runs in mixed precision on ``device`` (see ``half`` in :data:`default_conf`)."""
+        if not self.conf["half"] or self.conf["extractor"] == "sift":  # SIFT's nearest neighbours: no autocast
+            return False
+        return str(device).startswith("cuda") or (str(device) == "cpu" and cpu_has_native_bf16())
 
     # -- features ----------------------------------------------------------------------------
     def extractor(self, rgb: np.ndarray) -> dict:
@@ -262,8 +269,9 @@ class FootprintSearch:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
 
-    def _match(self, f0: dict, f1: dict) -> tuple[np.ndarray | None, int]:
-        m0, m1, _ = self.matcher(f0, f1)
+    def _match(self, f0: dict, f1: dict, full_precision: bool = False) -> tuple[np.ndarray | None, int]:
+        """(homography from f0's pixels to f1's, pixel centres at integers; MAGSAC++ inliers), or (None, 0)."""
+        m0, m1, _ = self.matcher(f0, f1, full_precision=full_precision)
         h, mask = estimate_homography(m0, m1, threshold_px=self.conf["ransac_px"])
         if h is None:
             return None, 0
@@ -353,7 +361,8 @@ class FootprintSearch:
             m = np.linalg.inv(hg.pixels_to_mercator((xmin, ymax - ny * res, xmin + nx * res, ymax), nx, ny)) @ g
             sur = cv2.warpPerspective(north_up.rgb, hg.to_centres(m), (jw, jh),
                                       flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-            h, n = self._match(f_photo, self.extractor(sur))
+            # float32 always: these inliers meet the calibrated threshold, which was fitted on float32 counts
+            h, n = self._match(f_photo, self.extractor(sur), full_precision=True)
             if h is None or n < c["candidate_min_inliers"]:
                 return stop(n)
             new = g @ h @ to_small

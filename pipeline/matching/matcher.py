@@ -3,12 +3,15 @@
 A matcher is called as ``matcher(feats0, feats1)`` with the dicts produced by
 :mod:`pipeline.matching.extractors` and returns ``(mkpts0, mkpts1, scores)``: matched keypoints as float32 numpy
 arrays ``(M, 2)`` in pixel ``(x, y)`` of each image, and ``(M,)`` match confidences. ``matcher.match_indices``
-returns the ``(M, 2)`` int64 keypoint indices instead of coordinates.
+returns the ``(M, 2)`` int64 keypoint indices instead of coordinates. ``full_precision=True`` runs a LightGlue
+built for mixed precision (``mp=True``) in float32 for that call.
 """
 
 from __future__ import annotations
 
+import copy
 import re
+from types import SimpleNamespace
 from typing import Any, Optional
 
 import cv2
@@ -81,11 +84,16 @@ def _batch(feats: dict[str, Any], device: torch.device) -> dict[str, torch.Tenso
 class _Matcher(nn.Module):
     default_conf: dict[str, Any] = {}
 
-    def match_indices(self, feats0: dict[str, Any], feats1: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def match_indices(self, feats0: dict[str, Any], feats1: dict[str, Any],
+                      full_precision: bool = False) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def forward(self, feats0: dict[str, Any], feats1: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        idx, scores = self.match_indices(feats0, feats1)
+    def forward(self, feats0: dict[str, Any], feats1: dict[str, Any],
+                full_precision: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Matched keypoints ``(M, 2)`` of each image (pixels) and their confidences ``(M,)``.
+
+        ``full_precision``: match in float32 even when the matcher was built for mixed precision."""
+        idx, scores = self.match_indices(feats0, feats1, full_precision)
         k0 = np.asarray(torch.as_tensor(feats0["keypoints"]).cpu(), dtype=np.float32).reshape(-1, 2)
         k1 = np.asarray(torch.as_tensor(feats1["keypoints"]).cpu(), dtype=np.float32).reshape(-1, 2)
         return k0[idx[:, 0]], k1[idx[:, 1]], scores
@@ -141,17 +149,27 @@ class LightGlueMatcher(_Matcher):
             mapped = lightglue_key_map(weights.load_state_dict(LIGHTGLUE_WEIGHTS[features]), self.model)
         self.model.load_state_dict(mapped, strict=True)
         self.model.eval().to(device)
+        # The same network in float32 for calls that ask for full precision: a shallow copy shares every
+        # parameter and buffer and differs only in its own configuration (kornia reads ``conf.mp`` per call).
+        # Kept out of the module tree (object.__setattr__) so state_dict() and .to() see the network once.
+        float32 = self.model
+        if self.conf["mp"]:
+            float32 = copy.copy(self.model)
+            float32.conf = SimpleNamespace(**{**vars(self.model.conf), "mp": False})
+        object.__setattr__(self, "_float32", float32)
 
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
     @torch.inference_mode()
-    def match_indices(self, feats0: dict[str, Any], feats1: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def match_indices(self, feats0: dict[str, Any], feats1: dict[str, Any],
+                      full_precision: bool = False) -> tuple[np.ndarray, np.ndarray]:
         n0, n1 = len(feats0["keypoints"]), len(feats1["keypoints"])
         if n0 == 0 or n1 == 0:
             return np.zeros((0, 2), np.int64), np.zeros((0,), np.float32)
-        out = self.model({"image0": _batch(feats0, self.device), "image1": _batch(feats1, self.device)})
+        model = self._float32 if full_precision else self.model
+        out = model({"image0": _batch(feats0, self.device), "image1": _batch(feats1, self.device)})
         idx = out["matches"][0].cpu().numpy().astype(np.int64).reshape(-1, 2)
         scores = out["scores"][0].float().cpu().numpy().astype(np.float32)
         return idx, scores
@@ -170,7 +188,8 @@ class NearestNeighborMatcher(_Matcher):
         self.conf = {**self.default_conf, **conf}
 
     @torch.inference_mode()
-    def match_indices(self, feats0: dict[str, Any], feats1: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    def match_indices(self, feats0: dict[str, Any], feats1: dict[str, Any],
+                      full_precision: bool = False) -> tuple[np.ndarray, np.ndarray]:
         d0 = torch.as_tensor(feats0["descriptors"], dtype=torch.float32)
         d1 = torch.as_tensor(feats1["descriptors"], dtype=torch.float32)
         if len(d0) == 0 or len(d1) < 2:
