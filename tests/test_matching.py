@@ -182,6 +182,22 @@ def test_extractor_outputs_and_input_forms(photo512):
     assert small["image_size"] == (512, 512) and float(small["keypoints"].max()) > 300
 
 
+def test_aliked_channels_last_is_the_same_network(photo512):
+    """ALIKED on channels-last tensors (the default, for speed) finds the same features as on NCHW tensors, up to
+    float rounding: the same keypoints to a fraction of a pixel, the same descriptors to 1e-4."""
+    img = cv2.resize(photo512, (320, 320), interpolation=cv2.INTER_AREA)
+    fast = build_extractor("aliked", max_keypoints=512)
+    plain = build_extractor("aliked", max_keypoints=512, channels_last=False)
+    conv = next(m for m in fast.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    a, b = fast(img), plain(img)
+    assert len(a["keypoints"]) == len(b["keypoints"]) > 200
+    dist, j = torch.cdist(torch.as_tensor(b["keypoints"]), torch.as_tensor(a["keypoints"])).min(1)
+    assert float(dist.max()) < 0.5 and float((dist < 1e-3).float().mean()) > 0.8, dist.max()
+    diff = (torch.as_tensor(b["descriptors"]) - torch.as_tensor(a["descriptors"])[j]).abs().max()
+    assert float(diff) < 1e-4
+
+
 def test_estimate_homography_exact_points():
     rng = np.random.default_rng(0)
     p0 = rng.uniform(0, 500, (200, 2))

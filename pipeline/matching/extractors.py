@@ -155,6 +155,11 @@ class AlikedExtractor(Extractor):
         "detection_threshold": 0.2,
         "nms_radius": 2,
         "resize": None,
+        # Run the network on channels-last (NHWC) tensors: the same weights and arithmetic in another memory
+        # layout, 2.1x faster on 2 CPU cores at 768 x 768 (0.47 -> 0.22 s): oneDNN's convolutions prefer it, and
+        # the L2 normalization of the dense 128-channel map over its channels becomes a contiguous reduction (a
+        # third of the time in NCHW). Float rounding moves 1 keypoint in 10 by up to 0.35 px.
+        "channels_last": True,
     }
 
     def __init__(self, **conf: Any) -> None:
@@ -173,8 +178,12 @@ class AlikedExtractor(Extractor):
         )
         self.model.load_state_dict(aliked_key_map(state, self.model), strict=True)
         self.model.eval()
+        if c["channels_last"]:
+            self.model.to(memory_format=torch.channels_last)
 
     def _detect(self, img: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.conf["channels_last"]:
+            img = img.contiguous(memory_format=torch.channels_last)
         f = self.model(img)[0]
         return {"keypoints": f.keypoints, "descriptors": f.descriptors, "scores": f.keypoint_scores}
 
