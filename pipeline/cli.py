@@ -57,9 +57,29 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(for footprints: the status breakdown and an inlier histogram).")
     ins.add_argument("path", help="a Parquet manifest (queries, database, footprints or pairs)")
     ins.add_argument("--geojson", metavar="OUT", help="also export the geometries to this GeoJSON file")
+    ins.add_argument("--overlay", metavar="DIR", help="footprints: write DIR/PHOTO_ID.png per localized photo, the "
+                     "photo beside the imagery under its footprint (needs --queries and --tiles)")
+    ins.add_argument("--queries", help="with --overlay: the queries the footprints came from")
+    ins.add_argument("--tiles", help="with --overlay: the tile source they were found in")
+    ins.add_argument("--photo", action="append", default=None, help="with --overlay: only this photo (repeatable)")
     ins.add_argument("-v", "--verbose", action="count", default=0)
     ins.add_argument("-q", "--quiet", action="count", default=0)
     return parser
+
+
+def _overlays(args) -> None:
+    """``inspect --overlay``: the by-eye check of a footprints manifest (:mod:`pipeline.footprint.overlay`)."""
+    from manifests import read_manifest
+    from manifests.errors import ManifestError
+
+    from .footprint.overlay import write_overlays
+    from .imagery import open_tile_source
+
+    if not (args.queries and args.tiles):
+        raise ManifestError(args.path, "--overlay needs --queries (the photos) and --tiles (the imagery) as well")
+    fp = read_manifest(args.path, "footprints", geometry=False)
+    written = write_overlays(fp, args.queries, open_tile_source(args.tiles), args.overlay, args.photo)
+    print(f"overlays: {len(written)} PNG files in {args.overlay} (photo | imagery under its footprint | checkerboard)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             from manifests.inspect import inspect_manifest
 
             print(inspect_manifest(args.path, args.geojson))
+            if args.overlay:
+                _overlays(args)
             return 0
         stage = get_stage(args.stage)
         conf = stage.config_from_args(args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -151,3 +152,39 @@ def test_candidates_matched_in_mixed_precision_refinement_in_float32(tiny, monke
     assert result.status == "localized", result.reason
     assert all(full == in_refine for in_refine, full in calls), calls  # float32 exactly when refining
     assert {c for c in calls} == {(False, False), (True, True)}  # both kinds of call happened
+
+
+def test_overlay_shows_the_imagery_a_footprint_stands_for(tiny, tmp_path):
+    """The by-eye check: through the true footprint the imagery looks like the photo; through a footprint
+    shifted by half its width it does not. Photos without a footprint get no PNG."""
+    from pipeline.footprint.overlay import overlay, write_overlays
+    from pipeline.imagery import open_tile_source
+
+    source = open_tile_source(tiny / "tiles")
+    q = read_manifest(tiny / "queries.parquet", "queries").set_index("photo_id")
+    t = read_manifest(tiny / "truth.parquet", "truth", geometry=False).set_index("photo_id")
+    pid = t.index[t["localizable"]][0]
+    corners = np.array([[t.at[pid, f"{c}_lon"], t.at[pid, f"{c}_lat"]] for c in ("tl", "tr", "br", "bl")])
+    photo = np.ascontiguousarray(cv2.imread(str(tiny / q.at[pid, "image_path"]))[..., ::-1])
+
+    def likeness(c):
+        panels = overlay(photo, c, source, long_side=256)
+        w = panels.shape[1] // 3
+        a, b = (cv2.GaussianBlur(cv2.cvtColor(p, cv2.COLOR_RGB2GRAY).astype(np.float32), (0, 0), 2)
+                for p in (panels[:, :w], panels[:, w:2 * w]))
+        return float(np.corrcoef(a.ravel(), b.ravel())[0, 1]), panels
+
+    right, panels = likeness(corners)
+    width = corners[1, 0] - corners[0, 0]
+    wrong, _ = likeness(corners + [width / 2, 0])
+    assert panels.dtype == np.uint8 and panels.shape[1] % 3 == 0 and max(panels.shape[0], panels.shape[1] // 3) == 256
+    assert right > 0.5 and right > wrong + 0.3, (right, wrong)
+
+    other = t.index[~t.index.isin([pid])][0]
+    fp = pd.DataFrame([{"photo_id": pid, "status": "localized",
+                        **{f"{c}_{k}": t.at[pid, f"{c}_{k}"] for c in ("tl", "tr", "br", "bl") for k in ("lon", "lat")}},
+                       {"photo_id": other, "status": "not_localized"}])
+    written = write_overlays(fp, tiny / "queries.parquet", source, tmp_path / "png", [pid, other], long_side=128)
+    assert [p.name for p in written] == [f"{pid}.png"]
+    h, w3 = cv2.imread(str(written[0])).shape[:2]
+    assert w3 % 3 == 0 and max(h, w3 // 3) == 128

@@ -1,0 +1,103 @@
+"""Footprints a person can check by eye: the photo beside the imagery its footprint says it shows.
+
+:func:`overlay` renders the tile source's imagery under a footprint's four corners into the
+photo's own frame (the same homography the footprint stands for) and sets three panels side
+by side: the photo, that imagery, and a checkerboard of the two. A right footprint shows the
+same coast, rivers and lakes in the same places in the first two panels and continuous edges
+across the squares of the third; a wrong one does not. :func:`write_overlays` does it for the
+photos of a footprints manifest (``python -m pipeline inspect FOOTPRINTS --overlay DIR``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..files import atomic_output
+from ..geometry.mercator import lonlat_to_mercator
+from ..imagery.base import TileSource
+from . import homography as hg
+
+log = logging.getLogger(__name__)
+
+CORNERS = ("tl", "tr", "br", "bl")
+
+
+def overlay(photo: np.ndarray, corners_lonlat: np.ndarray, source: TileSource, long_side: int = 768,
+            square_px: int = 64) -> np.ndarray:
+    """Photo | imagery through the footprint | checkerboard of both, as one RGB uint8 image.
+
+    Args:
+        photo: RGB uint8 ``(H, W, 3)``.
+        corners_lonlat: ``(4, 2)`` lon/lat degrees of the photo's top-left, top-right, bottom-right and
+            bottom-left corners (the footprints manifest's corner columns).
+        source: the tile source the footprint was found in.
+        long_side: the panels' long side, pixels.
+        square_px: the checkerboard's square, pixels.
+
+    Returns:
+        RGB uint8 ``(h, 3 * w, 3)`` with ``max(h, w) == long_side``; imagery the source lacks is black.
+    """
+    corners = np.asarray(corners_lonlat, np.float64).reshape(4, 2).copy()
+    if not np.all(np.isfinite(corners)):
+        raise ValueError("the footprint's corners are not all finite")
+    # a footprint across the antimeridian: keep its corners on one side of it
+    corners[:, 0] = corners[0, 0] + (corners[:, 0] - corners[0, 0] + 180.0) % 360.0 - 180.0
+    hgt, wid = photo.shape[:2]
+    s = long_side / max(hgt, wid)
+    w, h = max(1, round(wid * s)), max(1, round(hgt * s))
+    small = cv2.resize(np.ascontiguousarray(photo), (w, h), interpolation=cv2.INTER_AREA)
+    xy = np.column_stack(lonlat_to_mercator(corners[:, 0], corners[:, 1]))
+    to_merc = cv2.getPerspectiveTransform(hg.photo_corners(w, h).astype(np.float32),
+                                          xy.astype(np.float32)).astype(np.float64)
+    (x0, y0), (x1, y1) = xy.min(axis=0), xy.max(axis=0)
+    n = int(2 * long_side)  # the north-up box at twice the panel's resolution, then warped down
+    res = max(x1 - x0, y1 - y0) / n
+    nx, ny = max(1, math.ceil((x1 - x0) / res)), max(1, math.ceil((y1 - y0) / res))
+    bounds = (x0, y1 - ny * res, x0 + nx * res, y1)
+    north_up = source.render(bounds, nx, ny)
+    m = np.linalg.inv(hg.pixels_to_mercator(bounds, nx, ny)) @ to_merc  # panel pixels -> north-up pixels
+    imagery = cv2.warpPerspective(north_up.rgb, hg.to_centres(m), (w, h),
+                                  flags=cv2.INTER_AREA | cv2.WARP_INVERSE_MAP)
+    yy, xx = np.mgrid[0:h, 0:w]
+    checker = ((yy // square_px + xx // square_px) % 2 == 0)[..., None]
+    return np.concatenate([small, imagery, np.where(checker, small, imagery)], axis=1)
+
+
+def write_overlays(footprints, queries: str | os.PathLike, source: TileSource, out_dir: str | os.PathLike,
+                   photo_ids: list[str] | None = None, long_side: int = 768) -> list[Path]:
+    """One ``{photo_id}.png`` of :func:`overlay` per localized photo of ``footprints`` (a DataFrame) or of those
+    in ``photo_ids``; returns the files written. Photos without a footprint or an image are skipped, with a
+    warning."""
+    from manifests import read_queries
+
+    q, _ = read_queries(queries, check_images=False, on_error="collect")
+    paths = q.set_index("photo_id")["image_path"]
+    fp = footprints.set_index("photo_id")
+    wanted = list(photo_ids) if photo_ids else fp.index[fp["status"] == "localized"].tolist()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for pid in wanted:
+        if pid not in fp.index or fp.at[pid, "status"] != "localized":
+            log.warning("%s: no footprint in the manifest (status %s); no overlay", pid,
+                        fp.at[pid, "status"] if pid in fp.index else "absent")
+            continue
+        img = cv2.imread(str(paths[pid]), cv2.IMREAD_COLOR) if pid in paths.index else None
+        if img is None:
+            log.warning("%s: the photo could not be read (%s); no overlay", pid, paths.get(pid, "not in the queries"))
+            continue
+        row = fp.loc[pid]
+        corners = np.array([[row[f"{c}_lon"], row[f"{c}_lat"]] for c in CORNERS], np.float64)
+        panel = overlay(img[..., ::-1], corners, source, long_side)
+        path = out_dir / f"{pid}.png"
+        ok, buf = cv2.imencode(".png", np.ascontiguousarray(panel[..., ::-1]))
+        with atomic_output(path) as tmp:
+            tmp.write_bytes(buf.tobytes())
+        written.append(path)
+    return written
