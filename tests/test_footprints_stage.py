@@ -142,8 +142,9 @@ def test_real_sample_footprints(real_sample, tmp_path):
     # wrong imagery (another place's, as a wrong label would give): no footprint
     assert fp.loc["ISS056-E-153176", "status"] != "localized"
     # truth.csv calls ISS062-E-24032 not localizable ("no candidate contains it": the published
-    # runs' candidates did not). Our zoom-8 candidates do, and its lakes line up by eye with the
-    # footprint below (see the issue note); should it be localized, it must be there.
+    # runs' candidates did not). Ours do (zoom 9), with 20-28 inliers after refinement, and its
+    # lakes line up with the imagery under the footprint below (`inspect --overlay`); should it
+    # be localized, it must be there.
     r = fp.loc["ISS062-E-24032"]
     if r.status == "localized":
         assert r.tl_lon == pytest.approx(87.58, abs=0.1) and r.tl_lat == pytest.approx(28.74, abs=0.1)
@@ -151,6 +152,6 @@ def test_real_sample_footprints(real_sample, tmp_path):
 
 
 BORDERLINE = {"ISS054-E-21023", "ISS064-E-513"}
-"""Localized right (IoU 0.91 and 0.93 in the bench) with a few inliers over the calibrated
-threshold of 25 (31 and 26): hazy photos, and ISS064-E-513 is half clouded and 39 deg oblique.
-A change of thread count may move them by an inlier or two, so one of them may be missed."""
+"""Localized right (IoU 0.95-0.99) but close to the calibrated threshold of 25 inliers (the
+last runs: 28-36 and 26-59, depending on precision and thread count): hazy photos, and
+ISS064-E-513 is half clouded and 39 deg oblique. One of them may be missed."""
