@@ -97,6 +97,8 @@ def write_overlays(footprints, queries: str | os.PathLike, source: TileSource, o
         panel = overlay(img[..., ::-1], corners, source, long_side)
         path = out_dir / f"{pid}.png"
         ok, buf = cv2.imencode(".png", np.ascontiguousarray(panel[..., ::-1]))
+        if not ok:
+            raise RuntimeError(f"{pid}: OpenCV could not encode the overlay as PNG")
         with atomic_output(path) as tmp:
             tmp.write_bytes(buf.tobytes())
         written.append(path)
