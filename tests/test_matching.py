@@ -298,3 +298,29 @@ def test_lightglue_full_precision_call_is_float32(photo512, aliked, aliked_lg):
     assert set(mp.state_dict()) == set(aliked_lg.state_dict())
     assert mp._float32.conf.mp is False and mp.model.conf.mp is True
     assert all(a is b for a, b in zip(mp._float32.parameters(), mp.model.parameters()))
+
+
+def test_lightglue_prepared_images_match_exactly_as_kornia_does(photo512, aliked):
+    """Our LightGlue loop (kornia's layers, early stopping and pruning from a prepared first layer) gives kornia's
+    ``LightGlue.forward`` matches bit for bit, prepared or not, in float32 and mixed precision; a dict prepared for
+    one precision and matched in the other, or subset to other keypoints, is encoded again, not misused."""
+    from pipeline.matching.matcher import _batch
+
+    mp = LightGlueMatcher("aliked", mp=True)
+    other = _read_rgb(_photos_dir() / f"{OTHER_PHOTO}.jpg", 512)
+    f0 = aliked(photo512)
+    for f1 in (aliked(_warped(photo512)), aliked(other)):  # a match (all layers) and none (early stop)
+        for full in (True, False):
+            with torch.inference_mode():
+                out = mp._network(full)({"image0": _batch(f0, "cpu"), "image1": _batch(f1, "cpu")})
+            ref = (out["matches"][0].numpy(), out["scores"][0].float().numpy())
+            p0, p1 = mp.prepare(f0, full_precision=full), mp.prepare(f1, full_precision=full)
+            for a, b in ((f0, f1), (p0, p1), (p0, f1)):
+                idx, scores = mp.match_indices(a, b, full_precision=full)
+                assert np.array_equal(idx, ref[0]) and np.array_equal(scores, ref[1])
+            idx, _ = mp.match_indices(p0, p1, full_precision=not full)  # prepared for the other precision
+            assert np.array_equal(idx, mp.match_indices(f0, f1, full_precision=not full)[0])
+    keep = torch.arange(len(f0["keypoints"])) % 2 == 0
+    half = {k: (v[keep] if k in ("keypoints", "descriptors", "scores") else v) for k, v in mp.prepare(f0).items()}
+    plain = {k: v for k, v in half.items() if k != "lightglue_state"}
+    assert np.array_equal(mp.match_indices(half, f1)[0], mp.match_indices(plain, f1)[0])
