@@ -91,17 +91,19 @@ def test_window_features_are_kept_on_disk_and_reused(tiny, tmp_path):
 
 
 def test_offset_turns_only_at_the_likeliest_zooms_and_each_turn_extracted_when_first_needed(tiny):
-    """Quarter turns at every zoom first (AstroLoc's 80 pairs), the 45-degree offsets at the
-    ``offset_zooms`` likeliest zooms only; a photo matched by its first pair costs one photo extraction."""
+    """Quarter turns at every zoom (AstroLoc's 80 pairs), the 45-degree offsets at the ``offset_zooms``
+    likeliest zooms only, right after the quarter turns there; a photo matched by its first pair costs one
+    photo extraction; each image is prepared for LightGlue once."""
     from pipeline.footprint.search import FootprintSearch, expected_zoom_order
     from pipeline.imagery import open_tile_source
 
     row = read_manifest(tiny / "queries.parquet", "queries").iloc[0]
     search = FootprintSearch(open_tile_source(tiny / "tiles"), max_keypoints=64, photo_px=128, window_px=256,
                              offset_zooms=2)
-    calls = []
-    extract = search._extract
+    calls, prepared = [], []
+    extract, prepare = search._extract, search.matcher.prepare
     search._extract = lambda rgb: calls.append(rgb.shape) or extract(rgb)
+    search.matcher.prepare = lambda feats, *a: prepared.append(1) or prepare(feats, *a)
     photo = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
     pairs = search.candidates(photo, row.center_lon, row.center_lat, 400.0)
     first = next(pairs)
@@ -110,9 +112,10 @@ def test_offset_turns_only_at_the_likeliest_zooms_and_each_turn_extracted_when_f
     order = expected_zoom_order(search.conf["zooms"], row.center_lat, 400.0)
     quarter = [(z, d) for z, d in tried if d % 90 == 0]
     offsets = [(z, d) for z, d in tried if d % 90 != 0]
-    assert len(quarter) == 80 and tried[:80] == quarter  # every window of the tiny world has imagery
-    assert [z for z, _ in offsets] == [z for z in order[:2] for _ in range(16)]
-    assert len(calls) == 20 + 8  # 20 windows, 8 turns of the photo: each extracted once
+    assert len(quarter) == 80 and len(tried) == 112  # every window of the tiny world has imagery
+    assert [z for z, _ in tried] == [z for z in order[:2] for _ in range(16)] * 2 + [z for z in order[2:] for _ in range(16)]
+    assert tried[32:64] == [(z, d) for z in order[:2] for _ in range(4) for d in (45, 135, 225, 315)]
+    assert len(calls) == len(prepared) == 20 + 8  # 20 windows, 8 turns of the photo: each extracted and prepared once
 
 
 def test_candidates_matched_in_mixed_precision_refinement_in_float32(tiny, monkeypatch):
@@ -137,6 +140,12 @@ def test_candidates_matched_in_mixed_precision_refinement_in_float32(tiny, monke
     def spy_match(f0, f1, full_precision=False):
         calls.append((refining[0], full_precision))
         return matcher(f0, f1, full_precision=full_precision)
+
+    def spy_prepare(feats, full_precision=False):
+        calls.append((refining[0], full_precision))
+        return matcher.prepare(feats, full_precision=full_precision)
+
+    spy_match.prepare = spy_prepare
 
     def spy_refine(*args):
         refining[0] = True

@@ -4,11 +4,12 @@ After AstroLoc (section 3.1) and EarthMatch:
 
 1. **Candidates**: at each zoom, the database windows that contain the weak label (four with
    the half-window stride), each tried with the photo at 0/90/180/270 deg (AstroLoc's 80
-   pairs); then, for photos still not localized, at 45/135/225/315 deg (ALIKED + LightGlue
-   lose most photos turned ~40 deg from the nearest quarter turn), at the ``offset_zooms``
-   (2) likeliest zooms only: the five photos of the sample workspace's 60-photo subset that
-   need a 45-degree turn all match at the first or second likeliest zoom, and a photo that
-   matches nothing (a negative) then costs 112 pairs instead of 160.
+   pairs); and at 45/135/225/315 deg (ALIKED + LightGlue lose most photos turned ~40 deg from
+   the nearest quarter turn) at the ``offset_zooms`` (2) likeliest zooms only, tried right
+   after the quarter turns there and before the less likely zooms: the five photos of the
+   sample workspace's 60-photo subset that need a 45-degree turn all match at the first or
+   second likeliest zoom, and a photo that matches nothing (a negative) then costs 112 pairs
+   instead of 160.
 2. **Matching**: local features (ALIKED by default) + LightGlue + MAGSAC++ homography. The
    photo is matched at ``photo_px`` (long side, 512) against windows at ``window_px`` (768): a
    footprint two thirds of a window wide then has the window's scale, and one of the zooms (a
@@ -282,8 +283,10 @@ class FootprintSearch:
         """Match the photo against every (window, rotation), likeliest zoom first; yields each pair's candidate.
 
         The quarter turns are tried at every zoom (AstroLoc's 80 pairs), the other angles only at
-        the ``offset_zooms`` likeliest zooms. A turn's features are computed when first needed
-        (a photo localized by its first pair costs one extraction, not four)."""
+        the ``offset_zooms`` likeliest zooms, right after the quarter turns there: a photo is likelier
+        at the likeliest zooms, whatever its turn, than at an unlikely zoom. A turn's features are
+        computed when first needed (a photo localized by its first pair costs one extraction, not
+        four); each image is prepared for the matcher once (:meth:`LightGlueMatcher.prepare`)."""
         c = self.conf
         hgt, wid = photo.shape[:2]
         s = c["photo_px"] / max(hgt, wid)
@@ -294,16 +297,24 @@ class FootprintSearch:
         offsets = [d for d in c["rotations"] if float(d) % 90 != 0]
         n_off = len(order) if c["offset_zooms"] is None else max(0, int(c["offset_zooms"]))
         rot_feats: dict = {}
-        for group, zooms in ((quarter, order), (offsets, order[:n_off])):
+        win_feats: dict = {}
+        # quarter turns at the offset zooms, then the offsets there, then quarter turns at the other zooms
+        plan = [(quarter, order[:n_off]), (offsets, order[:n_off]), (quarter, order[n_off:])]
+        for group, zooms in plan:
             for zoom in zooms if group else []:
                 for window in windows_containing(lon, lat, zoom, c["size_tiles"]):
-                    feats, _ = self.window_features(window)
+                    if window not in win_feats:
+                        feats, _ = self.window_features(window)
+                        # prepared once for every turn it meets
+                        win_feats[window] = None if feats is None else self.matcher.prepare(feats)
+                    feats = win_feats[window]
                     if feats is None:
                         continue
                     to_merc = hg.pixels_to_mercator(window.bounds_mercator(), c["window_px"], c["window_px"])
                     for deg in group:
                         if deg not in rot_feats:
-                            rot_feats[deg] = self._rotated_features(small, deg, to_small)
+                            f, pre = self._rotated_features(small, deg, to_small)
+                            rot_feats[deg] = self.matcher.prepare(f), pre  # and each turn once for its windows
                         f0, pre = rot_feats[deg]
                         h, n = self._match(f0, feats)
                         yield Candidate(window, deg, n, None if h is None else to_merc @ h @ pre)
@@ -333,7 +344,7 @@ class FootprintSearch:
         jw, jh = (long_side, round(long_side * hgt / wid)) if wid >= hgt else (round(long_side * wid / hgt), long_side)
         pw, ph = jw / ctx, jh / ctx  # the photo's place in the surroundings (the centre)
         small = cv2.resize(photo, (max(1, round(pw)), max(1, round(ph))), interpolation=cv2.INTER_AREA)
-        f_photo = self.extractor(small)
+        f_photo = self.matcher.prepare(self.extractor(small), full_precision=True)  # matched at every iteration
         to_small = hg.scale(small.shape[1] / wid, small.shape[0] / hgt)
         # surroundings pixels -> photo pixels: the photo spans the centre pw x ph
         ox, oy = (jw - pw) / 2.0, (jh - ph) / 2.0
