@@ -111,7 +111,6 @@ def test_offset_turns_only_at_the_likeliest_zooms_and_each_turn_extracted_when_f
     tried = [(first.window.zoom, first.rotation_deg)] + [(c.window.zoom, c.rotation_deg) for c in pairs]
     order = expected_zoom_order(search.conf["zooms"], row.center_lat, 400.0)
     quarter = [(z, d) for z, d in tried if d % 90 == 0]
-    offsets = [(z, d) for z, d in tried if d % 90 != 0]
     assert len(quarter) == 80 and len(tried) == 112  # every window of the tiny world has imagery
     assert [z for z, _ in tried] == [z for z in order[:2] for _ in range(16)] * 2 + [z for z in order[2:] for _ in range(16)]
     assert tried[32:64] == [(z, d) for z in order[:2] for _ in range(4) for d in (45, 135, 225, 315)]
