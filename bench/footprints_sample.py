@@ -10,8 +10,9 @@ true footprint; then the acceptance figures of the footprint stage:
 * negatives (limb, night, wrong label, clouds) not localized (share).
 
 ``--exhaustive N`` also runs the exhaustive path (all 80 pairs, no feature cache, photo and
-windows at full resolution, LightGlue in the default's precision) on the first N photos, right
-after the default path on the same photos, and prints seconds per photo of both and their ratio.
+windows at full resolution, the default's matching kernels: LightGlue in the same precision, each
+image extracted and prepared for LightGlue once per photo) on the first N photos, right after the
+default path on the same photos, and prints seconds per photo of both and their ratio.
 
     python bench/footprints_sample.py --workdir workspace --photos 60 --csv fp60.csv
     python bench/footprints_sample.py --workdir workspace --photos 10 --exhaustive 10
@@ -38,7 +39,8 @@ from pipeline.imagery import open_tile_source
 
 def exhaustive_conf(photo_long_side: int, size_tiles: int = 4) -> dict:
     """The exhaustive path: AstroLoc's 80 pairs (every window at 5 zooms x 4 quarter turns), no cache, native
-    resolutions; LightGlue in the default's precision, so that the ratio measures the search alone."""
+    resolutions; the default's matching kernels (LightGlue's precision, each image prepared once per photo), so
+    that the ratio measures the search alone."""
     return {"early_stop_inliers": 0, "feature_cache": 0, "photo_px": photo_long_side, "rotations": [0, 90, 180, 270],
             "window_px": size_tiles * 256, "refine_px": photo_long_side}
 

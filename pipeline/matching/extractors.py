@@ -156,7 +156,7 @@ class AlikedExtractor(Extractor):
         "nms_radius": 2,
         "resize": None,
         # Run the network on channels-last (NHWC) tensors: the same weights and arithmetic in another memory
-        # layout, 2x faster on 2 CPU cores at 768 x 768 (bench/kernels.py: 0.46 -> 0.23 s): oneDNN's convolutions
+        # layout, 2x faster on 2 CPU cores at 768 x 768 (bench/kernels.py: 0.45 -> 0.20 s): oneDNN's convolutions
         # prefer it, and the L2 normalization of the dense 128-channel map over its channels becomes a contiguous
         # reduction (a third of the time in NCHW). Float rounding moves 1 keypoint in 10 by up to 0.35 px.
         "channels_last": True,
