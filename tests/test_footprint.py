@@ -136,9 +136,10 @@ def test_candidates_matched_in_mixed_precision_refinement_in_float32(tiny, monke
     calls, refining = [], [False]
     matcher, refine = search.matcher, search.refine
 
-    def spy_match(f0, f1, full_precision=False):
+    def spy_match(f0, f1, full_precision=False, screen=None):
+        assert (screen is None) == refining[0]  # candidates are screened, refinement's matches are not
         calls.append((refining[0], full_precision))
-        return matcher(f0, f1, full_precision=full_precision)
+        return matcher(f0, f1, full_precision=full_precision, screen=screen)
 
     def spy_prepare(feats, full_precision=False):
         calls.append((refining[0], full_precision))
@@ -160,6 +161,27 @@ def test_candidates_matched_in_mixed_precision_refinement_in_float32(tiny, monke
     assert result.status == "localized", result.reason
     assert all(full == in_refine for in_refine, full in calls), calls  # float32 exactly when refining
     assert {c for c in calls} == {(False, False), (True, True)}  # both kinds of call happened
+
+
+def test_screen_ends_pairs_that_match_nothing_and_keeps_the_others_as_they_were(tiny):
+    """With the screen (``screen_inliers``) most of a photo's pairs end after LightGlue's second layer; every pair
+    that matters (15 inliers or more) has exactly the inliers and homography it has unscreened."""
+    from pipeline.footprint.search import FootprintSearch
+    from pipeline.imagery import open_tile_source
+
+    source = open_tile_source(tiny / "tiles")
+    row = read_manifest(tiny / "queries.parquet", "queries").iloc[0]
+    photo = np.ascontiguousarray(cv2.imread(str(tiny / row.image_path))[..., ::-1])
+    small = dict(max_keypoints=512, photo_px=384, window_px=512, rotations=[0, 90, 180, 270])
+    runs = [list(FootprintSearch(source, screen_inliers=n, **small).candidates(
+        photo, row.center_lon, row.center_lat, row.focal_length_mm)) for n in (0, 6)]
+    assert len(runs[0]) == len(runs[1]) == 80
+    good = [(a, b) for a, b in zip(*runs) if a.inliers >= 15]
+    assert good and all(a.inliers == b.inliers and np.array_equal(a.to_mercator, b.to_mercator) for a, b in good)
+    ended = [b for a, b in zip(*runs) if a.to_mercator is not None and b.to_mercator is None]
+    assert len(ended) > 40 and all(b.inliers < 6 for b in ended), len(ended)  # most pairs match nothing: they end
+    with pytest.raises(ValueError, match="screen_layer 8 out of range"):
+        FootprintSearch(source, screen_layer=8)
 
 
 def test_overlay_shows_the_imagery_a_footprint_stands_for(tiny, tmp_path):

@@ -324,3 +324,35 @@ def test_lightglue_prepared_images_match_exactly_as_kornia_does(photo512, aliked
     half = {k: (v[keep] if k in ("keypoints", "descriptors", "scores") else v) for k, v in mp.prepare(f0).items()}
     plain = {k: v for k, v in half.items() if k != "lightglue_state"}
     assert np.array_equal(mp.match_indices(half, f1)[0], mp.match_indices(plain, f1)[0])
+
+
+def test_lightglue_screen_keeps_or_ends_a_pair_after_its_layer(photo512, aliked):
+    """A screen that keeps the pair changes nothing (bit for bit); one that refuses it ends the pair with no matches.
+    It sees that layer's matches once, as keypoint indices of both images: for a photo against a warped copy a
+    homography fits most of them already after two layers, for an unrelated photo only a chance few (the search
+    ends pairs with fewer than 6; this one has 6). Early stopping is off here, so that every pair reaches the screen (a pair that stops
+    before the screen's layer is never screened: it has its matches)."""
+    mp = LightGlueMatcher("aliked", mp=True, depth_confidence=-1)
+    f0, f1 = mp.prepare(aliked(photo512)), mp.prepare(aliked(_warped(photo512)))
+    other = mp.prepare(aliked(_read_rgb(_photos_dir() / f"{OTHER_PHOTO}.jpg", 512)))
+    seen = []
+
+    def screen(ok):
+        return 1, lambda idx: seen.append(idx) or ok
+
+    def inliers(fa, fb, idx):
+        _, mask = estimate_homography(fa["keypoints"].numpy()[idx[:, 0]], fb["keypoints"].numpy()[idx[:, 1]])
+        return int(mask.sum())
+
+    ref = mp.match_indices(f0, f1)
+    kept = mp.match_indices(f0, f1, screen=screen(True))
+    assert np.array_equal(kept[0], ref[0]) and np.array_equal(kept[1], ref[1])
+    assert len(seen) == 1 and seen[0].dtype == np.int64 and seen[0].shape[1] == 2
+    assert seen[0][:, 0].max() < len(f0["keypoints"]) and seen[0][:, 1].max() < len(f1["keypoints"])
+    assert inliers(f0, f1, seen[0]) >= 100
+    idx, scores = mp.match_indices(f0, f1, screen=screen(False))
+    assert idx.shape == (0, 2) and scores.shape == (0,) and len(seen) == 2
+    mp.match_indices(f0, other, screen=screen(True))
+    assert len(seen) == 3 and inliers(f0, other, seen[2]) < 10
+    with pytest.raises(ValueError, match="screen layer 8 out of range"):
+        mp.match_indices(f0, f1, screen=(8, lambda idx: True))  # after the last layer there is nothing to save

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import re
 from types import SimpleNamespace
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import cv2
 import numpy as np
@@ -38,6 +38,10 @@ _OLD_ATTN_KEY = re.compile(r"^(self_attn|cross_attn)\.(\d+)\.(.+)$")
 _DROPPED_KEY = re.compile(r"^log_assignment\.\d+\.r$")
 # Where LightGlueMatcher.prepare keeps an image's encoded state in its feature dict: (mixed precision?, state).
 _STATE_KEY = "lightglue_state"
+# A pair's screen: (layer, keep). LightGlue passes the matches it would return if it stopped after ``layer`` (``(S, 2)``
+# int64 keypoint indices) to ``keep``; False ends the pair there with no matches. A search that needs only pairs with
+# many geometric inliers drops most pairs that match nothing after two of nine layers (``keep`` fits a homography).
+Screen = tuple[int, Callable[[np.ndarray], bool]]
 
 
 def lightglue_key_map(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -93,16 +97,17 @@ class _Matcher(nn.Module):
         """``feats`` with the per-image part of matching done, for an image matched against several (here: as is)."""
         return feats
 
-    def match_indices(self, feats0: dict[str, Any], feats1: dict[str, Any],
-                      full_precision: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def match_indices(self, feats0: dict[str, Any], feats1: dict[str, Any], full_precision: bool = False,
+                      screen: Optional[Screen] = None) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def forward(self, feats0: dict[str, Any], feats1: dict[str, Any],
-                full_precision: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def forward(self, feats0: dict[str, Any], feats1: dict[str, Any], full_precision: bool = False,
+                screen: Optional[Screen] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Matched keypoints ``(M, 2)`` of each image (pixels) and their confidences ``(M,)``.
 
-        ``full_precision``: match in float32 even when the matcher was built for mixed precision."""
-        idx, scores = self.match_indices(feats0, feats1, full_precision)
+        ``full_precision``: match in float32 even when the matcher was built for mixed precision. ``screen``: end
+        a pair that fails it part way, with no matches (LightGlue; see :data:`Screen`; other matchers ignore it)."""
+        idx, scores = self.match_indices(feats0, feats1, full_precision, screen)
         k0 = np.asarray(torch.as_tensor(feats0["keypoints"]).cpu(), dtype=np.float32).reshape(-1, 2)
         k1 = np.asarray(torch.as_tensor(feats1["keypoints"]).cpu(), dtype=np.float32).reshape(-1, 2)
         return k0[idx[:, 0]], k1[idx[:, 1]], scores
@@ -220,26 +225,42 @@ class LightGlueMatcher(_Matcher):
         return {**feats, _STATE_KEY: (bool(model.conf.mp), state)}
 
     @torch.inference_mode()
-    def match_indices(self, feats0: dict[str, Any], feats1: dict[str, Any],
-                      full_precision: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def match_indices(self, feats0: dict[str, Any], feats1: dict[str, Any], full_precision: bool = False,
+                      screen: Optional[Screen] = None) -> tuple[np.ndarray, np.ndarray]:
         n0, n1 = len(feats0["keypoints"]), len(feats1["keypoints"])
         if n0 == 0 or n1 == 0:
             return np.zeros((0, 2), np.int64), np.zeros((0,), np.float32)
         model = self._network(full_precision)
+        if screen is not None and not 0 <= screen[0] < model.conf.n_layers - 1:
+            raise ValueError(f"screen layer {screen[0]} out of range: LightGlue screens after layers "
+                             f"0-{model.conf.n_layers - 2} of its {model.conf.n_layers}")
         with self._autocast(model):
-            idx, scores = self._glue(model, self._state(model, feats0), self._state(model, feats1))
+            idx, scores = self._glue(model, self._state(model, feats0), self._state(model, feats1), screen)
         return idx.cpu().numpy().astype(np.int64).reshape(-1, 2), scores.float().cpu().numpy().astype(np.float32)
 
     @staticmethod
+    def _assign(model: nn.Module, layer: int, desc0: torch.Tensor, desc1: torch.Tensor, ind0: torch.Tensor,
+                ind1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The matches of ``layer``'s assignment head: ``(S, 2)`` keypoint indices (through the pruning maps
+        ``ind0``/``ind1``) and their ``(S,)`` confidences."""
+        from kornia.feature.lightglue import filter_matches
+
+        scores, _ = model.log_assignment[layer](desc0, desc1)
+        m0, _, mscores0, _ = filter_matches(scores, model.conf.filter_threshold)
+        valid = m0[0] > -1
+        return torch.stack([ind0[torch.where(valid)[0]], ind1[m0[0][valid]]], -1), mscores0[0][valid]
+
+    @staticmethod
     def _glue(model: nn.Module, state0: tuple[torch.Tensor, torch.Tensor],
-              state1: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+              state1: tuple[torch.Tensor, torch.Tensor],
+              screen: Optional[Screen] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """LightGlue from two encoded images (:meth:`_encode`) on: the layers with early stopping
         (``depth_confidence``) and point pruning (``width_confidence``), then the assignment.
 
         kornia's ``LightGlue.forward`` for one pair, with the first self-attention already done; returns the
-        ``(S, 2)`` keypoint indices of the matches and their ``(S,)`` confidences."""
-        from kornia.feature.lightglue import filter_matches
-
+        ``(S, 2)`` keypoint indices of the matches and their ``(S,)`` confidences. ``screen = (layer, keep)``: a
+        pair still running after ``layer`` has that layer's matches, ``(S, 2)`` int64 indices, passed to ``keep``;
+        when it returns False the pair ends there with no matches (see :data:`Screen`)."""
         conf = model.conf
         (desc0, enc0), (desc1, enc1) = state0, state1
         m, n = desc0.shape[1], desc1.shape[1]
@@ -258,6 +279,10 @@ class LightGlueMatcher(_Matcher):
                 token0, token1 = model.token_confidence[layer](desc0, desc1)
                 if model.check_if_stop(token0, token1, layer, m + n):
                     break
+            if screen is not None and layer == screen[0] and desc0.shape[1] and desc1.shape[1]:
+                idx, _ = LightGlueMatcher._assign(model, layer, desc0, desc1, ind0, ind1)
+                if not screen[1](idx.cpu().numpy().astype(np.int64).reshape(-1, 2)):
+                    return torch.zeros((0, 2), dtype=torch.long), torch.zeros((0,))
             if conf.width_confidence > 0:
                 if desc0.shape[1] > prune_above:
                     keep = torch.where(model.get_pruning_mask(
@@ -269,11 +294,7 @@ class LightGlueMatcher(_Matcher):
                     ind1, desc1, enc1 = ind1[keep], desc1.index_select(1, keep), enc1.index_select(-2, keep)
         if desc0.shape[1] == 0 or desc1.shape[1] == 0:  # pruning removed every point of one image
             return torch.zeros((0, 2), dtype=torch.long), torch.zeros((0,))
-        scores, _ = model.log_assignment[layer](desc0, desc1)
-        m0, _, mscores0, _ = filter_matches(scores, conf.filter_threshold)
-        valid = m0[0] > -1
-        idx = torch.stack([ind0[torch.where(valid)[0]], ind1[m0[0][valid]]], -1)
-        return idx, mscores0[0][valid]
+        return LightGlueMatcher._assign(model, layer, desc0, desc1, ind0, ind1)
 
 
 class NearestNeighborMatcher(_Matcher):
@@ -289,8 +310,9 @@ class NearestNeighborMatcher(_Matcher):
         self.conf = {**self.default_conf, **conf}
 
     @torch.inference_mode()
-    def match_indices(self, feats0: dict[str, Any], feats1: dict[str, Any],
-                      full_precision: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def match_indices(self, feats0: dict[str, Any], feats1: dict[str, Any], full_precision: bool = False,
+                      screen: Optional[Screen] = None) -> tuple[np.ndarray, np.ndarray]:
+        # screen: ignored, nearest neighbours have no layers to stop between
         d0 = torch.as_tensor(feats0["descriptors"], dtype=torch.float32)
         d1 = torch.as_tensor(feats1["descriptors"], dtype=torch.float32)
         if len(d0) == 0 or len(d1) < 2:
