@@ -138,7 +138,9 @@ CONTRAST = {None: lambda rgb: rgb, "none": lambda rgb: rgb, "clahe": clahe}
 
 @dataclass
 class Candidate:
-    """One matched (window, rotation): ``to_mercator`` maps photo pixels to Mercator metres."""
+    """One matched (window, rotation): ``to_mercator`` maps photo pixels to Mercator metres.
+
+    A pair ended by the screen has no ``to_mercator`` and the inliers it had there (fewer than ``screen_inliers``)."""
 
     window: Window
     rotation_deg: int
