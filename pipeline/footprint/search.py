@@ -22,7 +22,7 @@ After AstroLoc (section 3.1) and EarthMatch:
    (CLAHE on lightness) before feature extraction. Each candidate pair is **screened** after
    LightGlue's second layer (of nine): the matches it would give there are fitted with a
    homography, and a pair with fewer than ``screen_inliers`` (6) inliers ends there. Pairs that
-   match nothing mostly have 4-5 by chance (84 % of them end there); on the 68 photos studied
+   match nothing mostly have 4-5 by chance (77 % of them end there); on the 68 photos studied
    (sample subset and real sample, 7416 pairs each matched to the end: ``bench/screen_study.py``)
    every localizable photo's best pair had at least 10.
 3. **Refinement**: a candidate with ``early_stop_inliers`` is refined at once and the search

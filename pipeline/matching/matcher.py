@@ -7,7 +7,8 @@ returns the ``(M, 2)`` int64 keypoint indices instead of coordinates. ``full_pre
 built for mixed precision (``mp=True``) in float32 for that call. ``matcher.prepare(feats)`` returns the dict with the
 matcher's per-image work done (for LightGlue: input projection, positional encoding and the first self-attention); an
 image matched against many others (a photo turn against 20 windows, a window against 4 turns) is prepared once and
-gives the same matches as unprepared.
+gives the same matches as unprepared. ``matcher(feats0, feats1, screen=(layer, keep))`` ends a LightGlue pair after
+``layer`` with no matches when ``keep`` refuses that layer's matches (the footprint search's screen, see :data:`Screen`).
 """
 
 from __future__ import annotations
