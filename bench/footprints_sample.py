@@ -30,11 +30,11 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from manifests import read_manifest, read_queries
 from pipeline.footprint.calibration import calibrate
 from pipeline.footprint.search import FootprintSearch
 from pipeline.geometry.geodesy import footprint_polygon, iou
-from pipeline.imagery import open_tile_source
+
+from photo_set import add_photo_arguments, open_photo_set  # bench/photo_set.py
 
 
 def exhaustive_conf(photo_long_side: int, size_tiles: int = 4) -> dict:
@@ -82,11 +82,7 @@ def summary(df: pd.DataFrame, label: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workdir", help="a sample workspace (queries.parquet, truth.parquet, tiles/)")
-    ap.add_argument("--queries")
-    ap.add_argument("--tiles")
-    ap.add_argument("--truth", help="truth.parquet or the real sample's truth.csv")
-    ap.add_argument("--photos", type=int, default=8, help="the first N photos (after --skip)")
+    add_photo_arguments(ap, "the first N photos (after --skip)")
     ap.add_argument("--skip", type=int, default=0, help="skip the first N photos (e.g. to calibrate on others)")
     ap.add_argument("--set", action="append", default=[], help="search option key=JSON value")
     ap.add_argument("--negatives", action="store_true", help="of the selected photos, only the negatives (with "
@@ -96,17 +92,11 @@ def main() -> None:
     ap.add_argument("--fit-calibration", metavar="OUT", help="fit the decision threshold on these photos (run "
                     "with --set min_inliers=0) and write it as a calibration JSON")
     args = ap.parse_args()
-    queries = args.queries or f"{args.workdir}/queries.parquet"
-    tiles = args.tiles or f"{args.workdir}/tiles"
-    truth_path = args.truth or f"{args.workdir}/truth.parquet"
-    q, _ = read_queries(queries)
+    q, truth, source = open_photo_set(args)
     q = q.iloc[args.skip:].head(args.photos)
-    truth = (pd.read_csv(truth_path) if truth_path.endswith(".csv")
-             else read_manifest(truth_path, "truth", geometry=False)).set_index("photo_id")
     if args.negatives:
         q = q[~truth.loc[q["photo_id"], "localizable"].astype(bool).to_numpy()]
     conf = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
-    source = open_tile_source(tiles)
     t0 = time.perf_counter()
     search = FootprintSearch(source, **conf)
     print(f"default path: LightGlue in {'mixed' if search.half_precision() else 'full (float32)'} precision on the CPU")

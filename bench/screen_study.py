@@ -31,11 +31,11 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from manifests import read_manifest, read_queries
 from pipeline.footprint import homography as hg
 from pipeline.footprint.search import FootprintSearch
-from pipeline.imagery import open_tile_source
 from pipeline.matching import estimate_homography
+
+from photo_set import add_photo_arguments, open_photo_set  # bench/photo_set.py
 
 
 class RecordingSearch(FootprintSearch):
@@ -88,11 +88,7 @@ def table(d: pd.DataFrame, thresholds: list[int]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--workdir", help="a sample workspace (queries.parquet, truth.parquet, tiles/)")
-    ap.add_argument("--queries")
-    ap.add_argument("--tiles")
-    ap.add_argument("--truth", help="truth.parquet or the real sample's truth.csv")
-    ap.add_argument("--photos", type=int, default=8, help="the first N photos")
+    add_photo_arguments(ap)
     ap.add_argument("--layer", type=int, default=1, help="LightGlue layer after which pairs are screened")
     ap.add_argument("--csv", help="write the per-pair rows here")
     ap.add_argument("--tabulate", nargs="+", metavar="CSV", help="only print the table for rows written before "
@@ -103,12 +99,9 @@ def main() -> None:
         d["at_screen"] = d["at_screen"].astype("Int64")
         print(table(d, list(range(4, 11))))
         return
-    q, _ = read_queries(args.queries or f"{args.workdir}/queries.parquet")
+    q, truth, source = open_photo_set(args)
     q = q.head(args.photos)
-    truth_path = args.truth or f"{args.workdir}/truth.parquet"
-    truth = (pd.read_csv(truth_path) if truth_path.endswith(".csv")
-             else read_manifest(truth_path, "truth", geometry=False)).set_index("photo_id")
-    search = RecordingSearch(open_tile_source(args.tiles or f"{args.workdir}/tiles"), screen_layer=args.layer)
+    search = RecordingSearch(source, screen_layer=args.layer)
     rows = []
     t0 = time.perf_counter()
     for i, r in enumerate(q.itertuples(), 1):
