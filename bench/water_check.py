@@ -35,10 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from manifests import read_manifest, read_queries  # noqa: E402
 from pipeline.footprint import homography as hg  # noqa: E402
-from pipeline.geometry.mercator import lonlat_to_mercator  # noqa: E402
+from pipeline.footprint.overlay import CORNERS  # noqa: E402
 from pipeline.imagery import open_tile_source  # noqa: E402
 
-CORNERS = ("tl", "tr", "br", "bl")
 SIDE = 512  # the photo's long side for the masks, pixels
 BOX = 4.0  # the imagery box around the footprint, in footprint extents
 MAX_WATER = 0.3  # above this share of the photo marked water, the colour rule says nothing
@@ -66,9 +65,8 @@ def check(photo: np.ndarray, corners_lonlat: np.ndarray, source, blue_minus_red:
     s = SIDE / max(photo.shape[:2])
     w, h = round(photo.shape[1] * s), round(photo.shape[0] * s)
     mp = water(cv2.resize(photo, (w, h), interpolation=cv2.INTER_AREA), blue_minus_red)
-    xy = np.column_stack(lonlat_to_mercator(corners_lonlat[:, 0], corners_lonlat[:, 1]))
-    to_merc = cv2.getPerspectiveTransform(hg.photo_corners(w, h).astype(np.float32),
-                                          xy.astype(np.float32)).astype(np.float64)
+    to_merc = hg.photo_to_mercator(corners_lonlat, w, h)
+    xy = hg.apply(to_merc, hg.photo_corners(w, h))
     (x0, y0), (x1, y1) = xy.min(axis=0), xy.max(axis=0)
     cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, BOX * max(x1 - x0, y1 - y0) / 2
     n = math.ceil(BOX * SIDE)

@@ -30,6 +30,13 @@ def test_pixel_conventions_round_trip():
         [[0, 50], [100, 0]]
 
 
+def test_photo_to_mercator_undoes_corners_lonlat():
+    """A footprint's corners -> the homography -> the same corners (to 1e-5 deg, about 1 m)."""
+    corners = np.array([[87.57, 28.78], [85.52, 28.92], [85.81, 31.57], [87.83, 31.41]])
+    h = hg.photo_to_mercator(corners, 1024, 768)
+    assert np.abs(hg.corners_lonlat(h, 1024, 768) - corners).max() < 1e-5
+
+
 def test_bad_photos_end_as_errors(tmp_path):
     from stages.footprints import localize_one
 

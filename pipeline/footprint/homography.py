@@ -8,9 +8,10 @@ and :func:`from_centres` / :func:`to_centres` convert.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
-from ..geometry.mercator import mercator_to_lonlat
+from ..geometry.mercator import lonlat_to_mercator, mercator_to_lonlat
 
 _HALF = np.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.0, 0.0, 1.0]])
 _HALF_INV = np.linalg.inv(_HALF)
@@ -83,6 +84,15 @@ def corners_lonlat(photo_to_mercator: np.ndarray, width: int, height: int) -> np
     xy = apply(photo_to_mercator, photo_corners(width, height))
     lon, lat = mercator_to_lonlat(xy[:, 0], xy[:, 1])
     return np.column_stack([lon, lat])
+
+
+def photo_to_mercator(corners_lonlat: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The homography, photo pixels -> Mercator metres, that puts the photo's corners on ``corners_lonlat``
+    ((4, 2) lon/lat degrees, top-left, top-right, bottom-right, bottom-left): :func:`corners_lonlat` undone."""
+    lon, lat = np.asarray(corners_lonlat, np.float64).reshape(4, 2).T
+    xy = np.column_stack(lonlat_to_mercator(lon, lat))
+    return cv2.getPerspectiveTransform(photo_corners(width, height).astype(np.float32),
+                                       xy.astype(np.float32)).astype(np.float64)
 
 
 def positive_depth(h: np.ndarray, width: int, height: int) -> bool:

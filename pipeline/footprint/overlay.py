@@ -19,7 +19,6 @@ import cv2
 import numpy as np
 
 from ..files import atomic_output
-from ..geometry.mercator import lonlat_to_mercator
 from ..imagery.base import TileSource
 from . import homography as hg
 
@@ -52,9 +51,8 @@ def overlay(photo: np.ndarray, corners_lonlat: np.ndarray, source: TileSource, l
     s = long_side / max(hgt, wid)
     w, h = max(1, round(wid * s)), max(1, round(hgt * s))
     small = cv2.resize(np.ascontiguousarray(photo), (w, h), interpolation=cv2.INTER_AREA)
-    xy = np.column_stack(lonlat_to_mercator(corners[:, 0], corners[:, 1]))
-    to_merc = cv2.getPerspectiveTransform(hg.photo_corners(w, h).astype(np.float32),
-                                          xy.astype(np.float32)).astype(np.float64)
+    to_merc = hg.photo_to_mercator(corners, w, h)
+    xy = hg.apply(to_merc, hg.photo_corners(w, h))
     (x0, y0), (x1, y1) = xy.min(axis=0), xy.max(axis=0)
     n = int(2 * long_side)  # the north-up box at twice the panel's resolution, then warped down
     res = max(x1 - x0, y1 - y0) / n
