@@ -4,9 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Iterator
+
+
+def _create_temporary(path: Path) -> Path:
+    """Create an empty, uniquely named file beside ``path`` and return its path.
+
+    It is created with mode 0o666 less the process umask, as ``open()`` would create
+    ``path`` itself (``tempfile.mkstemp`` would give 0o600, leaving every manifest,
+    picture and cached feature file unreadable to the other users of a shared cluster).
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"could not create a temporary file beside {path}")
 
 
 @contextlib.contextmanager
@@ -14,12 +32,11 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
     On an exception the temporary file is removed and ``path`` is left as it was.
+    The file gets the permissions any newly created file would get (0o666 less the umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = _create_temporary(path)
     try:
         yield tmp
         os.replace(tmp, path)
