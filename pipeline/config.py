@@ -39,8 +39,25 @@ def load_toml(path: str | os.PathLike, section: str | None = None) -> dict[str, 
     return flat
 
 
+def _scalar_type_ok(value: Any, default: Any) -> bool:
+    """Whether ``value`` may replace a scalar ``default``: same kind (an int may stand for a float; a bool is
+    neither an int nor a float, and no string is a number or a bool)."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    return True  # lists and None defaults: the stage validates them
+
+
 def merge(defaults: dict[str, Any], *overrides: dict[str, Any], source: str = "config") -> dict[str, Any]:
-    """Merge overrides into a copy of ``defaults``; unknown keys are an error naming the valid ones."""
+    """Merge overrides into a copy of ``defaults``.
+
+    Unknown keys are an error naming the valid ones; so is a scalar of another kind than its
+    default (``batch_size = "4"``, ``half = "false"``), naming the key, the value and the kind."""
     out = dict(defaults)
     for o in overrides:
         for k, v in o.items():
@@ -48,6 +65,10 @@ def merge(defaults: dict[str, Any], *overrides: dict[str, Any], source: str = "c
                 continue
             if k not in defaults:
                 raise ConfigError(f"unknown {source} key {k!r}; valid keys: {', '.join(sorted(defaults))}")
+            if not _scalar_type_ok(v, defaults[k]):
+                kind = {"bool": "a boolean", "int": "an integer", "float": "a number", "str": "a string"}[type(defaults[k]).__name__]
+                raise ConfigError(f"{source} key {k!r} must be {kind}, got {v!r}; write it as the default is "
+                                  f"written: {k} = {_toml_value(defaults[k])}")
             out[k] = v
     return out
 

@@ -8,6 +8,7 @@ returns a one-screen summary.
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
 import shutil
 import time
@@ -21,6 +22,7 @@ from pipeline.config import (
     config_path,
     dumps_toml,
     files_fingerprint,
+    fingerprint,
     load_toml,
     merge,
 )
@@ -41,6 +43,9 @@ class Stage:
     default_conf: dict[str, Any] = {}
     runtime_keys: tuple[str, ...] = ()
     """Config keys that do not change the output (workers, scheduler...): ignored when comparing."""
+    partition_keys: tuple[str, ...] = ()
+    """Runtime keys that decide how the work is cut into part files (batch size, chunk): parts of an
+    interrupted run are reused only under the same ones."""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add the stage's options; each option's ``dest`` is a config key and its default None."""
@@ -56,20 +61,32 @@ class Stage:
         """Files whose change must invalidate the output (names, sizes and times are compared)."""
         return []
 
+    def prepare(self, conf: dict[str, Any]) -> None:
+        """Make default inputs that are missing (the sample workspace), before they are fingerprinted."""
+
     def run(self, conf: dict[str, Any]) -> str:
         raise NotImplementedError
 
     # ---- the shared machinery -------------------------------------------------------------
 
-    def parts_dir(self, conf: dict[str, Any]) -> Path:
-        """Where an interrupted run keeps finished parts, to resume without redoing them."""
+    def parts_root(self, conf: dict[str, Any]) -> Path:
+        """``<output>.parts/``: finished parts of interrupted runs, removed once the output is written."""
         out = self.output(conf)
         return out.with_name(out.name + ".parts")
+
+    def parts_dir(self, conf: dict[str, Any]) -> Path:
+        """Where an interrupted run keeps its finished parts, to resume without redoing them.
+
+        One folder per config, input files and partition (``partition_keys``): a part is only ever
+        reused for exactly the work it holds, so a resumed run neither loses nor duplicates rows
+        when the batch size or the inputs changed in between."""
+        key = {**self._record(conf), "partition": {k: conf[k] for k in self.partition_keys}}
+        return self.parts_root(conf) / fingerprint(key)
 
     def config_from_args(self, args: argparse.Namespace) -> dict[str, Any]:
         file_conf = load_toml(args.config, self.name) if getattr(args, "config", None) else {}
         cli = {k: getattr(args, k) for k in self.default_conf if getattr(args, k, None) is not None}
-        conf = merge(self.default_conf, file_conf, source=f"{self.name} config")
+        conf = merge(self.default_conf, file_conf, source=f"config file {args.config}")
         conf = merge(conf, cli, source="option")
         return self.resolve(conf, Path(args.workdir))
 
@@ -78,9 +95,13 @@ class Stage:
         return {self.name: comparable, "inputs": {"fingerprint": files_fingerprint(self.input_files(conf))}}
 
     def execute(self, conf: dict[str, Any], overwrite: bool = False) -> str:
-        """Run unless the output is up to date; refuse a changed config without ``overwrite``."""
+        """Run unless the output is up to date; refuse a changed config without ``overwrite``.
+
+        The config is saved beside the output only once the output is written: a run that fails
+        (with or without ``overwrite``) leaves the previous output and its config as they were."""
         out = self.output(conf)
         cfg = config_path(out)
+        self.prepare(conf)
         record = self._record(conf)
         if out.exists() and not overwrite:
             if not cfg.exists():
@@ -96,19 +117,29 @@ class Stage:
                        "pass --overwrite to redo it)"
             raise StageError(f"{out} was made with different settings (changed: {', '.join(diff)}); pass "
                              "--overwrite to replace it, or --out to write elsewhere")
-        if out.exists():
-            log.info("--overwrite: removing %s", out)
-            out.unlink()
-        parts = self.parts_dir(conf)
-        if overwrite and parts.exists():
-            shutil.rmtree(parts)
+        parts = self.parts_root(conf)  # with --overwrite too: parts for this very work stay valid
+        start = time.perf_counter()
+        summary = self.run(conf)  # replaces ``out`` atomically
         with atomic_output(cfg) as tmp:
             tmp.write_text("".join(dumps_toml(v, k) + "\n" for k, v in record.items()))
-        start = time.perf_counter()
-        summary = self.run(conf)
         if parts.exists() and out.exists():
             shutil.rmtree(parts, ignore_errors=True)
         return summary + f"\n  config: {cfg}\n  time: {time.perf_counter() - start:.1f} s"
+
+
+def source_files(path: str | Path, image_folder: bool = False) -> list[Path]:
+    """The files whose names, sizes and times identify an input given as a path: the file itself,
+    a folder's files (rasters beside each other; for ``image_folder``, its images; an XYZ tile
+    folder's zoom folders have none), or a glob's matches."""
+    p = Path(path)
+    if p.is_file():
+        return [p]
+    if p.is_dir():
+        files = (f for f in p.iterdir() if f.is_file())
+        if image_folder:
+            files = (f for f in files if f.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp"))
+        return sorted(files)
+    return sorted(Path(f) for f in glob.glob(str(path)))
 
 
 def require(cond: bool, message: str) -> None:

@@ -108,6 +108,13 @@ class CalibrateStage(Stage):
     def input_files(self, conf: dict[str, Any]) -> list[Path]:
         return [Path(p) for p in (conf["truth"], conf["footprints"]) if p and Path(p).is_file()]
 
+    def prepare(self, conf: dict[str, Any]) -> None:
+        truth = Path(conf["truth"])
+        if not conf["footprints"] and not truth.exists() and truth == (self._workdir / "truth.parquet").resolve():
+            from .sample import ensure_sample
+
+            ensure_sample(self._workdir)
+
     def run(self, conf: dict[str, Any]) -> str:
         lines = []
         path = conf["footprints"]

@@ -24,11 +24,11 @@ import pyarrow.parquet as pq
 
 from manifests import FOOTPRINTS, ManifestWriter, read_queries, write_manifest
 from pipeline.config import fingerprint
-from pipeline.footprint.search import default_conf as search_conf
+from pipeline.footprint.search import default_conf as search_conf, validate_conf
 from pipeline.geometry.geodesy import area_km2, corners_columns, footprint_polygon
 from pipeline.geometry.mercator import MAX_LATITUDE
 
-from .base import Stage, StageError
+from .base import Stage, StageError, source_files
 from .cluster import dask_client, gather
 from .index import parse_zooms
 
@@ -138,6 +138,7 @@ class FootprintsStage(Stage):
         "calibration": "",  # "": WORKDIR/calibration.json if present, else the packaged one; "none": no calibration
     }
     runtime_keys = ("workers", "scheduler", "batch_size", "feature_dir")
+    partition_keys = ("batch_size",)
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--queries", help="queries CSV/Parquet or photo folder (default: WORKDIR/queries.parquet, "
@@ -190,6 +191,10 @@ class FootprintsStage(Stage):
             conf["min_inliers"] = cal[1].min_inliers if cal else search_conf["min_inliers"]
         if conf["batch_size"] < 1:
             raise StageError(f"--batch-size must be at least 1, got {conf['batch_size']}")
+        try:  # here, once, rather than in every Dask task
+            validate_conf({k: conf[k] for k in search_conf})
+        except ValueError as e:
+            raise StageError(f"{e} (in --config or the options)") from None
         return conf
 
     @staticmethod
@@ -221,20 +226,22 @@ class FootprintsStage(Stage):
         return Path(conf["out"])
 
     def input_files(self, conf: dict[str, Any]) -> list[Path]:
-        q = Path(conf["queries"])
-        return [q] if q.is_file() else []
+        return source_files(conf["queries"], image_folder=True) + source_files(conf["tiles"])
 
-    def run(self, conf: dict[str, Any]) -> str:
+    def prepare(self, conf: dict[str, Any]) -> None:
         qpath = Path(conf["queries"])
         if not qpath.exists() and qpath == (Path(self._workdir) / "queries.parquet").resolve():
             from .sample import ensure_sample
 
             ensure_sample(self._workdir)
+
+    def run(self, conf: dict[str, Any]) -> str:
+        qpath = Path(conf["queries"])
         queries, rejected = read_queries(qpath, check_images=False, on_error="collect")
         if conf["limit"]:
             queries = queries.head(int(conf["limit"]))
         search = {k: conf[k] for k in search_conf}
-        parts = self.parts_dir(conf) / fingerprint({k: conf[k] for k in sorted(conf) if k not in self.runtime_keys})
+        parts = self.parts_dir(conf)
         parts.mkdir(parents=True, exist_ok=True)
         records = queries[["photo_id", "image_path", "center_lat", "center_lon", "focal_length_mm"]].to_dict("records")
         bs = int(conf["batch_size"])

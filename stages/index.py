@@ -14,29 +14,36 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from manifests import DATABASE, ManifestWriter
-from pipeline.config import fingerprint
+from pipeline.config import ConfigError
 from pipeline.database import count_candidate_windows, iter_database_windows
 from pipeline.imagery import open_tile_source
 from pipeline.progress import progress
 
-from .base import Stage, StageError
+from .base import Stage, StageError, source_files
 
 log = logging.getLogger(__name__)
+
+
+class ZoomsError(ConfigError, argparse.ArgumentTypeError):
+    """Zoom levels that cannot be parsed: a usage error on the command line, a config error in a file."""
 
 
 def parse_zooms(value) -> list[int]:
     """'8-12', '8,10,12', 9 or [8, 9] (from a TOML config) -> sorted unique zooms."""
     text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
     out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if "-" in part:
-            a, b = part.split("-", 1)
-            out += list(range(int(a), int(b) + 1))
-        elif part:
-            out.append(int(part))
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                a, b = part.split("-", 1)
+                out += list(range(int(a), int(b) + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        out = []
     if not out or any(z < 0 or z > 24 for z in out):
-        raise argparse.ArgumentTypeError(f"zooms must be integers 0-24 like '8-12' or '8,10,12', got {value!r}")
+        raise ZoomsError(f"zooms must be integers 0-24 like '8-12' or '8,10,12', got {value!r}")
     return sorted(set(out))
 
 
@@ -80,12 +87,7 @@ class IndexStage(Stage):
         return Path(conf["out"])
 
     def input_files(self, conf: dict[str, Any]) -> list[Path]:
-        tiles = Path(conf["tiles"])
-        if tiles.is_file():
-            return [tiles]
-        if tiles.is_dir():
-            return sorted(p for p in tiles.iterdir() if p.is_file())  # rasters; XYZ zoom folders by mtime
-        return []
+        return source_files(conf["tiles"])
 
     def run(self, conf: dict[str, Any]) -> str:
         tiles = conf["tiles"]
@@ -93,7 +95,7 @@ class IndexStage(Stage):
             raise StageError(f"no tile source at {tiles}; pass --tiles PATH (a GeoTIFF/COG/VRT, a folder or glob "
                              "of them, or an XYZ folder {z}/{x}/{y}.png)")
         source = open_tile_source(tiles)
-        parts = self.parts_dir(conf) / fingerprint({k: conf[k] for k in sorted(conf)})
+        parts = self.parts_dir(conf)
         parts.mkdir(parents=True, exist_ok=True)
         per_zoom: dict[int, tuple[int, int]] = {}
         for zoom in conf["zooms"]:

@@ -21,7 +21,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from manifests import PAIRS, ManifestWriter, read_manifest, write_manifest
-from pipeline.config import fingerprint
+
 
 from .base import Stage, StageError
 from .cluster import dask_client, gather
@@ -112,6 +112,7 @@ class PairsStage(Stage):
         "scheduler": None,
     }
     runtime_keys = ("workers", "scheduler", "chunk")
+    partition_keys = ("chunk",)
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--footprints", help="footprints manifest (default: WORKDIR/footprints.parquet)")
@@ -165,7 +166,7 @@ class PairsStage(Stage):
         lon = fp[[f"{c}_lon" for c in CORNERS]].to_numpy(np.float64)
         lat = fp[[f"{c}_lat" for c in CORNERS]].to_numpy(np.float64)
         ids = fp["photo_id"].astype(str).tolist()
-        parts = self.parts_dir(conf) / fingerprint({k: conf[k] for k in sorted(conf) if k not in self.runtime_keys})
+        parts = self.parts_dir(conf)
         parts.mkdir(parents=True, exist_ok=True)
         step = int(conf["chunk"])
         chunks = [slice(i, i + step) for i in range(0, len(fp), step)]

@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from manifests import QUERIES, TRUTH, read_manifest, write_manifest
-from pipeline.config import fingerprint
+
 from pipeline.files import atomic_output
 from pipeline.progress import progress
 from pipeline.simulate.sample import SIZES, PhotoPlan, plan_photos, query_row, render_photo, split_boxes
@@ -125,7 +125,7 @@ class SampleStage(Stage):
         world = ProceduralWorld((w - m, s - m, e + m, n + m), seed=seed, year=0)
         save_world(world, out / "tiles" / "world.toml")
         plans = plan_photos(size, seed, world, conf["photos"])
-        parts = self.parts_dir(conf) / fingerprint({k: conf[k] for k in ("size", "seed", "photos")})
+        parts = self.parts_dir(conf)
         parts.mkdir(parents=True, exist_ok=True)
         photos_dir = out / "photos"
         photos_dir.mkdir(parents=True, exist_ok=True)

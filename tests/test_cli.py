@@ -61,3 +61,18 @@ def test_bad_toml_is_named(tmp_path):
     path.write_text("zooms = [")
     with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
         load_toml(path)
+
+
+@pytest.mark.parametrize("toml, message", [
+    ('zooms = "8-30"', "zooms must be integers 0-24"),
+    ("rotations = [0, 22.5]", "rotations = [0, 22.5]: a list of whole degrees"),
+    ('contrast = "sharpen"', "contrast = 'sharpen': choose from"),
+    ('batch_size = "4"', "key 'batch_size' must be an integer"),
+])
+def test_a_bad_footprints_config_is_one_line_before_any_work(tmp_path, capsys, toml, message):
+    (tmp_path / "c.toml").write_text(f"[footprints]\n{toml}\n")
+    (tmp_path / "q.csv").write_text("photo_id,image_path,center_lat,center_lon\n")
+    code = main(["run", "footprints", "--workdir", str(tmp_path), "--queries", str(tmp_path / "q.csv"),
+                 "--config", str(tmp_path / "c.toml"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: ") and message in err and err.count("\n") == 1

@@ -187,7 +187,7 @@ def test_screen_ends_pairs_that_match_nothing_and_keeps_the_others_as_they_were(
     assert good and all(a.inliers == b.inliers and np.array_equal(a.to_mercator, b.to_mercator) for a, b in good)
     ended = [b for a, b in zip(*runs) if a.to_mercator is not None and b.to_mercator is None]
     assert len(ended) > 40 and all(b.inliers < 6 for b in ended), len(ended)  # most pairs match nothing: they end
-    with pytest.raises(ValueError, match="screen_layer 8 out of range"):
+    with pytest.raises(ValueError, match="screen_layer = 8: LightGlue has 9 layers"):
         FootprintSearch(source, screen_layer=8)
 
 

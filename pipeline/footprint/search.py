@@ -111,6 +111,48 @@ default_conf: dict[str, Any] = {
 }
 
 
+LIGHTGLUE_LAYERS = 9
+"""LightGlue's transformer layers (cvg/LightGlue and kornia's default): the screen may follow layers 0-7."""
+
+
+def validate_conf(conf: dict[str, Any]) -> dict[str, Any]:
+    """``default_conf`` updated with ``conf``, or a ValueError naming the option, its value and what it may be.
+
+    Run where the options are read (the footprints stage checks them before any worker starts)."""
+    unknown = set(conf) - set(default_conf)
+    if unknown:
+        raise ValueError(f"unknown footprint options {sorted(unknown)}; valid: {sorted(default_conf)}")
+    c = {**default_conf, **conf}
+
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise ValueError(f"footprint option {key} = {c[key]!r}: {what}")
+
+    need(c["contrast"] in CONTRAST, "contrast", f"choose from {sorted(CONTRAST, key=str)}")
+    need(isinstance(c["rotations"], (list, tuple)) and len(c["rotations"]) > 0
+         and all(isinstance(d, int) and not isinstance(d, bool) for d in c["rotations"]), "rotations",
+         "a list of whole degrees, e.g. [0, 90, 180, 270, 45, 135, 225, 315] (the manifest's rotation_deg is an integer)")
+    need(isinstance(c["zooms"], (list, tuple)) and len(c["zooms"]) > 0
+         and all(isinstance(z, int) and 0 <= z <= 24 for z in c["zooms"]), "zooms", "a list of zooms 0-24")
+    for key in ("photo_px", "window_px", "refine_px"):
+        need(isinstance(c[key], int) and c[key] >= 16, key, "an integer of at least 16 (pixels)")
+    need(isinstance(c["size_tiles"], int) and c["size_tiles"] >= 2 and c["size_tiles"] % 2 == 0, "size_tiles",
+         "an even number of tiles, at least 2 (windows are laid with half-window stride)")
+    for key in ("max_keypoints", "refine_top", "refine_iterations", "min_inliers", "candidate_min_inliers", "early_stop_inliers",
+                "screen_inliers", "feature_cache"):
+        need(isinstance(c[key], int) and c[key] >= 0, key, "an integer of at least 0")
+    need(c["refine_context"] >= 1.0, "refine_context", "at least 1 (the surroundings contain the footprint)")
+    need(0.0 <= c["min_valid"] <= 1.0, "min_valid", "a fraction in [0, 1]")
+    need(0 < c["min_area_km2"] < c["max_area_km2"], "min_area_km2", f"positive and below max_area_km2 = {c['max_area_km2']}")
+    need(c["ransac_px"] > 0, "ransac_px", "a positive number of pixels")
+    need(c["offset_zooms"] is None or (isinstance(c["offset_zooms"], int) and c["offset_zooms"] >= 0), "offset_zooms",
+         "an integer of at least 0")
+    need(not c["screen_inliers"] or c["extractor"] == "sift" or 0 <= c["screen_layer"] < LIGHTGLUE_LAYERS - 1,
+         "screen_layer", f"LightGlue has {LIGHTGLUE_LAYERS} layers and screens after one of layers 0-"
+         f"{LIGHTGLUE_LAYERS - 2}; or set screen_inliers = 0")
+    return c
+
+
 def _corner_shift_px(a: np.ndarray, b: np.ndarray, width: int, height: int) -> float:
     """Largest corner displacement between two photo -> Mercator homographies, in photo pixels.
 
@@ -196,13 +238,8 @@ class FootprintSearch:
 
     def __init__(self, source: TileSource, device: str = "cpu", **conf: Any):
         tune_malloc()
-        unknown = set(conf) - set(default_conf)
-        if unknown:
-            raise ValueError(f"unknown footprint options {sorted(unknown)}; valid: {sorted(default_conf)}")
-        self.conf = {**default_conf, **conf}
+        self.conf = validate_conf(conf)
         self.source = source
-        if self.conf["contrast"] not in CONTRAST:
-            raise ValueError(f"unknown contrast {self.conf['contrast']!r}; choose from {sorted(CONTRAST, key=str)}")
         wdir = self.conf["weights_dir"]
         self._extract = build_extractor(self.conf["extractor"], max_keypoints=self.conf["max_keypoints"],
                                         device=device, weights_dir=wdir)

@@ -1,0 +1,93 @@
+"""The machinery every stage shares (stages/base.py), on a tiny stage that copies a file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, merge
+from pipeline.files import atomic_output
+from stages.base import Stage, source_files
+
+
+class Copy(Stage):
+    """Copies ``src`` to ``out``; makes ``src`` when missing (as footprints makes the sample workspace)."""
+
+    name = "copy"
+    default_conf = {"src": "", "out": "", "upper": False, "batch": 2, "workers": None}
+    runtime_keys = ("batch", "workers")
+    partition_keys = ("batch",)
+
+    def __init__(self, fail: bool = False):
+        self.fail, self.runs = fail, 0
+
+    def output(self, conf):
+        return Path(conf["out"])
+
+    def input_files(self, conf):
+        return source_files(conf["src"])
+
+    def prepare(self, conf):
+        if not Path(conf["src"]).exists():
+            Path(conf["src"]).write_text("made by prepare\n")
+
+    def run(self, conf):
+        self.runs += 1
+        self.parts_dir(conf).mkdir(parents=True, exist_ok=True)
+        if self.fail:
+            raise RuntimeError("killed half way")
+        text = Path(conf["src"]).read_text()
+        with atomic_output(conf["out"]) as tmp:
+            tmp.write_text(text.upper() if conf["upper"] else text)
+        return "copied"
+
+
+def _conf(tmp_path: Path, **kw) -> dict:
+    return {**Copy.default_conf, "src": str(tmp_path / "src.txt"), "out": str(tmp_path / "out.txt"), **kw}
+
+
+def test_an_input_made_by_the_run_itself_is_up_to_date_the_second_time(tmp_path):
+    stage = Copy()
+    assert stage.execute(_conf(tmp_path)).startswith("copied")
+    assert "up to date" in stage.execute(_conf(tmp_path)) and stage.runs == 1
+    assert not (tmp_path / "out.txt.parts").exists()  # removed once the output is written
+
+
+def test_parts_are_keyed_by_config_inputs_and_partition(tmp_path):
+    stage = Copy()
+    (tmp_path / "src.txt").write_text("a\n")
+    base = stage.parts_dir(_conf(tmp_path))
+    assert stage.parts_dir(_conf(tmp_path, workers=8)) == base  # runtime only: same work, same parts
+    assert stage.parts_dir(_conf(tmp_path, batch=3)) != base  # cut differently: other parts
+    assert stage.parts_dir(_conf(tmp_path, upper=True)) != base
+    (tmp_path / "src.txt").write_text("a longer input\n")
+    assert stage.parts_dir(_conf(tmp_path)) != base
+
+
+def test_a_failed_overwrite_keeps_the_old_output_and_its_config(tmp_path):
+    (tmp_path / "src.txt").write_text("a\n")
+    assert Copy().execute(_conf(tmp_path)).startswith("copied")
+    with pytest.raises(RuntimeError):
+        Copy(fail=True).execute(_conf(tmp_path, upper=True), overwrite=True)
+    assert (tmp_path / "out.txt").read_text() == "a\n"
+    assert "up to date" in Copy().execute(_conf(tmp_path))  # the config beside it still says how it was made
+    assert Copy().execute(_conf(tmp_path, upper=True), overwrite=True).startswith("copied")
+    assert (tmp_path / "out.txt").read_text() == "A\n"
+
+
+def test_a_folder_input_is_identified_by_its_files(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "12").mkdir()  # an XYZ zoom folder: not a file
+    assert source_files(tmp_path, image_folder=True) == [tmp_path / "a.jpg"]
+    assert source_files(tmp_path) == [tmp_path / "a.jpg", tmp_path / "notes.txt"]
+    assert source_files(tmp_path / "*.jpg") == [tmp_path / "a.jpg"]
+
+
+@pytest.mark.parametrize("key, value, kind", [("batch", "4", "an integer"), ("upper", "false", "a boolean"),
+                                              ("upper", 1, "a boolean"), ("src", 3, "a string")])
+def test_a_value_of_the_wrong_kind_is_named(key, value, kind):
+    with pytest.raises(ConfigError, match=f"key '{key}' must be {kind}, got"):
+        merge(Copy.default_conf, {key: value}, source="config file c.toml")
+    assert merge({"x": 0.5}, {"x": 1}) == {"x": 1}  # an integer stands for a number
