@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         common = p.add_argument_group("common options")
         common.add_argument("--workdir", default="workspace", help="workspace folder for default inputs and outputs")
         common.add_argument("--config", help="TOML file with this stage's settings (top level or a [%s] table)" % name)
-        common.add_argument("--overwrite", action="store_true", help="redo the work even if the output exists")
+        common.add_argument("--overwrite", action="store_true", help="replace the output even if it is up to date or was made with other settings (the old one stays until the new one is written)")
         common.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
         common.add_argument("-q", "--quiet", action="count", default=0, help="less logging, no progress bars")
         stage.add_arguments(p.add_argument_group(f"{name} options"))
