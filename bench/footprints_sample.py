@@ -26,13 +26,13 @@ import argparse
 import json
 import time
 
-import cv2
 import numpy as np
 import pandas as pd
 
 from pipeline.footprint.calibration import calibrate
 from pipeline.footprint.search import FootprintSearch
 from pipeline.geometry.geodesy import footprint_polygon, iou
+from pipeline.imagery.photos import read_photo
 
 from photo_set import add_photo_arguments, open_photo_set  # bench/photo_set.py
 
@@ -49,8 +49,7 @@ def run(search: FootprintSearch, q: pd.DataFrame, truth: pd.DataFrame, label: st
     rows = []
     for r in q.itertuples():
         t = truth.loc[r.photo_id]
-        img = np.ascontiguousarray(cv2.imread(r.image_path)[..., ::-1])
-        res = search.localize(img, r.center_lon, r.center_lat, r.focal_length_mm)
+        res = search.localize(read_photo(r.image_path), r.center_lon, r.center_lat, r.focal_length_mm)
         kind = t["reason"] if "reason" in t else ("ok" if t["localizable"] else "negative")
         score = float("nan")
         if res.corners_lonlat is not None:
@@ -104,7 +103,7 @@ def main() -> None:
     print(f"\n{summary(df, 'default path')}  ({time.perf_counter() - t0:.0f} s in all)")
     if args.exhaustive:
         sub = q.head(args.exhaustive)
-        long_side = int(max(cv2.imread(sub["image_path"].iloc[0]).shape[:2]))  # the sample's photos share a size
+        long_side = int(max(read_photo(sub["image_path"].iloc[0]).shape[:2]))  # the sample's photos share a size
         ex = run(FootprintSearch(source, **{**conf, **exhaustive_conf(long_side)}), sub, truth, "exhaustive")
         d = df.head(len(sub))
         print(f"\n{summary(ex, 'exhaustive path')}")

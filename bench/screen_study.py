@@ -27,12 +27,12 @@ from __future__ import annotations
 import argparse
 import time
 
-import cv2
 import numpy as np
 import pandas as pd
 
 from pipeline.footprint import homography as hg
 from pipeline.footprint.search import FootprintSearch
+from pipeline.imagery.photos import read_photo
 from pipeline.matching import estimate_homography
 
 from photo_set import add_photo_arguments, open_photo_set  # bench/photo_set.py
@@ -105,7 +105,7 @@ def main() -> None:
     rows = []
     t0 = time.perf_counter()
     for i, r in enumerate(q.itertuples(), 1):
-        img = np.ascontiguousarray(cv2.imread(r.image_path)[..., ::-1])
+        img = read_photo(r.image_path)
         search.at_screen.clear()
         cands = list(search.candidates(img, r.center_lon, r.center_lat, r.focal_length_mm))
         for c, s in zip(cands, search.at_screen):

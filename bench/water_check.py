@@ -37,6 +37,7 @@ from manifests import read_manifest, read_queries  # noqa: E402
 from pipeline.footprint import homography as hg  # noqa: E402
 from pipeline.footprint.overlay import CORNERS  # noqa: E402
 from pipeline.imagery import open_tile_source  # noqa: E402
+from pipeline.imagery.photos import PhotoError, read_photo  # noqa: E402
 
 SIDE = 512  # the photo's long side for the masks, pixels
 BOX = 4.0  # the imagery box around the footprint, in footprint extents
@@ -136,12 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"water = blue - red > {args.blue_minus_red:g}, 7 x 7 opening; IoU of the photo's and the imagery's water")
     print(f"{'photo':18s} {'water':>6s} {'pose':>6s} {'near':>6s} {'random 99.9%':>12s} {'max':>6s}  random >= pose")
     for _, row in fp.iterrows():
-        img = cv2.imread(str(paths[row["photo_id"]]), cv2.IMREAD_COLOR)
-        if img is None:
-            print(f"{row['photo_id']:18s} the photo could not be read: {paths[row['photo_id']]}")
+        try:
+            rgb = read_photo(paths[row["photo_id"]])
+        except PhotoError as e:
+            print(f"{row['photo_id']:18s} {e}")
             continue
         corners = np.array([[row[f"{c}_lon"], row[f"{c}_lat"]] for c in CORNERS], np.float64)
-        r = check(np.ascontiguousarray(img[..., ::-1]), corners, source, args.blue_minus_red, args.poses)
+        r = check(rgb, corners, source, args.blue_minus_red, args.poses)
         if r["water"] > MAX_WATER:
             print(f"{row['photo_id']:18s} {r['water']:6.3f}  not applicable: the rule marks most of the photo as water")
             continue

@@ -167,7 +167,7 @@ def read_queries(
                                             "center_lon in degrees", row=int(r), column=c,
                                             photo_id=df["photo_id"].iloc[r]))
         for r in np.flatnonzero(~np.isnan(v) & ((v < lo) | (v > hi) | ~np.isfinite(v))):
-            row_problems.append(Problem(f"value {v[r]!r} is outside [{lo:g}, {hi:g}]" +
+            row_problems.append(Problem(f"value {v[r]:g} is outside [{lo:g}, {hi:g}]" +
                                         (" degrees" if c.endswith(("lat", "lon")) else ""),
                                         row=int(r), column=c, photo_id=df["photo_id"].iloc[r]))
         df[c] = num.astype(np.float64)

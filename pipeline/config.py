@@ -16,7 +16,6 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_output
 
 
 class ConfigError(ValueError):
@@ -96,13 +95,6 @@ def config_path(output: str | os.PathLike) -> Path:
     """Where a stage output's effective config is kept."""
     output = Path(output)
     return output.with_name(output.name + ".config.toml")
-
-
-def save_config(output: str | os.PathLike, conf: dict[str, Any], section: str) -> Path:
-    path = config_path(output)
-    with atomic_output(path) as tmp:
-        tmp.write_text(dumps_toml(conf, section))
-    return path
 
 
 def fingerprint(conf: dict[str, Any]) -> str:

@@ -73,3 +73,34 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     except OSError:
         pass
     return False
+
+
+def cuda_device_count() -> int:
+    """GPUs visible to this process (at least 1, so that ``--device cuda`` without one fails in torch with its
+    own message rather than here)."""
+    import torch
+
+    return max(1, torch.cuda.device_count()) if torch.cuda.is_available() else 1
+
+
+def worker_device(device: str, worker_name: object = None, count: int | None = None) -> str:
+    """The torch device a Dask worker uses for ``device``: a bare ``"cuda"`` becomes ``"cuda:k"``, k = the
+    worker's number modulo the GPUs it sees, so the local cluster's worker k uses GPU k. On a cluster whose
+    workers each see one GPU (``CUDA_VISIBLE_DEVICES`` per worker, as dask-cuda sets it) that is ``"cuda:0"``.
+    ``"cpu"`` and explicit ``"cuda:N"`` are kept. ``worker_name``: the worker's name (the current worker's
+    when None); ``count``: GPUs visible (torch's when None)."""
+    if device != "cuda":
+        return device
+    if worker_name is None:
+        try:
+            from distributed import get_worker
+
+            worker_name = get_worker().name
+        except (ImportError, ValueError):  # not in a Dask worker
+            worker_name = 0
+    count = cuda_device_count() if count is None else max(1, int(count))
+    try:
+        k = int(worker_name)
+    except (TypeError, ValueError):
+        k = 0
+    return f"cuda:{k % count}"

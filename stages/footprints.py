@@ -12,13 +12,10 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
@@ -27,6 +24,8 @@ from pipeline.config import fingerprint
 from pipeline.footprint.search import default_conf as search_conf, validate_conf
 from pipeline.geometry.geodesy import area_km2, corners_columns, footprint_polygon
 from pipeline.geometry.mercator import MAX_LATITUDE
+from pipeline.imagery.photos import PhotoError, read_photo
+from pipeline.runtime import worker_device
 
 from .base import Stage, StageError, source_files
 from .cluster import dask_client, gather
@@ -34,8 +33,6 @@ from .index import parse_zooms
 
 log = logging.getLogger(__name__)
 
-MIN_SIDE_PX = 32
-MAX_SIDE_PX = 16_000
 _SEARCHERS: dict[str, Any] = {}
 """Per worker process: one FootprintSearch (models, feature cache) per config."""
 
@@ -67,26 +64,14 @@ def localize_one(search, row: dict, matcher: str, confidence_model: list[float] 
     if abs(lat) > MAX_LATITUDE:
         return _error(pid, f"weak label latitude {lat:g} is beyond the Web Mercator map (|lat| <= "
                            f"{MAX_LATITUDE:.4f}); no imagery to match", t0, matcher)
-    path = row["image_path"]
-    if not os.path.isfile(path):
-        return _error(pid, f"image file not found: {path}", t0, matcher)
-    try:  # a cheap 1/8 decode first, so a huge image is refused before it fills memory
-        header = cv2.imread(path, cv2.IMREAD_REDUCED_COLOR_8)
-    except cv2.error:
-        header = None
-    if header is not None and max(header.shape[:2]) * 8 > MAX_SIDE_PX:
-        return _error(pid, f"image too large ({header.shape[1] * 8}x{header.shape[0] * 8} px, more than "
-                           f"{MAX_SIDE_PX}): downscale it first: {path}", t0, matcher)
-    img = cv2.imread(path, cv2.IMREAD_COLOR)
-    if img is None:
-        return _error(pid, f"unreadable image (corrupt or not an image): {path}", t0, matcher)
-    if min(img.shape[:2]) < MIN_SIDE_PX:
-        return _error(pid, f"image too small ({img.shape[1]}x{img.shape[0]} px, need at least {MIN_SIDE_PX}): "
-                           f"{path}", t0, matcher)
+    try:
+        photo = read_photo(row["image_path"])
+    except PhotoError as e:
+        return _error(pid, str(e), t0, matcher)
     focal = row.get("focal_length_mm")
     focal = float(focal) if focal is not None and not pd.isna(focal) else None
     try:
-        r = search.localize(np.ascontiguousarray(img[..., ::-1]), lon, lat, focal)
+        r = search.localize(photo, lon, lat, focal)
     except Exception as e:  # one photo never stops the others
         log.exception("photo %s failed", pid)
         return _error(pid, f"{type(e).__name__}: {e}", t0, matcher)
@@ -113,6 +98,7 @@ def run_batch(rows: list[dict], tiles: str, conf: dict, device: str, part: str, 
         import torch
 
         torch.set_num_threads(int(threads))
+    device = worker_device(device)  # "cuda" -> this worker's GPU
     search = _searcher(tiles, conf, device)
     matcher = f"{conf['extractor']}+lightglue" if conf["extractor"] != "sift" else "sift+nn"
     out = [localize_one(search, r, matcher, confidence_model) for r in rows]
@@ -155,7 +141,7 @@ class FootprintsStage(Stage):
         p.add_argument("--calibration", help="calibration.json from `run calibrate` (default: WORKDIR/calibration.json "
                                              "if present, else the packaged one for aliked; 'none' for no calibration)")
         p.add_argument("--batch-size", dest="batch_size", type=int, help="photos per Dask task (default 4)")
-        p.add_argument("--limit", type=int, help="only the first N photos")
+        p.add_argument("--limit", type=int, help="only the first N rows of the queries (bad rows among them end as errors)")
         p.add_argument("--feature-dir", dest="feature_dir",
                        help="keep database-window features on disk here, for all workers and later runs "
                             "(default: in memory, per worker)")
@@ -189,6 +175,8 @@ class FootprintsStage(Stage):
         conf["confidence_model"] = [cal[1].intercept, cal[1].slope] if cal else None
         if conf["min_inliers"] is None:
             conf["min_inliers"] = cal[1].min_inliers if cal else search_conf["min_inliers"]
+        if conf["limit"] is not None and conf["limit"] < 1:
+            raise StageError(f"--limit must be at least 1 (the first N rows of the queries), got {conf['limit']}")
         if conf["batch_size"] < 1:
             raise StageError(f"--batch-size must be at least 1, got {conf['batch_size']}")
         try:  # here, once, rather than in every Dask task
@@ -238,8 +226,10 @@ class FootprintsStage(Stage):
     def run(self, conf: dict[str, Any]) -> str:
         qpath = Path(conf["queries"])
         queries, rejected = read_queries(qpath, check_images=False, on_error="collect")
-        if conf["limit"]:
-            queries = queries.head(int(conf["limit"]))
+        if conf["limit"] is not None:  # the first N rows of the file, bad ones (reported as errors) included
+            n = int(conf["limit"])
+            rejected = rejected[rejected["row"] < n] if len(rejected) else rejected
+            queries = queries.head(max(0, n - len(rejected)))
         search = {k: conf[k] for k in search_conf}
         parts = self.parts_dir(conf)
         parts.mkdir(parents=True, exist_ok=True)
@@ -254,7 +244,7 @@ class FootprintsStage(Stage):
             self._run_dask(conf, search, batches, todo, parts)
         out = Path(conf["out"])
         errors = pd.DataFrame([{"photo_id": r.photo_id, "status": "error",
-                                "reason": f"bad queries row {r.row}, column {r.column}: {r.reason}"}
+                                "reason": f"bad queries row: {r.reason}"}
                                for r in rejected.itertuples()]) if len(rejected) else None
         with ManifestWriter(out, FOOTPRINTS) as writer:
             for k in range(len(batches)):
@@ -266,8 +256,12 @@ class FootprintsStage(Stage):
         lines = [f"footprints: {len(table)} photos -> {out}"]
         for s in ("localized", "not_localized", "error"):
             lines.append(f"  {s:<14} {int(counts.get(s, 0)):>7d}")
-        secs = table["elapsed_s"].sum()
-        lines.append(f"  {secs / max(len(table), 1):.1f} s per photo of worker time; wall {time.perf_counter() - t0:.0f} s")
+        secs = table["elapsed_s"].dropna()  # rows of rejected queries have none
+        n_run = sum(len(batches[k]) for k in todo)
+        lines.append(f"  {secs.mean() if len(secs) else 0.0:.1f} s per photo of worker time (median "
+                     f"{secs.median() if len(secs) else 0.0:.1f}); this run: {n_run} photos in "
+                     f"{time.perf_counter() - t0:.0f} s wall" + (f", {len(batches) - len(todo)} batches resumed"
+                                                                 if len(todo) < len(batches) else ""))
         return "\n".join(lines)
 
     def _run_dask(self, conf: dict, search: dict, batches: list, todo: list[int], parts: Path) -> None:

@@ -71,6 +71,24 @@ def test_a_sample_photo_is_localized_with_its_true_footprint(tiny):
     true = np.array([[truth.tl_lon, truth.tl_lat], [truth.tr_lon, truth.tr_lat], [truth.br_lon, truth.br_lat],
                      [truth.bl_lon, truth.bl_lat]])
     assert iou(footprint_polygon(result.corners_lonlat), footprint_polygon(true)) >= 0.8
+    # the homography column: photo pixels (as stored) -> the candidate window's native pixels (4 x 256)
+    from pipeline.geometry.windows import Window
+
+    zoom, x, y = map(int, result.candidate_id.split("_"))
+    window_to_mercator = hg.pixels_to_mercator(Window(zoom, x, y, 4).bounds_mercator(), 1024, 1024)
+    h, w = photo.shape[:2]
+    corners = hg.corners_lonlat(window_to_mercator @ result.homography, w, h)
+    assert np.abs(corners - result.corners_lonlat).max() < 1e-9
+
+
+def test_a_label_without_imagery_says_so(tiny):
+    from pipeline.footprint.search import FootprintSearch
+    from pipeline.imagery import open_tile_source
+
+    photo = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    far = FootprintSearch(open_tile_source(tiny / "tiles"), max_keypoints=64).localize(photo, -120.0, 40.0, 400.0)
+    assert far.status == "not_localized" and far.pairs_matched == 0
+    assert far.reason.startswith("no imagery around the weak label") and "lat 40.0000, lon -120.0000" in far.reason
 
 
 def test_window_features_are_kept_on_disk_and_reused(tiny, tmp_path):

@@ -54,6 +54,7 @@ def stage_inputs(tiny, tmp_path_factory):
     for pid, path in bad.items():
         rows.insert(2, dict(good, photo_id=pid, image_path=str(d / path) if "/" not in path else path,
                             center_lat=89.0 if pid == "BAD-lat89" else good["center_lat"]))
+    rows.insert(2, dict(good, photo_id="BAD-lat95", center_lat=95.0))  # rejected by the queries' validation
     pd.DataFrame(rows).to_csv(d / "queries.csv", index=False)
     (d / "cheap.toml").write_text(CHEAP)
     return d
@@ -74,8 +75,10 @@ def test_every_photo_is_accounted_for_and_bad_ones_are_errors(stage_inputs, tiny
     out = d / "full.parquet"
     assert main(_args(d, tiny, out)) == 0
     df = _table(out)
-    assert len(df) == 9 and df["photo_id"].is_unique
+    assert len(df) == 10 and df["photo_id"].is_unique
     errors = df.set_index("photo_id")["reason"]
+    assert errors["BAD-lat95"] == (f"bad queries row: {d / 'queries.csv'}, row 3 (line 4) [photo_id BAD-lat95], "
+                                   "column 'center_lat': value 95 is outside [-90, 90] degrees")
     assert "unreadable" in errors["BAD-corrupt"] and "not found" in errors["BAD-missing"]
     assert "too small" in errors["BAD-1x1"] and "too large (20000x20000" in errors["BAD-huge"]
     assert "89" in errors["BAD-lat89"]
@@ -87,6 +90,14 @@ def test_every_photo_is_accounted_for_and_bad_ones_are_errors(stage_inputs, tiny
     text = inspect_manifest(out, d / "fp.geojson")
     assert "status:" in text and "error" in text and "inliers histogram:" in text
     assert (d / "fp.geojson").is_file()
+
+
+def test_limit_counts_rows_of_the_file_bad_ones_included(stage_inputs, tiny):
+    d = stage_inputs
+    out = d / "limit.parquet"
+    assert main(_args(d, tiny, out) + ["--limit", "3"]) == 0
+    df = _table(out)  # rows 1-2 are photos, row 3 the rejected latitude 95
+    assert df["photo_id"].tolist() == ["BAD-lat95", "SIM-E-00000", "SIM-E-00001"]
 
 
 def test_a_killed_run_resumes_to_the_same_manifest(stage_inputs, tiny):

@@ -23,3 +23,12 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, expected):
 
 def test_native_bf16_is_false_where_cpuinfo_is_missing(tmp_path):
     assert cpu_has_native_bf16(str(tmp_path / "no-such-file")) is False
+
+
+def test_each_local_gpu_worker_gets_its_own_gpu():
+    from pipeline.runtime import worker_device
+
+    assert [worker_device("cuda", k, count=2) for k in range(4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert worker_device("cuda", "tcp://10.0.0.5:4242", count=1) == "cuda:0"  # a named remote worker, one GPU
+    assert worker_device("cuda:1", 0, count=4) == "cuda:1" and worker_device("cpu", 3, count=4) == "cpu"
+    assert worker_device("cuda", count=2) == "cuda:0"  # outside a Dask worker

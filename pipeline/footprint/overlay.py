@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from ..files import atomic_output
+from ..imagery.photos import PhotoError, read_photo
 from ..imagery.base import TileSource
 from . import homography as hg
 
@@ -60,8 +61,10 @@ def overlay(photo: np.ndarray, corners_lonlat: np.ndarray, source: TileSource, l
     bounds = (x0, y1 - ny * res, x0 + nx * res, y1)
     north_up = source.render(bounds, nx, ny)
     m = np.linalg.inv(hg.pixels_to_mercator(bounds, nx, ny)) @ to_merc  # panel pixels -> north-up pixels
-    imagery = cv2.warpPerspective(north_up.rgb, hg.to_centres(m), (w, h),
-                                  flags=cv2.INTER_AREA | cv2.WARP_INVERSE_MAP)
+    # warpPerspective has no area filter (INTER_AREA there is bilinear): smooth the 2x rendering first, so the
+    # warp down samples an averaged image instead of aliasing
+    smooth = cv2.GaussianBlur(north_up.rgb, (0, 0), 0.8)
+    imagery = cv2.warpPerspective(smooth, hg.to_centres(m), (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
     yy, xx = np.mgrid[0:h, 0:w]
     checker = ((yy // square_px + xx // square_px) % 2 == 0)[..., None]
     return np.concatenate([small, imagery, np.where(checker, small, imagery)], axis=1)
@@ -86,13 +89,17 @@ def write_overlays(footprints, queries: str | os.PathLike, source: TileSource, o
             log.warning("%s: no footprint in the manifest (status %s); no overlay", pid,
                         fp.at[pid, "status"] if pid in fp.index else "absent")
             continue
-        img = cv2.imread(str(paths[pid]), cv2.IMREAD_COLOR) if pid in paths.index else None
-        if img is None:
-            log.warning("%s: the photo could not be read (%s); no overlay", pid, paths.get(pid, "not in the queries"))
+        if pid not in paths.index:
+            log.warning("%s: not in the queries; no overlay", pid)
+            continue
+        try:
+            rgb = read_photo(paths[pid])
+        except PhotoError as e:
+            log.warning("%s: %s; no overlay", pid, e)
             continue
         row = fp.loc[pid]
         corners = np.array([[row[f"{c}_lon"], row[f"{c}_lat"]] for c in CORNERS], np.float64)
-        panel = overlay(img[..., ::-1], corners, source, long_side)
+        panel = overlay(rgb, corners, source, long_side)
         path = out_dir / f"{pid}.png"
         ok, buf = cv2.imencode(".png", np.ascontiguousarray(panel[..., ::-1]))
         if not ok:

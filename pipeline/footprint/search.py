@@ -49,7 +49,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -61,7 +61,7 @@ from shapely.geometry import Point, Polygon
 from ..config import fingerprint
 from ..files import atomic_output
 from ..geometry.geodesy import area_km2, footprint_polygon
-from ..geometry.mercator import lonlat_to_mercator, resolution_m
+from ..geometry.mercator import TILE_SIZE, lonlat_to_mercator, resolution_m
 from ..geometry.windows import Window, windows_containing
 from ..imagery.base import TileSource
 from ..matching import build_extractor, build_matcher, estimate_homography
@@ -202,10 +202,12 @@ class Result:
     rotation_deg: int | None = None
     candidate_id: str | None = None
     iterations: int = 0
-    homography: np.ndarray | None = None  # photo pixels -> candidate window pixels
+    homography: np.ndarray | None = None
+    """(3, 3) photo pixels (full resolution, as stored) -> pixels of the candidate window at its native size
+    (``size_tiles`` x 256 px, its tiles at their zoom), both continuous: an image's top-left corner at (0, 0),
+    pixel centres at half-integers (OpenCV's integer centres: :func:`homography.to_centres`); H[2, 2] = 1."""
     pairs_matched: int = 0
     elapsed_s: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def expected_zoom_order(zooms: list[int], lat: float, focal_mm: float | None, altitude_km: float = 410.0,
@@ -492,7 +494,6 @@ class FootprintSearch:
 
     def _footprint(self, photo: np.ndarray, cand: Candidate, lon: float, lat: float) -> tuple[Result | None, str]:
         """Refine and check one candidate: a localized Result (before the threshold), or None and why not."""
-        c = self.conf
         hgt, wid = photo.shape[:2]
         to_merc, n, iters = self.refine(photo, cand.to_mercator)
         if to_merc is None:  # a true match survives being re-matched in its own perspective
@@ -501,7 +502,7 @@ class FootprintSearch:
         corners, why = self.check(to_merc, wid, hgt, lon, lat)
         if corners is None:
             return None, why
-        n_px = c["window_px"]
+        n_px = cand.window.size_tiles * TILE_SIZE  # the window's native pixels, not the resampled window_px
         to_win = np.linalg.inv(hg.pixels_to_mercator(cand.window.bounds_mercator(), n_px, n_px)) @ to_merc
         return Result("localized", None, corners, n, cand.window.zoom, cand.rotation_deg, cand.window.tile_id,
                       iters, to_win / to_win[2, 2]), ""
@@ -540,8 +541,13 @@ class FootprintSearch:
             for cand in good[: max(0, c["refine_top"] - len(refined))]:
                 attempt(cand)
         top = max((k.inliers for k in cands), default=0)
-        if best is None:
+        if best is None and not cands:
+            reason = (f"no imagery around the weak label: no candidate window at zooms {c['zooms']} has imagery "
+                      f"over at least {c['min_valid']:.0%} of it; check that the tile source covers lat {lat:.4f}, "
+                      f"lon {lon:.4f}")
+        elif best is None:
             reason = reasons[0] if reasons else f"too few inliers (best candidate {top}, need {c['candidate_min_inliers']})"
+        if best is None:
             best = Result("not_localized", reason, inliers=top)
         elif best.inliers < c["min_inliers"]:
             best = Result("not_localized", f"too few inliers after refinement ({best.inliers} < {c['min_inliers']})",
