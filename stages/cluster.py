@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import os
 from contextlib import contextmanager
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 from pipeline.progress import progress, quiet_distributed
 from pipeline.runtime import cuda_device_count
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -59,3 +62,69 @@ def gather(futures: list, total: int, desc: str, postfix: str) -> None:
             done += res[postfix]
             bar.update(res["photos"])
             bar.set_postfix({postfix: done})  # a running total, not the last task's
+
+
+def gather_isolating(client: Any, work: list[tuple[str, list]], submit: Callable[[list, str, str], Any],
+                     failed_rows: Callable[[Any, BaseException], Any], assemble: Callable[[str, list], None],
+                     desc: str, postfix: str) -> list[str]:
+    """Run batches as Dask tasks with a progress bar; a batch that fails for good is run again photo by photo.
+
+    Args:
+        work: ``(part, items)`` per batch: the task for ``items`` writes the file ``part``.
+        submit: ``submit(items, part, suffix)`` submits one task (``suffix`` makes its key unique) that
+            writes ``part`` and returns ``{"photos": n, postfix: m}``.
+        failed_rows: rows (a DataFrame) saying why ``item`` failed, given the exception.
+        assemble: ``assemble(part, pieces)`` writes ``part`` (atomically) from pieces, each a finished
+            single-item part's path or ``failed_rows``' rows, in the batch's order.
+
+    A task that fails for good (its worker died in every try: out of memory, or a crash in native code;
+    or it raised) does not stop the others: its batch's items run again one per task (into
+    ``part.NNN``), an item that fails alone becomes ``failed_rows``, and the batch's part is assembled
+    from them. So one photo that kills its worker costs its own row, not the run. Returns a line per
+    item that failed alone.
+    """
+    from dask.distributed import as_completed
+
+    pending: dict[Any, tuple[int, int | None]] = {}
+    for b, (part, items) in enumerate(work):
+        pending[submit(items, part, str(b))] = (b, None)
+    pieces: dict[int, dict[int, Any]] = {}
+    failed: list[str] = []
+    running = as_completed(list(pending))
+    done = 0
+    with progress(total=sum(len(items) for _, items in work), desc=desc, unit="photo") as bar:
+        for f in running:
+            b, i = pending.pop(f)
+            part, items = work[b]
+            try:
+                res = f.result()
+            except Exception as e:  # noqa: BLE001 - whatever it was, the other batches go on
+                if i is None and len(items) > 1:
+                    log.warning("%s: the task failed for good (%s: %s); running its %d items one by one",
+                                Path(part).name, type(e).__name__, e, len(items))
+                    pieces[b] = {}
+                    for j, item in enumerate(items):
+                        g = submit([item], f"{part}.{j:03d}", f"{b}-{j}")
+                        pending[g] = (b, j)
+                        running.add(g)
+                    continue
+                item = items[0] if i is None else items[i]
+                name = item.get("photo_id", item) if isinstance(item, dict) else item
+                failed.append(f"{name}: {type(e).__name__}: {e}")
+                log.warning("%s failed alone (%s: %s); recorded as an error", name, type(e).__name__, e)
+                res = {"photos": 1, postfix: 0}
+                if i is None:
+                    assemble(part, [failed_rows(item, e)])
+                else:
+                    pieces[b][i] = failed_rows(item, e)
+            else:
+                if i is not None:
+                    pieces[b][i] = f"{part}.{i:03d}"
+            if i is not None and len(pieces[b]) == len(items):
+                assemble(part, [pieces[b][j] for j in range(len(items))])
+                for j in range(len(items)):
+                    Path(f"{part}.{j:03d}").unlink(missing_ok=True)
+            done += res[postfix]
+            bar.update(res["photos"])
+            bar.set_postfix({postfix: done})
+    return failed

@@ -28,7 +28,7 @@ from pipeline.imagery.photos import PhotoError, read_photo
 from pipeline.runtime import worker_device
 
 from .base import Stage, StageError, source_files
-from .cluster import dask_client, gather
+from .cluster import dask_client, gather_isolating
 from .index import parse_zooms
 
 log = logging.getLogger(__name__)
@@ -268,9 +268,24 @@ class FootprintsStage(Stage):
         from pipeline.runtime import worker_environ
 
         gpu = conf["device"].startswith("cuda")
+        matcher = f"{conf['extractor']}+lightglue" if conf["extractor"] != "sift" else "sift+nn"
         with dask_client(conf["scheduler"], conf["workers"], gpu, worker_environ()) as (client, threads):
-            futures = [client.submit(run_batch, batches[k], conf["tiles"], search, conf["device"],
-                                     str(parts / f"batch{k:05d}.parquet"), threads, conf["confidence_model"],
-                                     key=f"footprints-batch-{parts.name}-{k}", retries=2,
-                                     resources={"GPU": 1} if gpu else None, pure=False) for k in todo]
-            gather(futures, sum(len(batches[k]) for k in todo), "footprints", "localized")
+            def submit(rows: list[dict], part: str, suffix: str):
+                return client.submit(run_batch, rows, conf["tiles"], search, conf["device"], part, threads,
+                                     conf["confidence_model"], key=f"footprints-{parts.name}-{suffix}", retries=2,
+                                     resources={"GPU": 1} if gpu else None, pure=False)
+
+            def failed_rows(row: dict, e: BaseException) -> pd.DataFrame:
+                why = ("its worker process died each time it ran (out of memory, or a crash in native code)"
+                       if type(e).__name__ == "KilledWorker" else f"its task failed each time it ran ({type(e).__name__}: {e})")
+                return pd.DataFrame([{"photo_id": row["photo_id"], "status": "error", "matcher": matcher,
+                                      "reason": f"{why}; the other photos went on. Check {row['image_path']} by hand, "
+                                                "or give the workers more memory (fewer --workers)"}])
+
+            def assemble(part: str, pieces: list) -> None:
+                with ManifestWriter(part, FOOTPRINTS) as writer:
+                    for piece in pieces:
+                        writer.write(pq.read_table(piece) if isinstance(piece, str) else piece)
+
+            work = [(str(parts / f"batch{k:05d}.parquet"), batches[k]) for k in todo]
+            gather_isolating(client, work, submit, failed_rows, assemble, "footprints", "localized")

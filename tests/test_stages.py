@@ -91,3 +91,47 @@ def test_a_value_of_the_wrong_kind_is_named(key, value, kind):
     with pytest.raises(ConfigError, match=f"key '{key}' must be {kind}, got"):
         merge(Copy.default_conf, {key: value}, source="config file c.toml")
     assert merge({"x": 0.5}, {"x": 1}) == {"x": 1}  # an integer stands for a number
+
+
+def _write_items(items: list, part: str) -> dict:
+    """A task: fails for a batch holding "poison", else writes its items (a real Parquet part)."""
+    import pandas as pd
+
+    if "poison" in items:
+        raise RuntimeError("this item always fails")
+    with atomic_output(part) as tmp:
+        pd.DataFrame({"item": items, "error": [""] * len(items)}).to_parquet(tmp)
+    return {"photos": len(items), "ok": len(items)}
+
+
+def test_a_batch_that_fails_for_good_is_rerun_item_by_item(tmp_path):
+    """One item whose task always fails (as a photo that kills its worker) costs its own row, not the run."""
+    import pandas as pd
+    from dask.distributed import Client, LocalCluster
+
+    from stages.cluster import gather_isolating
+
+    work = [(str(tmp_path / f"batch{k}.parquet"), items)
+            for k, items in enumerate([["a", "b"], ["c", "poison", "d"], ["poison"]])]
+
+    def failed_rows(item, e):
+        return pd.DataFrame({"item": [item], "error": [f"{type(e).__name__}: {e}"]})
+
+    def assemble(part, pieces):
+        frames = [pd.read_parquet(p) if isinstance(p, str) else p for p in pieces]
+        with atomic_output(part) as tmp:
+            pd.concat(frames, ignore_index=True).to_parquet(tmp)
+
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        def submit(items, part, suffix):
+            return client.submit(_write_items, items, part, key=f"t-{suffix}", pure=False)
+
+        failed = gather_isolating(client, work, submit, failed_rows, assemble, "test", "ok")
+    assert failed == ["poison: RuntimeError: this item always fails"] * 2
+    batch1 = pd.read_parquet(tmp_path / "batch1.parquet")
+    assert batch1["item"].tolist() == ["c", "poison", "d"]  # in the batch's order
+    assert batch1["error"].tolist() == ["", "RuntimeError: this item always fails", ""]
+    assert pd.read_parquet(tmp_path / "batch0.parquet")["item"].tolist() == ["a", "b"]
+    assert pd.read_parquet(tmp_path / "batch2.parquet")["item"].tolist() == ["poison"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["batch0.parquet", "batch1.parquet", "batch2.parquet"]
