@@ -39,8 +39,9 @@ def dask_client(scheduler: str | None, workers: int | None, gpu: bool = False,
         n = int(workers or (cuda_device_count() if gpu else cores))
         threads = max(1, cores // n)
         env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **(environ or {})}
+        # ":0": the scheduler's HTTP server on a free port, so runs side by side never fight over 8787
         with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                                    silence_logs=logging.WARNING, resources={"GPU": 1} if gpu else None)
         client = Client(cluster)
     try:
@@ -67,7 +68,7 @@ def gather(futures: list, total: int, desc: str, postfix: str) -> None:
 def gather_isolating(client: Any, work: list[tuple[str, list]], submit: Callable[[list, str, str], Any],
                      failed_rows: Callable[[Any, BaseException], Any], assemble: Callable[[str, list], None],
                      desc: str, postfix: str) -> list[str]:
-    """Run batches as Dask tasks with a progress bar; a batch that fails for good is run again photo by photo.
+    """Run batches as Dask tasks with a progress bar; a batch that fails for good is run again item by item.
 
     Args:
         work: ``(part, items)`` per batch: the task for ``items`` writes the file ``part``.
@@ -78,53 +79,74 @@ def gather_isolating(client: Any, work: list[tuple[str, list]], submit: Callable
             single-item part's path or ``failed_rows``' rows, in the batch's order.
 
     A task that fails for good (its worker died in every try: out of memory, or a crash in native code;
-    or it raised) does not stop the others: its batch's items run again one per task (into
-    ``part.NNN``), an item that fails alone becomes ``failed_rows``, and the batch's part is assembled
-    from them. So one photo that kills its worker costs its own row, not the run. Returns a line per
-    item that failed alone.
+    or it raised) does not stop the others. Its batch's items run again one per task (into
+    ``part.NNN``). An item whose task fails too is run once more at the end, alone on the cluster: a
+    worker that dies takes the tasks queued on it down with it, so only an item that fails alone is
+    taken to be the cause, and becomes ``failed_rows``. The batch's part is then assembled from its
+    pieces. So a photo that kills its worker costs its own row, not the run. Returns a line per item
+    that failed alone.
     """
     from dask.distributed import as_completed
 
-    pending: dict[Any, tuple[int, int | None]] = {}
-    for b, (part, items) in enumerate(work):
-        pending[submit(items, part, str(b))] = (b, None)
     pieces: dict[int, dict[int, Any]] = {}
     failed: list[str] = []
-    running = as_completed(list(pending))
+    suspects: list[tuple[int, int | None]] = []
     done = 0
+
+    def single_part(b: int, j: int | None) -> str:
+        return work[b][0] if j is None else f"{work[b][0]}.{j:03d}"
+
+    def finish_piece(b: int, j: int | None, piece: Any) -> None:
+        part, items = work[b]
+        if j is None:  # a one-item batch: its own part
+            if not isinstance(piece, str):
+                assemble(part, [piece])
+            return
+        pieces[b][j] = piece
+        if len(pieces[b]) == len(items):
+            assemble(part, [pieces[b][k] for k in range(len(items))])
+            for k in range(len(items)):
+                Path(f"{part}.{k:03d}").unlink(missing_ok=True)
+
     with progress(total=sum(len(items) for _, items in work), desc=desc, unit="photo") as bar:
+        def count(res: dict) -> None:
+            nonlocal done
+            done += res[postfix]
+            bar.update(res["photos"])
+            bar.set_postfix({postfix: done})
+
+        pending = {submit(items, part, str(b)): (b, None) for b, (part, items) in enumerate(work)}
+        running = as_completed(list(pending))
         for f in running:
-            b, i = pending.pop(f)
+            b, j = pending.pop(f)
             part, items = work[b]
             try:
                 res = f.result()
             except Exception as e:  # noqa: BLE001 - whatever it was, the other batches go on
-                if i is None and len(items) > 1:
+                if j is None and len(items) > 1:
                     log.warning("%s: the task failed for good (%s: %s); running its %d items one by one",
                                 Path(part).name, type(e).__name__, e, len(items))
                     pieces[b] = {}
-                    for j, item in enumerate(items):
-                        g = submit([item], f"{part}.{j:03d}", f"{b}-{j}")
-                        pending[g] = (b, j)
+                    for k, item in enumerate(items):
+                        g = submit([item], single_part(b, k), f"{b}-{k}")
+                        pending[g] = (b, k)
                         running.add(g)
-                    continue
-                item = items[0] if i is None else items[i]
+                else:
+                    suspects.append((b, j))
+                continue
+            count(res)
+            if j is not None:
+                finish_piece(b, j, single_part(b, j))
+        for b, j in suspects:  # one at a time, nothing else running
+            item = work[b][1][0 if j is None else j]
+            try:
+                res = submit([item], single_part(b, j), f"{b}-{0 if j is None else j}-alone").result()
+                finish_piece(b, j, single_part(b, j))
+            except Exception as e:  # noqa: BLE001
                 name = item.get("photo_id", item) if isinstance(item, dict) else item
                 failed.append(f"{name}: {type(e).__name__}: {e}")
                 log.warning("%s failed alone (%s: %s); recorded as an error", name, type(e).__name__, e)
+                finish_piece(b, j, failed_rows(item, e))
                 res = {"photos": 1, postfix: 0}
-                if i is None:
-                    assemble(part, [failed_rows(item, e)])
-                else:
-                    pieces[b][i] = failed_rows(item, e)
-            else:
-                if i is not None:
-                    pieces[b][i] = f"{part}.{i:03d}"
-            if i is not None and len(pieces[b]) == len(items):
-                assemble(part, [pieces[b][j] for j in range(len(items))])
-                for j in range(len(items)):
-                    Path(f"{part}.{j:03d}").unlink(missing_ok=True)
-            done += res[postfix]
-            bar.update(res["photos"])
-            bar.set_postfix({postfix: done})
+            count(res)
     return failed

@@ -122,7 +122,7 @@ def test_a_batch_that_fails_for_good_is_rerun_item_by_item(tmp_path):
         with atomic_output(part) as tmp:
             pd.concat(frames, ignore_index=True).to_parquet(tmp)
 
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         def submit(items, part, suffix):
             return client.submit(_write_items, items, part, key=f"t-{suffix}", pure=False)
