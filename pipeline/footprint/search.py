@@ -269,8 +269,8 @@ class FootprintSearch:
         """Features of an RGB uint8 image (H, W, 3) after the configured contrast normalization."""
         return self._extract(CONTRAST[self.conf["contrast"]](rgb))
 
-    def window_features(self, window: Window) -> tuple[dict, float] | None:
-        """Features of a database window at ``window_px`` and its valid fraction (cached)."""
+    def window_features(self, window: Window) -> tuple[dict | None, float]:
+        """Features of a database window at ``window_px`` (None below ``min_valid``) and its valid fraction (cached)."""
         key = (window, self.conf["window_px"])
         if key in self._features:
             self._features.move_to_end(key)
