@@ -22,9 +22,7 @@ def quiet_distributed() -> None:
     """Dask's scheduler and nanny log every worker's start and stop at INFO; importing ``distributed`` sets
     its loggers back to INFO, so call this after that import: they then log only what -v asks for."""
     level = logging.getLogger().getEffectiveLevel()
-    for name in ("distributed", "distributed.scheduler", "distributed.core", "distributed.nanny",
-                 "distributed.worker", "distributed.http.proxy"):
-        logging.getLogger(name).setLevel(level if level <= logging.DEBUG else max(level, logging.WARNING))
+    logging.getLogger("distributed").setLevel(level if level <= logging.DEBUG else max(level, logging.WARNING))
 
 
 def progress(iterable=None, total: int | None = None, desc: str = "", unit: str = "it", disable: bool | None = None):

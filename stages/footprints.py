@@ -48,6 +48,11 @@ def _searcher(tiles: str, conf: dict, device: str):
     return _SEARCHERS[key]
 
 
+def matcher_name(extractor: str) -> str:
+    """The manifest's ``matcher`` value for an extractor."""
+    return f"{extractor}+lightglue" if extractor != "sift" else "sift+nn"
+
+
 def _error(photo_id: str, reason: str, t0: float, matcher: str) -> dict:
     return {"photo_id": photo_id, "status": "error", "reason": reason, "geometry": None, "homography": None,
             "matcher": matcher, "elapsed_s": time.perf_counter() - t0}
@@ -100,7 +105,7 @@ def run_batch(rows: list[dict], tiles: str, conf: dict, device: str, part: str, 
         torch.set_num_threads(int(threads))
     device = worker_device(device)  # "cuda" -> this worker's GPU
     search = _searcher(tiles, conf, device)
-    matcher = f"{conf['extractor']}+lightglue" if conf["extractor"] != "sift" else "sift+nn"
+    matcher = matcher_name(conf["extractor"])
     out = [localize_one(search, r, matcher, confidence_model) for r in rows]
     write_manifest(pd.DataFrame(out), part, FOOTPRINTS)
     return {"photos": len(out), "localized": sum(o["status"] == "localized" for o in out),
@@ -268,7 +273,7 @@ class FootprintsStage(Stage):
         from pipeline.runtime import worker_environ
 
         gpu = conf["device"].startswith("cuda")
-        matcher = f"{conf['extractor']}+lightglue" if conf["extractor"] != "sift" else "sift+nn"
+        matcher = matcher_name(conf["extractor"])
         with dask_client(conf["scheduler"], conf["workers"], gpu, worker_environ()) as (client, threads):
             def submit(rows: list[dict], part: str, suffix: str):
                 return client.submit(run_batch, rows, conf["tiles"], search, conf["device"], part, threads,

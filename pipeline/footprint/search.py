@@ -247,11 +247,6 @@ class FootprintSearch:
                                         device=device, weights_dir=wdir)
         mp = {"mp": True} if self.half_precision(device) else {}
         self.matcher = build_matcher(self.conf["extractor"], device=device, weights_dir=wdir, **mp)
-        network = getattr(self.matcher, "model", None)  # LightGlue's; None for SIFT's nearest neighbours
-        layers = network.conf.n_layers if network is not None else 0
-        if self.conf["screen_inliers"] and network is not None and not 0 <= self.conf["screen_layer"] < layers - 1:
-            raise ValueError(f"screen_layer {self.conf['screen_layer']} out of range: LightGlue has {layers} layers "
-                             f"and screens after one of layers 0-{layers - 2}; or set screen_inliers = 0")
         self._features: OrderedDict[tuple, tuple[dict, Any]] = OrderedDict()
         self._disk = None
         if self.conf["feature_dir"]:
