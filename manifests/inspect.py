@@ -52,6 +52,8 @@ def _column_summary(name: str, col: pa.ChunkedArray) -> str:
 def inspect_manifest(path: str | os.PathLike, geojson: str | os.PathLike | None = None) -> str:
     """A text summary of a Parquet manifest; optionally export its geometries to GeoJSON."""
     path = Path(path)
+    if path.is_dir():
+        raise ManifestError(path, "is a folder; pass the path of a Parquet manifest (a .parquet file)")
     if not path.is_file():
         raise ManifestError(path, "no such file; pass the path of a Parquet manifest")
     try:
@@ -98,16 +100,33 @@ def inspect_manifest(path: str | os.PathLike, geojson: str | os.PathLike | None 
         lines.append("  IoU histogram:")
         lines += _histogram(table["iou"].to_numpy(zero_copy_only=False), bins=8)
     if geojson is not None:
-        n = export_geojson(path, geojson)
+        n = export_geojson(path, geojson, has_geometry=b"geo" in meta, columns=table.column_names)
         lines.append(f"  wrote {n} features to {geojson}")
     return "\n".join(lines)
 
 
-def export_geojson(path: str | os.PathLike, out: str | os.PathLike) -> int:
-    """Write the manifest's rows that have a geometry to a GeoJSON file (atomically)."""
-    import geopandas as gpd
+def export_geojson(path: str | os.PathLike, out: str | os.PathLike, has_geometry: bool | None = None,
+                   columns: list[str] | None = None) -> int:
+    """Write the manifest's rows that have a geometry to a GeoJSON file (atomically).
 
-    gdf = gpd.read_parquet(path)
+    GeoParquet manifests (footprints, database, truth) export their polygons; a queries
+    manifest, which has none, exports each photo's weak label (center_lon, center_lat) as a
+    point. Anything else (pairs) is refused with the manifests that can be exported."""
+    import geopandas as gpd
+    import pandas as pd
+
+    if has_geometry is None or columns is None:
+        schema = pq.read_schema(path)
+        has_geometry, columns = b"geo" in (schema.metadata or {}), schema.names
+    if has_geometry:
+        gdf = gpd.read_parquet(path)
+    elif {"center_lat", "center_lon"} <= set(columns):
+        df = pd.read_parquet(path)
+        gdf = gpd.GeoDataFrame(df, geometry=gpd.points_from_xy(df.center_lon, df.center_lat), crs="OGC:CRS84")
+    else:
+        raise ManifestError(path, "has no geometry to export; --geojson works on footprints, database, truth and "
+                                  "queries manifests (pairs link photo_id to tile_id: export the footprints or "
+                                  "the database instead)")
     gdf = gdf[~gdf.geometry.isna()]
     gdf = gdf.drop(columns=[c for c in ("bbox",) if c in gdf.columns])
     for c in gdf.columns:
@@ -115,5 +134,5 @@ def export_geojson(path: str | os.PathLike, out: str | os.PathLike) -> int:
             gdf[c] = gdf[c].map(lambda v: v if v is None or isinstance(v, str) else json.dumps(
                 v.tolist() if hasattr(v, "tolist") else v))
     with atomic_output(out) as tmp:
-        gdf.to_file(tmp, driver="GeoJSON")
+        gdf.to_file(tmp, driver="GeoJSON", layer=Path(out).stem)  # the layer name QGIS shows
     return len(gdf)

@@ -82,6 +82,30 @@ def _overlays(args) -> None:
     print(f"overlays: {len(written)} PNG files in {args.overlay} (photo | imagery under its footprint | checkerboard)")
 
 
+def os_error_message(e: OSError) -> str:
+    """One line for an operating-system error: the file, what went wrong, and what to do."""
+    import errno
+
+    where = f"{e.filename}: " if e.filename else ""
+    what = e.strerror or str(e)
+    if e.filename2:
+        what += f" (-> {e.filename2})"
+    hint = {
+        errno.ENOSPC: "free some space, or write elsewhere (--out, --workdir); finished parts are kept, "
+                      "so the same command resumes",
+        errno.EDQUOT: "free some space, or write elsewhere (--out, --workdir); finished parts are kept, "
+                      "so the same command resumes",
+        errno.EACCES: "check the permissions, or choose another path",
+        errno.EPERM: "check the permissions, or choose another path",
+        errno.EROFS: "the file system is read-only: choose another path",
+        errno.ENOENT: "check the path (a folder on the way may be missing)",
+        errno.EISDIR: "a folder is where a file was expected: pass a file path",
+        errno.ENOTDIR: "a file is where a folder was expected: check the path",
+        errno.EEXIST: "it is in the way of a folder that had to be made: choose another path",
+    }.get(e.errno, "run again with -v for the details")
+    return f"{where}{what}; {hint}"
+
+
 def main(argv: list[str] | None = None) -> int:
     from manifests.errors import ManifestError
     from stages import get_stage
@@ -106,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         conf = stage.config_from_args(args)
         print(stage.execute(conf, overwrite=args.overwrite))
         return 0
-    except (ManifestError, ConfigError, StageError, LatitudeError, FileNotFoundError) as e:
+    except (ManifestError, ConfigError, StageError, LatitudeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
     except BrokenPipeError:  # output piped into `head` and the like: not an error
@@ -114,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # a file that cannot be read or written: the disk, not our code
+        if args.verbose > 0:
+            raise
+        print(f"error: {os_error_message(e)}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted: finished parts are kept; run the same command again to resume", file=sys.stderr)
         return 130

@@ -11,6 +11,7 @@ import argparse
 import glob
 import logging
 import shutil
+import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -101,6 +102,7 @@ class Stage:
         (with or without ``overwrite``) leaves the previous output and its config as they were."""
         out = self.output(conf)
         cfg = config_path(out)
+        check_output_path(out)
         self.prepare(conf)
         record = self._record(conf)
         if out.exists() and not overwrite:
@@ -140,6 +142,24 @@ def source_files(path: str | Path, image_folder: bool = False) -> list[Path]:
             files = (f for f in files if f.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp"))
         return sorted(files)
     return sorted(Path(f) for f in glob.glob(str(path)))
+
+
+def check_output_path(out: Path) -> None:
+    """Fail in a second, not after hours of work, when ``out`` cannot be written: a folder in its
+    place, a file where its folder should be, or a location that refuses new files."""
+    if out.is_dir():
+        raise StageError(f"the output {out} is a folder; pass --out with a file path, such as "
+                         f"{out / (out.name + '.parquet')}")
+    blocker = next((p for p in out.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise StageError(f"cannot write {out}: {blocker} is a file, not a folder; pass --out with another path")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".probe"):
+            pass
+    except OSError as e:
+        raise StageError(f"cannot write {out}: {out.parent} does not take new files ({e.strerror or e}); "
+                         "pass --out with a path in a writable folder") from None
 
 
 def require(cond: bool, message: str) -> None:

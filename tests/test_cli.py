@@ -76,3 +76,29 @@ def test_a_bad_footprints_config_is_one_line_before_any_work(tmp_path, capsys, t
                  "--config", str(tmp_path / "c.toml"), "-q"])
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_os_errors_are_one_line_naming_the_file_and_the_way_out():
+    import errno
+
+    from pipeline.cli import os_error_message
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/fp.parquet.parts/3/part-00012.parquet")
+    msg = os_error_message(full)
+    assert msg.startswith("/data/fp.parquet.parts/3/part-00012.parquet: No space left on device; free some space")
+    assert "resumes" in msg
+    assert os_error_message(OSError(errno.EIO, "Input/output error")) == \
+        "Input/output error; run again with -v for the details"
+
+
+def test_an_unwritable_geojson_ends_in_one_line_not_a_traceback(tmp_path, capsys):
+    import pandas as pd
+
+    from manifests import QUERIES, write_manifest
+
+    q = write_manifest(pd.DataFrame({"photo_id": ["a"], "image_path": ["a.jpg"], "center_lat": [1.0],
+                                     "center_lon": [2.0]}), tmp_path / "q.parquet", QUERIES)
+    (tmp_path / "f").write_text("")
+    assert main(["inspect", str(q), "--geojson", str(tmp_path / "f" / "q.geojson")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(tmp_path / "f") in err and "Traceback" not in err

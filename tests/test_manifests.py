@@ -11,6 +11,7 @@ from manifests import (
     DATABASE,
     FOOTPRINTS,
     PAIRS,
+    QUERIES,
     ManifestError,
     ManifestWriter,
     read_manifest,
@@ -112,6 +113,30 @@ def test_inspect_footprints_shows_statuses_inliers_and_exports_geojson(tmp_path)
     back = gpd.read_file(tmp_path / "f.geojson")
     assert len(back) == 2 and back.crs.to_string() == "OGC:CRS84"
     assert back.geometry.iloc[0].equals(gpd.read_parquet(path).geometry.iloc[0])
+
+
+def test_geojson_of_queries_is_their_weak_labels_and_pairs_are_refused(tmp_path):
+    """Queries have no polygon: each photo's weak label becomes a point. Pairs have no geometry at
+    all: a clear refusal that says what to export instead, not a geopandas traceback."""
+    from manifests.inspect import inspect_manifest
+
+    q = write_manifest(pd.DataFrame({"photo_id": ["a", "b"], "image_path": ["a.jpg", "b.jpg"],
+                                     "center_lat": [45.0, -10.5], "center_lon": [7.0, 40.25]}),
+                       tmp_path / "q.parquet", QUERIES)
+    text = inspect_manifest(q, tmp_path / "q.geojson")
+    assert "wrote 2 features" in text
+    back = gpd.read_file(tmp_path / "q.geojson")
+    assert back.crs.to_string() == "OGC:CRS84" and list(back.photo_id) == ["a", "b"]
+    assert back.geometry.iloc[1].equals(shapely.Point(40.25, -10.5))
+    assert json.loads((tmp_path / "q.geojson").read_text())["name"] == "q"  # not the temporary file's name
+    p = write_manifest(pd.DataFrame({"photo_id": ["a"], "tile_id": ["1_0_0"], "iou": [0.5], "zoom": [1],
+                                     "intersection_km2": [1.0], "photo_area_km2": [2.0], "tile_area_km2": [2.0]}),
+                       tmp_path / "p.parquet", PAIRS)
+    with pytest.raises(ManifestError, match="no geometry to export.*footprints, database"):
+        inspect_manifest(p, tmp_path / "p.geojson")
+    assert not (tmp_path / "p.geojson").exists()
+    with pytest.raises(ManifestError, match="is a folder"):
+        inspect_manifest(tmp_path)
 
 
 def test_streamed_batches_form_full_row_groups(tmp_path):

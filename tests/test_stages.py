@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.config import ConfigError, merge
 from pipeline.files import atomic_output
-from stages.base import Stage, source_files
+from stages.base import Stage, StageError, source_files
 
 
 class Copy(Stage):
@@ -135,3 +135,16 @@ def test_a_batch_that_fails_for_good_is_rerun_item_by_item(tmp_path):
     assert pd.read_parquet(tmp_path / "batch0.parquet")["item"].tolist() == ["a", "b"]
     assert pd.read_parquet(tmp_path / "batch2.parquet")["item"].tolist() == ["poison"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["batch0.parquet", "batch1.parquet", "batch2.parquet"]
+
+
+def test_an_unwritable_output_is_refused_before_any_work(tmp_path):
+    stage = Copy()
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(StageError, match="is a folder; pass --out with a file path"):
+        stage.execute(_conf(tmp_path, out=str(tmp_path)))
+    with pytest.raises(StageError, match="a_file is a file, not a folder"):
+        stage.execute(_conf(tmp_path, out=str(tmp_path / "a_file" / "sub" / "out.txt")))
+    assert stage.runs == 0 and not (tmp_path / "src.txt").exists()  # refused before prepare, too
+    # a folder that does not exist yet is made, and the probe leaves nothing behind
+    assert stage.execute(_conf(tmp_path, out=str(tmp_path / "new" / "out.txt"))).startswith("copied")
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["out.txt", "out.txt.config.toml"]
