@@ -109,7 +109,9 @@ def export_geojson(path: str | os.PathLike, out: str | os.PathLike, has_geometry
                    columns: list[str] | None = None) -> int:
     """Write the manifest's rows that have a geometry to a GeoJSON file (atomically).
 
-    GeoParquet manifests (footprints, database, truth) export their polygons; a queries
+    GeoParquet manifests (footprints, database, truth) export their polygons, also when a tool
+    that does not know GeoParquet (``DataFrame.to_parquet``) dropped the metadata but kept the
+    WKB ``geometry`` column (our manifests' geometries are always OGC:CRS84); a queries
     manifest, which has none, exports each photo's weak label (center_lon, center_lat) as a
     point. Anything else (pairs) is refused with the manifests that can be exported."""
     import geopandas as gpd
@@ -120,6 +122,9 @@ def export_geojson(path: str | os.PathLike, out: str | os.PathLike, has_geometry
         has_geometry, columns = b"geo" in (schema.metadata or {}), schema.names
     if has_geometry:
         gdf = gpd.read_parquet(path)
+    elif "geometry" in columns and pa.types.is_binary(pq.read_schema(path).field("geometry").type):
+        df = pd.read_parquet(path)
+        gdf = gpd.GeoDataFrame(df, geometry=gpd.GeoSeries.from_wkb(df.pop("geometry"), crs="OGC:CRS84"))
     elif {"center_lat", "center_lon"} <= set(columns):
         df = pd.read_parquet(path)
         gdf = gpd.GeoDataFrame(df, geometry=gpd.points_from_xy(df.center_lon, df.center_lat), crs="OGC:CRS84")

@@ -67,6 +67,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_inspect_args(args) -> None:
+    """Refuse ``inspect`` options that would be ignored or could not work, before printing anything."""
+    from pathlib import Path
+
+    from manifests.errors import ManifestError
+    from manifests.io import detect_kind
+
+    given = [f"--{k}" for k in ("queries", "tiles", "photo") if getattr(args, k)]
+    if given and not args.overlay:
+        raise ManifestError(args.path, f"{', '.join(given)} only work with --overlay DIR (they say where the photos "
+                                       "and the imagery of the overlays are)")
+    if args.overlay and Path(args.path).is_file():
+        try:
+            kind = detect_kind(args.path)
+        except Exception:  # not Parquet at all: inspect_manifest says so
+            return
+        if kind is not None and kind.name != "footprints":
+            raise ManifestError(args.path, f"--overlay needs a footprints manifest (from `run footprints`); this "
+                                           f"is a {kind.name} manifest")
+
+
 def _overlays(args) -> None:
     """``inspect --overlay``: the by-eye check of a footprints manifest (:mod:`pipeline.footprint.overlay`)."""
     from manifests import read_manifest
@@ -116,12 +137,19 @@ def main(argv: list[str] | None = None) -> int:
     from .progress import setup_logging
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        from pathlib import Path
+
+        hint = ("; they look like the files of a glob the shell expanded: quote it, e.g. --tiles '/data/*.tif'"
+                if len(extra) > 1 and all(Path(x).exists() for x in extra) else "")
+        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     setup_logging(args.verbose - args.quiet)
     try:
         if args.command == "inspect":
             from manifests.inspect import inspect_manifest
 
+            _check_inspect_args(args)
             print(inspect_manifest(args.path, args.geojson))
             if args.overlay:
                 _overlays(args)

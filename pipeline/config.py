@@ -13,6 +13,7 @@ import json
 import math
 import os
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,12 @@ class ConfigError(ValueError):
     """A config file or option that cannot be used; the message says which key and why."""
 
 
-def load_toml(path: str | os.PathLike, section: str | None = None) -> dict[str, Any]:
-    """Read a TOML config. Keys may sit at the top level or in a ``[section]`` table (which wins)."""
+def load_toml(path: str | os.PathLike, section: str | None = None,
+              sections: Iterable[str] | None = None) -> dict[str, Any]:
+    """Read a TOML config. Keys may sit at the top level or in a ``[section]`` table (which wins).
+
+    ``sections``: the table names that may appear (the stages); another one (``[footprint]``) is an
+    error rather than a table silently ignored."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -32,6 +37,12 @@ def load_toml(path: str | os.PathLike, section: str | None = None) -> dict[str, 
         raise ConfigError(f"{path}: config file not found; pass an existing TOML file to --config") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    if sections is not None:
+        sections = list(sections)
+        unknown = [k for k, v in data.items() if isinstance(v, dict) and k not in sections]
+        if unknown:
+            raise ConfigError(f"{path}: unknown table [{unknown[0]}]; tables are named after the stages: "
+                              + ", ".join(f"[{s}]" for s in sections))
     flat = {k: v for k, v in data.items() if not isinstance(v, dict)}
     if section and isinstance(data.get(section), dict):
         flat.update(data[section])

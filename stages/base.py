@@ -65,6 +65,10 @@ class Stage:
     def prepare(self, conf: dict[str, Any]) -> None:
         """Make default inputs that are missing (the sample workspace), before they are fingerprinted."""
 
+    def check(self, conf: dict[str, Any]) -> None:
+        """Refuse inputs that cannot work (a missing file, a tile source that does not open), before the
+        output's settings are compared: a typo is reported as a typo, not as changed settings."""
+
     def run(self, conf: dict[str, Any]) -> str:
         raise NotImplementedError
 
@@ -85,7 +89,12 @@ class Stage:
         return self.parts_root(conf) / fingerprint(key)
 
     def config_from_args(self, args: argparse.Namespace) -> dict[str, Any]:
-        file_conf = load_toml(args.config, self.name) if getattr(args, "config", None) else {}
+        if getattr(args, "config", None):
+            from stages import STAGES
+
+            file_conf = load_toml(args.config, self.name, sections=STAGES)
+        else:
+            file_conf = {}
         cli = {k: getattr(args, k) for k in self.default_conf if getattr(args, k, None) is not None}
         conf = merge(self.default_conf, file_conf, source=f"config file {args.config}")
         conf = merge(conf, cli, source="option")
@@ -104,6 +113,10 @@ class Stage:
         cfg = config_path(out)
         check_output_path(out)
         self.prepare(conf)
+        self.check(conf)
+        if any(out.resolve() == f.resolve() for f in self.input_files(conf)):
+            raise StageError(f"--out {out} is one of this stage's inputs; writing there would destroy it: "
+                             "pass --out with another path")
         record = self._record(conf)
         if out.exists() and not overwrite:
             if not cfg.exists():

@@ -14,6 +14,36 @@ from pipeline.runtime import cuda_device_count
 log = logging.getLogger(__name__)
 
 
+def check_cluster_options(scheduler: Any, workers: Any) -> None:
+    """Refuse a ``--scheduler`` address or ``--workers`` count that cannot work, before any work.
+
+    ``scheduler``: None or ``[scheme://]host:port`` with a scheme Dask speaks (tcp, tls, ws, wss,
+    ucx, inproc); ``workers``: None or an integer >= 1 (0 or -1 would start a cluster that never
+    runs a task)."""
+    from stages.base import StageError
+
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise StageError(f"--workers must be an integer of at least 1 (local worker processes), got {workers!r}; "
+                         "leave it out for one per core")
+    if scheduler is None:
+        return
+    if not isinstance(scheduler, str) or not scheduler:
+        raise StageError(f"--scheduler must be an address such as tcp://host:8786, got {scheduler!r}")
+    from distributed.comm import parse_address
+    from distributed.comm.addressing import parse_host_port
+    from distributed.comm.registry import backends
+
+    scheme, loc = parse_address(scheduler)
+    if scheme not in backends:
+        raise StageError(f"--scheduler {scheduler}: Dask does not speak {scheme}://; give the scheduler's own "
+                         f"address (its log prints it), e.g. tcp://host:8786, not its dashboard")
+    if scheme in ("tcp", "tls"):
+        try:
+            parse_host_port(loc)
+        except ValueError:
+            raise StageError(f"--scheduler {scheduler}: no port; give host and port, e.g. tcp://{loc}:8786") from None
+
+
 @contextmanager
 def dask_client(scheduler: str | None, workers: int | None, gpu: bool = False,
                 environ: dict[str, str] | None = None) -> Iterator[tuple[Any, int]]:
@@ -30,8 +60,15 @@ def dask_client(scheduler: str | None, workers: int | None, gpu: bool = False,
 
     quiet_distributed()
 
+    check_cluster_options(scheduler, workers)
     if scheduler:
-        client, cluster, threads = Client(scheduler), None, 0
+        try:
+            client, cluster, threads = Client(scheduler, timeout="30s"), None, 0
+        except OSError as e:
+            from stages.base import StageError
+
+            raise StageError(f"cannot reach the Dask scheduler at {scheduler} ({e}); is it running, and is this "
+                             "its address (the scheduler's log prints it)?") from None
     else:
         import dask
 

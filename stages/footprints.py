@@ -28,7 +28,7 @@ from pipeline.imagery.photos import PhotoError, read_photo
 from pipeline.runtime import worker_device
 
 from .base import Stage, StageError, source_files
-from .cluster import dask_client, gather_isolating
+from .cluster import check_cluster_options, dask_client, gather_isolating
 from .index import parse_zooms
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,22 @@ def _searcher(tiles: str, conf: dict, device: str):
         _SEARCHERS.clear()
         _SEARCHERS[key] = FootprintSearch(open_tile_source(tiles), device=device, **conf)
     return _SEARCHERS[key]
+
+
+def check_device(device: Any, remote: bool = False) -> None:
+    """``device`` must be ``cpu``, ``cuda`` (one GPU per worker) or ``cuda:N``; CUDA must exist here
+    unless the workers are ``remote`` (an existing cluster's machines may have GPUs this one lacks)."""
+    import re
+
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise StageError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    if device.startswith("cuda") and not remote:
+        import torch
+
+        if not torch.cuda.is_available():
+            why = "torch was built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise StageError(f"--device {device}: CUDA is not available here ({why}); use --device cpu, or "
+                             "--scheduler with a cluster whose workers have GPUs")
 
 
 def matcher_name(extractor: str) -> str:
@@ -228,9 +244,33 @@ class FootprintsStage(Stage):
 
             ensure_sample(self._workdir)
 
+    def check(self, conf: dict[str, Any]) -> None:
+        qpath = Path(conf["queries"])
+        if not qpath.exists():
+            raise StageError(f"queries not found: {qpath}; pass --queries with a CSV or Parquet file (photo_id, "
+                             "image_path, center_lat, center_lon) or a folder of EarthLoc-named photos")
+        tiles = conf["tiles"]
+        try:  # here, once, not in every Dask task: a wrong path would make every photo an error row
+            from pipeline.imagery import open_tile_source
+
+            open_tile_source(tiles)
+        except (FileNotFoundError, ValueError, OSError) as e:
+            raise StageError(f"--tiles: {e}") from None
+        check_device(conf["device"], remote=bool(conf["scheduler"]))
+        check_cluster_options(conf["scheduler"], conf["workers"])
+        if conf["feature_dir"]:
+            fdir = Path(conf["feature_dir"]).parent  # the folder given; the search writes below it
+            try:
+                fdir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StageError(f"--feature-dir {fdir}: cannot make this folder ({e.strerror or e}); pass a "
+                                 "folder that exists or can be made") from None
+
     def run(self, conf: dict[str, Any]) -> str:
         qpath = Path(conf["queries"])
         queries, rejected = read_queries(qpath, check_images=False, on_error="collect")
+        if not len(queries) and not len(rejected):
+            raise StageError(f"{qpath} has no photos (no data rows); nothing to localize")
         if conf["limit"] is not None:  # the first N rows of the file, bad ones (reported as errors) included
             n = int(conf["limit"])
             rejected = rejected[rejected["row"] < n] if len(rejected) else rejected
@@ -256,7 +296,7 @@ class FootprintsStage(Stage):
                 writer.write(pq.read_table(parts / f"batch{k:05d}.parquet"))
             if errors is not None:
                 writer.write(errors)
-        table = pq.read_table(out, columns=["status", "elapsed_s"]).to_pandas()
+        table = pq.read_table(out, columns=["status", "reason", "elapsed_s"]).to_pandas()
         counts = table["status"].value_counts()
         lines = [f"footprints: {len(table)} photos -> {out}"]
         for s in ("localized", "not_localized", "error"):
@@ -267,6 +307,13 @@ class FootprintsStage(Stage):
                      f"{secs.median() if len(secs) else 0.0:.1f}); this run: {n_run} photos in "
                      f"{time.perf_counter() - t0:.0f} s wall" + (f", {len(batches) - len(todo)} batches resumed"
                                                                  if len(todo) < len(batches) else ""))
+        errors = table.loc[table["status"] == "error", "reason"]
+        if len(errors):
+            lines.append(f"  {len(errors)} photos ended as errors; the commonest reasons (with counts):")
+            for reason, n in errors.value_counts().head(3).items():
+                lines.append(f"    {n:>7d}  {reason[:160]}")
+            lines.append(f"  all rows: python -m pipeline inspect {out}; once fixed, the same command with "
+                         "--overwrite redoes the run")
         return "\n".join(lines)
 
     def _run_dask(self, conf: dict, search: dict, batches: list, todo: list[int], parts: Path) -> None:

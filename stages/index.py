@@ -81,6 +81,8 @@ class IndexStage(Stage):
             raise StageError(f"--size-tiles must be even and >= 2 (half-window stride), got {conf['size_tiles']}")
         if not 0.0 <= conf["min_valid"] <= 1.0:
             raise StageError(f"--min-valid must lie in [0, 1], got {conf['min_valid']}")
+        if conf["block_px"] < 1:
+            raise StageError(f"--block-px must be at least 1, got {conf['block_px']}")
         return conf
 
     def output(self, conf: dict[str, Any]) -> Path:
@@ -89,12 +91,14 @@ class IndexStage(Stage):
     def input_files(self, conf: dict[str, Any]) -> list[Path]:
         return source_files(conf["tiles"])
 
-    def run(self, conf: dict[str, Any]) -> str:
+    def check(self, conf: dict[str, Any]) -> None:
         tiles = conf["tiles"]
         if not Path(tiles).exists() and not any(ch in tiles for ch in "*?["):
             raise StageError(f"no tile source at {tiles}; pass --tiles PATH (a GeoTIFF/COG/VRT, a folder or glob "
                              "of them, or an XYZ folder {z}/{x}/{y}.png)")
-        source = open_tile_source(tiles)
+
+    def run(self, conf: dict[str, Any]) -> str:
+        source = open_tile_source(conf["tiles"])
         parts = self.parts_dir(conf)
         parts.mkdir(parents=True, exist_ok=True)
         per_zoom: dict[int, tuple[int, int]] = {}
@@ -122,7 +126,7 @@ class IndexStage(Stage):
                 for i in range(pf.num_row_groups):
                     writer.write(pf.read_row_group(i))
         total_kept = writer.rows
-        lines = [f"index: {total_kept} windows from {tiles}", f"  wrote {out}"]
+        lines = [f"index: {total_kept} windows from {conf['tiles']}", f"  wrote {out}"]
         for zoom, (kept, examined) in per_zoom.items():
             ex = f"of {examined} examined" if examined >= 0 else "(resumed)"
             lines.append(f"  zoom {zoom:>2}: {kept:>9d} windows {ex}")

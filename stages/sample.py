@@ -98,6 +98,8 @@ class SampleStage(Stage):
             raise StageError(f"--size must be one of {', '.join(sorted(SIZES))}, got {conf['size']!r}")
         if conf["photos"] is not None and int(conf["photos"]) < 1:
             raise StageError(f"--photos must be at least 1, got {conf['photos']}")
+        if not 0 <= conf["seed"] < 2**32:
+            raise StageError(f"--seed must lie in [0, 2**32), got {conf['seed']}")
 
         conf["zooms"] = parse_zooms(conf["zooms"])
         if conf["preview"]:

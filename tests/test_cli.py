@@ -102,3 +102,33 @@ def test_an_unwritable_geojson_ends_in_one_line_not_a_traceback(tmp_path, capsys
     assert main(["inspect", str(q), "--geojson", str(tmp_path / "f" / "q.geojson")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(tmp_path / "f") in err and "Traceback" not in err
+
+
+def test_a_misspelled_config_table_is_an_error_not_ignored(tmp_path, capsys):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[footprint]\nbatch_size = 8\n")
+    assert main(["run", "footprints", "--workdir", str(tmp_path), "--config", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "unknown table [footprint]" in err and "[footprints]" in err
+
+
+def test_a_glob_the_shell_expanded_gets_a_hint(tmp_path, capsys):
+    for name in ("a.tif", "b.tif", "c.tif"):
+        (tmp_path / name).write_bytes(b"")
+    with pytest.raises(SystemExit) as e:
+        main(["run", "index", "--tiles", str(tmp_path / "a.tif"), str(tmp_path / "b.tif"), str(tmp_path / "c.tif")])
+    assert e.value.code == 2
+    assert "quote it" in capsys.readouterr().err
+
+
+def test_inspect_refuses_options_it_would_ignore(tmp_path, capsys):
+    import pandas as pd
+
+    from manifests import QUERIES, write_manifest
+
+    q = write_manifest(pd.DataFrame({"photo_id": ["a"], "image_path": ["a.jpg"], "center_lat": [1.0],
+                                     "center_lon": [2.0]}), tmp_path / "q.parquet", QUERIES)
+    assert main(["inspect", str(q), "--photo", "a"]) == 1
+    assert "only work with --overlay" in capsys.readouterr().err
+    assert main(["inspect", str(q), "--overlay", str(tmp_path / "ov"), "--queries", str(q), "--tiles", "x"]) == 1
+    assert "needs a footprints manifest" in capsys.readouterr().err and not (tmp_path / "ov").exists()

@@ -70,10 +70,12 @@ def _table(path: Path) -> pd.DataFrame:
     return df.sort_values("photo_id").reset_index(drop=True)
 
 
-def test_every_photo_is_accounted_for_and_bad_ones_are_errors(stage_inputs, tiny):
+def test_every_photo_is_accounted_for_and_bad_ones_are_errors(stage_inputs, tiny, capsys):
     d = stage_inputs
     out = d / "full.parquet"
     assert main(_args(d, tiny, out)) == 0
+    summary = capsys.readouterr().out  # the errors' reasons are on screen, not only in the manifest
+    assert "6 photos ended as errors" in summary and "--overwrite" in summary
     df = _table(out)
     assert len(df) == 10 and df["photo_id"].is_unique
     errors = df.set_index("photo_id")["reason"]
@@ -90,6 +92,30 @@ def test_every_photo_is_accounted_for_and_bad_ones_are_errors(stage_inputs, tiny
     text = inspect_manifest(out, d / "fp.geojson")
     assert "status:" in text and "error" in text and "inliers histogram:" in text
     assert (d / "fp.geojson").is_file()
+
+
+def test_inputs_that_cannot_work_are_refused_before_any_work(stage_inputs, tiny, tmp_path, capsys):
+    """A wrong --tiles, --device or --workers would make every photo an error row (or hang); a typo in
+    --queries beside an existing output was reported as "changed settings". Each is one line now."""
+    d = stage_inputs
+    out = tmp_path / "fp.parquet"
+    cases = {("--tiles", str(tmp_path / "nope")): "--tiles: no rasters or XYZ tiles found",
+             ("--device", "gpu"): "--device must be cpu, cuda or cuda:N",
+             ("--workers", "0"): "--workers must be an integer of at least 1",
+             ("--scheduler", "http://localhost:8787"): "Dask does not speak http://"}
+    for (opt, value), message in cases.items():
+        assert main(_args(d, tiny, out) + [opt, value]) == 1
+        assert message in capsys.readouterr().err
+    (tmp_path / "header.csv").write_text("photo_id,image_path,center_lat,center_lon\n")
+    assert main(_args(d, tiny, out) + ["--queries", str(tmp_path / "header.csv")]) == 1
+    assert "has no photos" in capsys.readouterr().err
+    assert not out.exists() and not list(tmp_path.glob("*.parts"))
+    out.write_bytes(b"an older output")  # a typo beside an existing output: the typo, not "changed settings"
+    assert main(_args(d, tiny, out) + ["--queries", str(tmp_path / "typo.csv")]) == 1
+    assert "queries not found" in capsys.readouterr().err
+    assert main(_args(d, tiny, d / "queries.csv") + ["--overwrite"]) == 1  # --out on its own input
+    assert "is one of this stage's inputs" in capsys.readouterr().err
+    assert (d / "queries.csv").read_text().startswith("photo_id")
 
 
 def test_limit_counts_rows_of_the_file_bad_ones_included(stage_inputs, tiny):

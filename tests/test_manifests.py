@@ -148,3 +148,17 @@ def test_streamed_batches_form_full_row_groups(tmp_path):
                                   "tile_area_km2": [2.0] * 10}))
     meta = pq.ParquetFile(path).metadata
     assert meta.num_rows == 250 and meta.num_row_groups == 3
+
+
+def test_geojson_of_a_footprints_file_resaved_without_geoparquet_metadata(tmp_path):
+    """``DataFrame.to_parquet`` keeps the WKB column but drops the ``geo`` metadata; the export still works."""
+    from manifests.inspect import inspect_manifest
+
+    path = write_manifest(_footprints(), tmp_path / "f.parquet", FOOTPRINTS)
+    plain = tmp_path / "plain.parquet"
+    pd.read_parquet(path).query("status == 'localized'").to_parquet(plain)
+    assert b"geo" not in (pq.read_schema(plain).metadata or {})
+    assert "wrote 2 features" in inspect_manifest(plain, tmp_path / "p.geojson")
+    back = gpd.read_file(tmp_path / "p.geojson")
+    assert back.crs.to_string() == "OGC:CRS84"
+    assert back.geometry.iloc[0].equals(gpd.read_parquet(path).geometry.iloc[0])

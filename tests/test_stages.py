@@ -148,3 +148,25 @@ def test_an_unwritable_output_is_refused_before_any_work(tmp_path):
     # a folder that does not exist yet is made, and the probe leaves nothing behind
     assert stage.execute(_conf(tmp_path, out=str(tmp_path / "new" / "out.txt"))).startswith("copied")
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["out.txt", "out.txt.config.toml"]
+
+
+def test_inputs_are_checked_before_the_settings_are_compared(tmp_path):
+    """A typo in an input beside an existing output is reported as the typo (``check``), not as
+    "changed settings, pass --overwrite"; an output that is an input is refused even with --overwrite."""
+
+    class Checked(Copy):
+        def prepare(self, conf):  # makes no inputs
+            pass
+
+        def check(self, conf):
+            if not Path(conf["src"]).exists():
+                raise StageError(f"no such input {conf['src']}")
+
+    stage = Checked()
+    (tmp_path / "src.txt").write_text("a\n")
+    stage.execute(_conf(tmp_path))
+    with pytest.raises(StageError, match="no such input"):
+        stage.execute(_conf(tmp_path, src=str(tmp_path / "typo.txt")))
+    with pytest.raises(StageError, match="is one of this stage's inputs"):
+        stage.execute(_conf(tmp_path, out=str(tmp_path / "src.txt")), overwrite=True)
+    assert (tmp_path / "src.txt").read_text() == "a\n"
