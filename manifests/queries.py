@@ -92,7 +92,8 @@ def read_queries_table(path: str | os.PathLike) -> tuple[pd.DataFrame, Path]:
     suffix = path.suffix.lower()
     try:
         if suffix in (".csv", ".txt"):
-            df = pd.read_csv(path, dtype={"photo_id": str, "image_path": str}, keep_default_na=True)
+            df = pd.read_csv(path, sep=_csv_separator(path), skipinitialspace=True,
+                             dtype={"photo_id": str, "image_path": str}, keep_default_na=True)
         elif suffix in (".parquet", ".pq", ".geoparquet"):
             df = pd.read_parquet(path)
         else:
@@ -101,7 +102,31 @@ def read_queries_table(path: str | os.PathLike) -> tuple[pd.DataFrame, Path]:
         raise
     except Exception as e:
         raise ManifestError(path, f"could not be read as a table ({e})") from None
-    return df, path.parent
+    return _known_column_names(df), path.parent
+
+
+def _csv_separator(path: Path) -> str:
+    """``,`` unless the header line is clearly separated by ``;`` or tabs (spreadsheet exports)."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        header = f.readline()
+    for sep in (";", "\t"):
+        if "," not in header and sep in header:
+            return sep
+    return ","
+
+
+def _known_column_names(df: pd.DataFrame) -> pd.DataFrame:
+    """Column names with stray spaces or in another case (``' image_path'``, ``PHOTO_ID``) renamed to
+    the schema's, where that is unambiguous."""
+    known = {n.lower(): n for n in QUERIES.schema.names}
+    rename = {}
+    for c in df.columns:
+        key = str(c).strip().lower()
+        if c not in QUERIES.schema.names and key in known and known[key] not in df.columns:
+            rename[c] = known[key]
+    if len(set(rename.values())) < len(rename):
+        return df
+    return df.rename(columns=rename)
 
 
 def read_queries(
@@ -127,8 +152,9 @@ def read_queries(
     missing = [c for c in QUERIES.required if c not in df.columns]
     if missing:
         hint = ", ".join(QUERIES.required)
-        raise ManifestError(path, [Problem(f"required column is missing (a queries file needs {hint})", column=c)
-                                   for c in missing])
+        found = ", ".join(repr(str(c)) for c in list(df.columns)[:12]) or "none"
+        raise ManifestError(path, [Problem(f"required column is missing (a queries file needs {hint}; found: "
+                                           f"{found})", column=c) for c in missing])
     unknown = [c for c in df.columns if c not in QUERIES.schema.names]
     df = df.drop(columns=unknown)
     for c in QUERIES.optional:

@@ -105,3 +105,17 @@ def test_earthloc_folder(real_sample, tmp_path):
     (tmp_path / "holiday.jpg").write_bytes(b"")
     with pytest.raises(ManifestError, match="holiday.jpg"):
         read_queries(tmp_path)
+
+
+def test_spreadsheet_exports_are_read_and_wrong_headers_are_shown(tmp_path):
+    """Spaces after the commas, a semicolon-separated export with upper-case names: read as meant.
+    Columns under other names: the error lists the ones found."""
+    (tmp_path / "spaces.csv").write_text("photo_id, image_path, center_lat, center_lon\na, x.jpg, 1.5, 2.0\n")
+    (tmp_path / "semi.csv").write_text("PHOTO_ID;Image_Path;center_lat;center_lon\na;x.jpg;1.5;2.0\n")
+    for name in ("spaces.csv", "semi.csv"):
+        q, rejected = read_queries(tmp_path / name, check_images=False)
+        assert q.iloc[0].photo_id == "a" and q.iloc[0].center_lat == 1.5 and q.iloc[0].center_lon == 2.0
+        assert q.iloc[0].image_path == str(tmp_path / "x.jpg") and rejected.empty
+    (tmp_path / "other.csv").write_text("id,path,lat,lon\na,x.jpg,1,2\n")
+    with pytest.raises(ManifestError, match="found: 'id', 'path', 'lat', 'lon'"):
+        read_queries(tmp_path / "other.csv", check_images=False)
