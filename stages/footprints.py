@@ -13,14 +13,16 @@ import argparse
 import logging
 import math
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from manifests import FOOTPRINTS, ManifestWriter, read_queries, write_manifest
-from pipeline.config import fingerprint
+from pipeline.config import changed_keys, config_path, fingerprint
 from pipeline.footprint.search import default_conf as search_conf, validate_conf
 from pipeline.geometry.geodesy import area_km2, corners_columns, footprint_polygon
 from pipeline.geometry.mercator import MAX_LATITUDE
@@ -140,12 +142,13 @@ class FootprintsStage(Stage):
         "device": "cpu",
         "workers": None,
         "scheduler": None,
+        "retry_errors": False,
         **{k: v for k, v in search_conf.items()},
         "min_inliers": None,  # None: from the calibration (else the search's default)
         "calibration": "",  # "": WORKDIR/calibration.json if present, else the packaged one; "none": no calibration
     }
-    runtime_keys = ("workers", "scheduler", "batch_size", "feature_dir")
-    partition_keys = ("batch_size",)
+    runtime_keys = ("workers", "scheduler", "batch_size", "feature_dir", "retry_errors")
+    partition_keys = ("batch_size", "retry_errors")
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--queries", help="queries CSV/Parquet or photo folder (default: WORKDIR/queries.parquet, "
@@ -170,6 +173,9 @@ class FootprintsStage(Stage):
         p.add_argument("--workers", type=int, help="local Dask worker processes (default: one per core, one thread each; "
                                                       "with cuda: one per GPU)")
         p.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
+        p.add_argument("--retry-errors", dest="retry_errors", action="store_true", default=None,
+                       help="localize again only the photos whose rows in the existing --out are errors (and any "
+                            "photo of the queries it lacks), keeping every other row; after fixing files or paths")
 
     def resolve(self, conf: dict[str, Any], workdir: Path) -> dict[str, Any]:
 
@@ -266,6 +272,39 @@ class FootprintsStage(Stage):
                 raise StageError(f"--feature-dir {fdir}: cannot make this folder ({e.strerror or e}); pass a "
                                  "folder that exists or can be made") from None
 
+    def execute(self, conf: dict[str, Any], overwrite: bool = False) -> str:
+        """As every stage, except with ``retry_errors``: the existing output must come from the same
+        settings (its inputs may have changed: fixed paths, restored files), and only its error rows
+        and the photos it lacks are localized again."""
+        if not conf["retry_errors"]:
+            return super().execute(conf, overwrite)
+        if overwrite:
+            raise StageError("--retry-errors keeps the output's other rows, --overwrite redoes them all: pass one")
+        out = self.output(conf)
+        cfg = config_path(out)
+        if not (out.is_file() and cfg.is_file()):
+            raise StageError(f"--retry-errors needs an existing output and its config ({out}, {cfg.name}); "
+                             "run without --retry-errors first")
+        with open(cfg, "rb") as f:
+            diff = changed_keys(tomllib.load(f).get(self.name, {}), self._record(conf)[self.name])
+        if diff:
+            raise StageError(f"{out} was made with different settings (changed: {', '.join(diff)}); its rows "
+                             "cannot be kept beside new ones: use the same settings, or --overwrite to redo all")
+        return super().execute(conf, overwrite=True)  # the old output stays until the new one replaces it
+
+    def _retry_split(self, out: Path, queries: pd.DataFrame, rejected: pd.DataFrame):
+        """For ``--retry-errors``: (the old rows to keep, as a table; the queries and rejected rows still to
+        do). An old error row is redone when its photo is in the queries; every other old row is kept."""
+        import pyarrow.compute as pc
+
+        old = pq.read_table(out)
+        ids = set(queries["photo_id"]) | (set(rejected["photo_id"]) if len(rejected) else set())
+        redo = pc.and_(pc.equal(old["status"], "error"), pc.is_in(old["photo_id"], value_set=pa.array(sorted(ids))))
+        kept = old.filter(pc.invert(redo))
+        done = set(kept["photo_id"].to_pylist())
+        return (kept, queries[~queries["photo_id"].isin(done)],
+                rejected[~rejected["photo_id"].isin(done)] if len(rejected) else rejected)
+
     def run(self, conf: dict[str, Any]) -> str:
         qpath = Path(conf["queries"])
         queries, rejected = read_queries(qpath, check_images=False, on_error="collect")
@@ -275,6 +314,10 @@ class FootprintsStage(Stage):
             n = int(conf["limit"])
             rejected = rejected[rejected["row"] < n] if len(rejected) else rejected
             queries = queries.head(max(0, n - len(rejected)))
+        out = Path(conf["out"])
+        kept = None
+        if conf["retry_errors"]:
+            kept, queries, rejected = self._retry_split(out, queries, rejected)
         search = {k: conf[k] for k in search_conf}
         parts = self.parts_dir(conf)
         parts.mkdir(parents=True, exist_ok=True)
@@ -287,11 +330,12 @@ class FootprintsStage(Stage):
         t0 = time.perf_counter()
         if todo:
             self._run_dask(conf, search, batches, todo, parts)
-        out = Path(conf["out"])
         errors = pd.DataFrame([{"photo_id": r.photo_id, "status": "error",
                                 "reason": f"bad queries row: {r.reason}"}
                                for r in rejected.itertuples()]) if len(rejected) else None
         with ManifestWriter(out, FOOTPRINTS) as writer:
+            if kept is not None:
+                writer.write(kept)
             for k in range(len(batches)):
                 writer.write(pq.read_table(parts / f"batch{k:05d}.parquet"))
             if errors is not None:
@@ -307,13 +351,15 @@ class FootprintsStage(Stage):
                      f"{secs.median() if len(secs) else 0.0:.1f}); this run: {n_run} photos in "
                      f"{time.perf_counter() - t0:.0f} s wall" + (f", {len(batches) - len(todo)} batches resumed"
                                                                  if len(todo) < len(batches) else ""))
+        if kept is not None:
+            lines.append(f"  retry: {len(records) + len(rejected)} photos localized again, {kept.num_rows} rows kept")
         errors = table.loc[table["status"] == "error", "reason"]
         if len(errors):
             lines.append(f"  {len(errors)} photos ended as errors; the commonest reasons (with counts):")
             for reason, n in errors.value_counts().head(3).items():
                 lines.append(f"    {n:>7d}  {reason[:160]}")
             lines.append(f"  all rows: python -m pipeline inspect {out}; once fixed, the same command with "
-                         "--overwrite redoes the run")
+                         "--retry-errors redoes only these")
         return "\n".join(lines)
 
     def _run_dask(self, conf: dict, search: dict, batches: list, todo: list[int], parts: Path) -> None:

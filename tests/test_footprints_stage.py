@@ -118,6 +118,33 @@ def test_inputs_that_cannot_work_are_refused_before_any_work(stage_inputs, tiny,
     assert (d / "queries.csv").read_text().startswith("photo_id")
 
 
+def test_retry_errors_redoes_only_the_error_rows(stage_inputs, tiny, tmp_path, capsys):
+    """After a missing photo is restored, --retry-errors localizes it and the other error rows again and
+    keeps every other row as it was; a changed search setting is refused."""
+    d = stage_inputs
+    queries = tmp_path / "queries.csv"
+    queries.write_text((d / "queries.csv").read_text().replace(str(d / "missing.jpg"), str(tmp_path / "missing.jpg")))
+    out = tmp_path / "fp.parquet"
+    args = _args(d, tiny, out) + ["--queries", str(queries)]
+    assert main(args) == 0
+    before = read_manifest(out, "footprints", geometry=False).set_index("photo_id").sort_index()
+    assert "not found" in before.loc["BAD-missing", "reason"]
+    good = read_queries(queries, check_images=False, on_error="collect")[0].set_index("photo_id").loc[
+        "SIM-E-00000", "image_path"]
+    (tmp_path / "missing.jpg").write_bytes(Path(good).read_bytes())  # the photo is back
+    capsys.readouterr()
+    assert main(args + ["--retry-errors"]) == 0
+    assert "retry: 6 photos localized again, 4 rows kept" in capsys.readouterr().out
+    after = read_manifest(out, "footprints", geometry=False).set_index("photo_id").sort_index()
+    assert list(after.index) == list(before.index)
+    assert after.loc["BAD-missing", "status"] in ("localized", "not_localized")
+    assert (after.drop(index="BAD-missing")["status"] == before.drop(index="BAD-missing")["status"]).all()
+    kept = before[before.status != "error"].index
+    pd.testing.assert_frame_equal(after.loc[kept], before.loc[kept])  # untouched, worker time included
+    assert main(args + ["--retry-errors", "--min-inliers", "5"]) == 1
+    assert "made with different settings (changed: min_inliers)" in capsys.readouterr().err
+
+
 def test_limit_counts_rows_of_the_file_bad_ones_included(stage_inputs, tiny):
     d = stage_inputs
     out = d / "limit.parquet"
