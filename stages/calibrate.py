@@ -7,22 +7,30 @@ against the truth (correct at IoU >= ``--iou``; any footprint of a negative phot
 and so is a photo left without one, at the inliers its decision saw); a logistic regression of correctness on inliers gives the smallest inlier count at the target
 precision (:mod:`pipeline.footprint.calibration`). The result, ``WORKDIR/calibration.json``,
 is what ``run footprints`` then uses for its threshold and its ``confidence`` column.
+
+Refused, with what to do: footprints made with an inlier threshold (their ``.config.toml`` says
+so) or with other features than ``--extractor`` (their ``matcher`` column says so), footprints
+and truth with no photo in common, and fewer than 10 correct or 10 wrong footprints
+(:data:`pipeline.footprint.calibration.MIN_EXAMPLES`).
 """
 
 from __future__ import annotations
 
 import argparse
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from manifests import read_manifest
+from manifests import ManifestError, read_manifest
+from pipeline.config import config_path
 from pipeline.footprint.calibration import DEFAULT_PRECISION, calibrate
 from pipeline.geometry.geodesy import footprint_polygon, iou
 
 from .base import Stage, StageError
+from .footprints import FootprintsStage, matcher_name
 
 CORNERS = ("tl", "tr", "br", "bl")
 
@@ -32,15 +40,65 @@ def read_truth(path: str | Path) -> pd.DataFrame:
 
     Needs ``localizable`` and the eight corner columns ``tl_lat``, ``tl_lon``, ... ``bl_lon``."""
     path = Path(path)
+    if path.is_dir():
+        raise StageError(f"--truth {path} is a folder; pass the truth file itself (truth.parquet or a truth CSV)")
     if not path.is_file():
         raise StageError(f"truth file not found: {path}; a sample workspace has truth.parquet "
                          "(`python -m pipeline run sample`), or pass --truth FILE")
-    df = pd.read_csv(path) if path.suffix.lower() == ".csv" else read_manifest(path, "truth", geometry=False)
     need = ["photo_id", "localizable"] + [f"{c}_{k}" for c in CORNERS for k in ("lat", "lon")]
+    if path.suffix.lower() != ".csv":
+        df = read_manifest(path, "truth", geometry=False)
+    else:
+        try:
+            df = pd.read_csv(path)
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+            raise ManifestError(path, f"not a readable CSV table ({e}); a truth CSV has a header line with "
+                                      f"{', '.join(need)}") from None
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise StageError(f"{path}: truth needs columns {missing}")
     return df.set_index("photo_id")
+
+
+def made_with_min_inliers(path: str | Path) -> int | None:
+    """The ``min_inliers`` a footprints manifest was made with, from the config saved beside it by
+    ``run footprints`` (None when there is none, or it does not say)."""
+    cfg = config_path(path)
+    try:
+        with open(cfg, "rb") as f:
+            value = tomllib.load(f).get("footprints", {}).get("min_inliers")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def check_footprints(path: str | Path, footprints: pd.DataFrame, extractor: str) -> None:
+    """Refuse footprints that would give a wrong threshold: made with an inlier threshold (their config
+    beside them says so: photos under it lost their footprints, and would all count as wrong), or by
+    other features than ``extractor`` (their ``matcher`` column says so)."""
+    threshold = made_with_min_inliers(path)
+    if threshold:
+        raise StageError(f"{path} was made with min_inliers = {threshold} (says {config_path(path).name}): photos "
+                         f"under {threshold} inliers lost their footprints and would all count as wrong; make the "
+                         "footprints with `python -m pipeline run footprints --min-inliers 0`, or leave out "
+                         "--footprints and calibrate computes them")
+    matchers = sorted(footprints["matcher"].dropna().unique()) if "matcher" in footprints else []
+    expected = matcher_name(extractor)
+    others = [m for m in matchers if m != expected]
+    if others:
+        raise StageError(f"{path} holds footprints matched with {', '.join(matchers)} (its matcher column), not "
+                         f"{expected} (--extractor {extractor}); pass --extractor {others[0].split('+')[0]}, or "
+                         f"footprints made with {extractor}")
+
+
+def check_common_photos(footprints: pd.DataFrame, truth: pd.DataFrame, fp_path: str | Path,
+                        truth_path: str | Path) -> None:
+    """Refuse footprints and truth that share no photo: nothing could be scored."""
+    if not footprints["photo_id"].isin(truth.index).any():
+        raise StageError(f"no photo_id in common between FOOTPRINTS {fp_path} (e.g. "
+                         f"{', '.join(footprints['photo_id'].astype(str).head(2)) or 'none'}) and TRUTH {truth_path} "
+                         f"(e.g. {', '.join(truth.index.astype(str)[:2]) or 'none'}); pass the truth of these "
+                         "photos (--truth), or footprints of the truth's photos (--footprints)")
 
 
 def score_footprints(footprints: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
@@ -100,6 +158,9 @@ class CalibrateStage(Stage):
         conf["out"] = str(Path(conf["out"] or workdir / "calibration.json").resolve())
         if not 0.5 <= float(conf["precision"]) < 1.0:
             raise StageError(f"--precision must be in [0.5, 1), got {conf['precision']}")
+        if not 0.0 < float(conf["iou"]) <= 1.0:
+            raise StageError(f"--iou must be in (0, 1] (a footprint is correct from this IoU with the truth), got "
+                             f"{conf['iou']}; leave it out for 0.5")
         return conf
 
     def output(self, conf: dict[str, Any]) -> Path:
@@ -117,10 +178,9 @@ class CalibrateStage(Stage):
 
     def run(self, conf: dict[str, Any]) -> str:
         lines = []
+        truth = read_truth(conf["truth"])  # before the footprints, which may take hours
         path = conf["footprints"]
         if not path:
-            from .footprints import FootprintsStage
-
             fp = FootprintsStage()
             fconf = fp.resolve({**fp.default_conf, "min_inliers": 0, "extractor": conf["extractor"],
                                 "limit": conf["limit"], "workers": conf["workers"],
@@ -129,7 +189,8 @@ class CalibrateStage(Stage):
             lines.append(fp.execute(fconf))
             path = fconf["out"]
         footprints = read_manifest(path, "footprints", geometry=False)
-        truth = read_truth(conf["truth"])
+        check_footprints(path, footprints, conf["extractor"])
+        check_common_photos(footprints, truth, path, conf["truth"])
         scored = score_footprints(footprints, truth)
         correct = scored["iou"].to_numpy() >= float(conf["iou"])
         try:

@@ -20,8 +20,19 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from manifests import PAIRS, ManifestWriter, read_manifest, write_manifest
-
+from manifests import (
+    CORNER_COLUMNS,
+    DATABASE,
+    FOOTPRINTS,
+    PAIRS,
+    ManifestError,
+    ManifestKind,
+    ManifestWriter,
+    detect_kind,
+    read_manifest,
+    write_manifest,
+)
+from manifests.queries import read_queries_table
 
 from .base import Stage, StageError
 from .cluster import dask_client, gather
@@ -34,19 +45,52 @@ _DATABASES: dict[str, Any] = {}
 """Per worker process: the database keys, loaded once."""
 
 
+def check_manifest_path(path: str, kind: ManifestKind, option: str) -> None:
+    """Refuse, before any work, a ``--OPTION`` that names a folder, nothing, a file that is not Parquet
+    (a CSV...) or a manifest of another kind (queries given as the database...)."""
+    p = Path(path)
+    if p.is_dir():
+        raise StageError(f"--{option} {p} is a folder; pass the {kind.name} manifest file itself (made by "
+                         f"{kind.produced_by})")
+    if not p.is_file():
+        raise StageError(f"{kind.name} manifest not found: {p}; make it with {kind.produced_by} or pass "
+                         f"--{option} FILE")
+    try:
+        found = detect_kind(p)
+    except Exception:  # pyarrow raises several types for non-Parquet input
+        raise ManifestError(p, f"not a Parquet file (or a damaged one); pass --{option} with the {kind.name} "
+                               f"manifest made by {kind.produced_by}") from None
+    if found is not None and found.name != kind.name:
+        raise ManifestError(p, f"this is a {found.name} manifest, not a {kind.name} manifest; pass --{option} with "
+                               f"the one made by {kind.produced_by}")
+
+
 def load_database(path: str):
-    """The database manifest as a :class:`pipeline.pairs.Database` (cached per process)."""
+    """The database manifest as a :class:`pipeline.pairs.Database` (cached per process); refuses a file
+    that is not a database manifest, or one without windows or with windows of several sizes."""
     if path not in _DATABASES:
         from pipeline.pairs import Database
 
-        t = pq.read_table(path, columns=["zoom", "x", "y", "size_tiles"])
+        t = read_manifest(path, DATABASE, columns=["zoom", "x", "y", "size_tiles"], geometry=False)
         sizes = np.unique(t["size_tiles"].to_numpy())
-        if len(sizes) != 1:
+        if not len(sizes):
+            raise StageError(f"{path}: no database windows; index some with `python -m pipeline run index`")
+        if len(sizes) > 1:
             raise StageError(f"{path}: windows of several sizes ({sizes.tolist()} tiles); index one size per database")
         _DATABASES.clear()
         _DATABASES[path] = Database.from_columns(t["zoom"].to_numpy(), t["x"].to_numpy(), t["y"].to_numpy(),
                                                  int(sizes[0]))
     return _DATABASES[path]
+
+
+def localized_footprints(path: str) -> pd.DataFrame:
+    """The localized rows of a footprints manifest; refuses one without the corner columns pairs are made of."""
+    fp = read_manifest(path, FOOTPRINTS, geometry=False)
+    missing = [c for c in CORNER_COLUMNS if c not in fp.columns]
+    if missing:
+        raise ManifestError(path, f"no corner columns {', '.join(missing)}: pairs are made from the footprints' "
+                                  "corners; regenerate it with `python -m pipeline run footprints`")
+    return fp[fp["status"] == "localized"].reset_index(drop=True)
 
 
 def run_chunk(photo_ids: list[str], lon: np.ndarray, lat: np.ndarray, database: str, iou: float,
@@ -65,35 +109,79 @@ def run_chunk(photo_ids: list[str], lon: np.ndarray, lat: np.ndarray, database: 
     return {"photos": len(photo_ids), "pairs": len(df)}
 
 
+def _present(values: pd.Series) -> str:
+    """The distinct values of a split column, in order of appearance, for a message."""
+    return ", ".join(str(v) for v in pd.unique(values.dropna())) or "none"
+
+
+def split_photo_ids(queries: str | None, name: str) -> set[str]:
+    """photo_id of the queries whose ``split`` is ``name`` (``--exclude split:NAME``); refuses a name
+    that no query has, which would exclude nothing."""
+    spec = f"split:{name}"
+    if not queries or not Path(queries).is_file():
+        raise StageError(f"--exclude {spec} needs the queries manifest with a split column (--queries FILE)")
+    q, _ = read_queries_table(queries)
+    missing = [c for c in ("photo_id", "split") if c not in q.columns]
+    if missing:
+        raise StageError(f"{queries} has no {' or '.join(missing)} column for --exclude {spec}; exclude by region "
+                         "instead (--exclude regions.geojson#eval)")
+    chosen = q["split"] == name
+    if not chosen.any():
+        raise StageError(f"--exclude {spec}: no query of {queries} has split {name!r} (present: "
+                         f"{_present(q['split'])}); name one of those")
+    return set(q.loc[chosen, "photo_id"].astype(str))
+
+
+def read_regions(path: str, name: str) -> np.ndarray:
+    """The geometries of a region file (GeoJSON, GeoPackage...: whatever GDAL reads), or of its features
+    whose ``split`` property is ``name`` when given; refuses a file with none."""
+    import geopandas as gpd
+
+    spec = f"{path}#{name}" if name else path
+    if not Path(path).is_file():
+        raise StageError(f"--exclude {spec}: region file not found: {path} (or use split:NAME)")
+    try:
+        regions = gpd.read_file(path)
+    except Exception as e:  # GDAL raises several types for what it cannot read
+        raise StageError(f"--exclude {spec}: not a region file GDAL can read ({str(e).split(';')[0]}); "
+                         "pass a GeoJSON of polygons, or use split:NAME") from None
+    if not isinstance(regions, gpd.GeoDataFrame) or not regions.geometry.notna().any():
+        raise StageError(f"--exclude {spec}: no region in the file (no geometry); pass a GeoJSON of polygons, or "
+                         "use split:NAME")
+    if name:
+        if "split" not in regions.columns:
+            raise StageError(f"{path} has no 'split' property to select {name!r}; drop '#{name}' to use every region")
+        chosen = regions["split"] == name
+        if not chosen.any():
+            raise StageError(f"--exclude {spec}: no region of {path} has split {name!r} (present: "
+                             f"{_present(regions['split'])}); name one of those after '#'")
+        regions = regions[chosen]
+    return regions.geometry.to_numpy()
+
+
 def excluded_photos(footprints: pd.DataFrame, spec: str, queries: str | None) -> np.ndarray:
     """Boolean mask of footprints excluded by ``spec``: ``split:NAME`` (the queries' split column),
     ``FILE`` (any polygon of a GeoJSON/GeoParquet/... file) or ``FILE#NAME`` (its features whose
     ``split`` property is NAME); a footprint is excluded when it touches an excluded region."""
     if spec.startswith("split:"):
-        name = spec.split(":", 1)[1]
-        if not queries or not Path(queries).is_file():
-            raise StageError(f"--exclude {spec} needs the queries manifest with a split column (--queries FILE)")
-        q = pd.read_parquet(queries, columns=None) if str(queries).endswith(".parquet") else pd.read_csv(queries)
-        if "split" not in q.columns:
-            raise StageError(f"{queries} has no split column for --exclude {spec}; exclude by region instead "
-                             "(--exclude regions.geojson#eval)")
-        ids = set(q.loc[q["split"] == name, "photo_id"].astype(str))
+        ids = split_photo_ids(queries, spec.split(":", 1)[1])
         return footprints["photo_id"].astype(str).isin(ids).to_numpy()
-    path, _, name = spec.partition("#")
-    if not Path(path).is_file():
-        raise StageError(f"--exclude: region file not found: {path} (or use split:NAME)")
-    import geopandas as gpd
     import shapely
 
-    regions = gpd.read_file(path)
-    if name:
-        if "split" not in regions.columns:
-            raise StageError(f"{path} has no 'split' property to select {name!r}; drop '#{name}' to use every region")
-        regions = regions[regions["split"] == name]
-    area = shapely.union_all(regions.geometry.to_numpy())
+    path, _, name = spec.partition("#")
+    area = shapely.union_all(read_regions(path, name))
     polys = shapely.polygons(np.stack([footprints[[f"{c}_lon" for c in CORNERS]].to_numpy(),
                                        footprints[[f"{c}_lat" for c in CORNERS]].to_numpy()], axis=2))
     return shapely.intersects(polys, area)
+
+
+def photo_rate(photos: int, seconds: float) -> str:
+    """``", 1,234 photos/s"`` for the summary, with three significant digits below 100 (0.476, not 0);
+    empty when there is no rate to tell (no photo, or no measurable time)."""
+    if not photos or seconds < 0.01:
+        return ""
+    rate = photos / seconds
+    return f", {rate:,.0f} photos/s" if rate >= 100 else f", {rate:.3g} photos/s"
 
 
 class PairsStage(Stage):
@@ -150,12 +238,10 @@ class PairsStage(Stage):
         return [f for f in files if f.is_file()]
 
     def run(self, conf: dict[str, Any]) -> str:
-        for key in ("footprints", "database"):
-            if not Path(conf[key]).is_file():
-                raise StageError(f"{key} manifest not found: {conf[key]}; make it with `python -m pipeline run "
-                                 f"{'footprints' if key == 'footprints' else 'index'}` or pass --{key} FILE")
-        fp = read_manifest(conf["footprints"], "footprints", geometry=False)
-        fp = fp[fp["status"] == "localized"].reset_index(drop=True)
+        check_manifest_path(conf["footprints"], FOOTPRINTS, "footprints")
+        check_manifest_path(conf["database"], DATABASE, "database")
+        load_database(conf["database"])  # validated here, not in the first task
+        fp = localized_footprints(conf["footprints"])
         lines = [f"pairs: {len(fp)} localized footprints"]
         keep = np.ones(len(fp), bool)
         for spec in conf["exclude"]:
@@ -185,7 +271,7 @@ class PairsStage(Stage):
     def _summary(out: Path, ids: list[str], seconds: float) -> list[str]:
         t = pq.read_table(out, columns=["photo_id", "iou", "zoom"]).to_pandas()
         per = t.groupby("photo_id").size().reindex(ids, fill_value=0) if ids else pd.Series(dtype=int)
-        lines = [f"  {len(t)} pairs -> {out} ({seconds:.1f} s, {len(ids) / max(seconds, 1e-9):,.0f} photos/s)"]
+        lines = [f"  {len(t)} pairs -> {out} ({seconds:.1f} s{photo_rate(len(ids), seconds)})"]
         if len(per):
             lines.append(f"  pairs per photo: mean {per.mean():.2f}, median {per.median():.0f}, max {per.max()}; "
                          f"photos with no pair: {int((per == 0).sum())} of {len(per)}")

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from manifests import FOOTPRINTS, read_manifest, write_manifest
-from pipeline.footprint.calibration import PACKAGED, Calibration, calibrate, fit_logistic, threshold_for
+from pipeline.footprint.calibration import (
+    MIN_EXAMPLES,
+    PACKAGED,
+    Calibration,
+    calibrate,
+    fit_logistic,
+    threshold_for,
+)
 from pipeline.geometry.geodesy import corners_columns, footprint_polygon
 
 
@@ -27,15 +33,23 @@ def test_logistic_fit_recovers_a_known_model():
 
 
 def test_separated_data_gives_a_finite_conservative_threshold():
-    wrong = np.array([0, 3, 5, 8, 9, 12, 14, 17])
-    right = np.array([25, 30, 41, 60, 77, 90, 120, 200, 300])
-    cal = calibrate(np.r_[wrong, right], np.r_[np.zeros(8, bool), np.ones(9, bool)])
+    wrong = np.array([0, 2, 3, 5, 8, 9, 11, 12, 14, 17])
+    right = np.array([25, 30, 41, 50, 60, 77, 90, 120, 200, 300])
+    cal = calibrate(np.r_[wrong, right], np.r_[np.zeros(10, bool), np.ones(10, bool)])
     assert np.isfinite(cal.slope) and cal.slope > 0
     assert cal.min_inliers > wrong.max()  # never accepts a known wrong footprint
     assert cal.probability(cal.min_inliers) >= 0.999 > cal.probability(cal.min_inliers - 1)
-    assert cal.precision_measured == 1.0 and cal.footprints == 17 and cal.correct == 9
-    with pytest.raises(ValueError, match="both correct and wrong"):
-        calibrate(right, np.ones(9, bool))
+    assert cal.precision_measured == 1.0 and cal.footprints == 20 and cal.correct == 10
+
+
+def test_too_few_correct_or_wrong_footprints_are_refused():
+    """One right and one wrong footprint gave a threshold of 134: at least MIN_EXAMPLES of each are needed."""
+    wrong, right = np.arange(10), np.arange(30, 40)
+    cases = ((right, np.ones(10, bool)), (np.r_[wrong[:9], right], np.arange(19) >= 9),
+             (np.r_[wrong, right[:9]], np.arange(19) >= 10), (np.array([7, 60]), np.array([False, True])))
+    for inliers, correct in cases:
+        with pytest.raises(ValueError, match=f"at least {MIN_EXAMPLES} correct and {MIN_EXAMPLES} wrong"):
+            calibrate(inliers, correct)
 
 
 def test_packaged_calibration_loads():
@@ -43,30 +57,74 @@ def test_packaged_calibration_loads():
     assert cal.extractor == "aliked" and cal.min_inliers > 0 and cal.precision == 0.999
 
 
+def _footprints_and_truth(tiny, folder, copies: int = 3) -> tuple[str, str, list[dict]]:
+    """A footprints manifest and a truth CSV of ``copies`` copies of the tiny sample's photos (new photo_id each):
+    right footprints (the truth's) with many inliers, wrong ones (shifted by a footprint's width, or any footprint
+    of a negative) with few; 4 right and 5 wrong per copy."""
+    truth = read_manifest(tiny / "truth.parquet", "truth", geometry=False)
+    truth = truth[truth.tl_lat.notna()]  # limb photos have no footprint to pretend with
+    rows, truth_rows = [], []
+    for copy in range(copies):
+        for k, t in enumerate(truth.itertuples()):
+            pid = f"{t.photo_id}-{copy}"
+            truth_rows.append({**t._asdict(), "photo_id": pid})
+            corners = np.array([[t.tl_lon, t.tl_lat], [t.tr_lon, t.tr_lat], [t.br_lon, t.br_lat],
+                                [t.bl_lon, t.bl_lat]])
+            right = bool(t.localizable) and k % 3 != 0
+            if not right:
+                corners = corners + [corners[:, 0].max() - corners[:, 0].min(), 0.0]
+            n = len(rows)
+            rows.append({"photo_id": pid, "status": "localized", "inliers": 60 + 7 * n if right else 4 + n,
+                         "matcher": "aliked+lightglue", "geometry": footprint_polygon(corners),
+                         **corners_columns(corners)})
+    write_manifest(pd.DataFrame(rows), folder / "fp.parquet", FOOTPRINTS)
+    pd.DataFrame(truth_rows).drop(columns=["Index", "geometry"]).to_csv(folder / "truth.csv", index=False)
+    return str(folder / "fp.parquet"), str(folder / "truth.csv"), rows
+
+
 def test_calibrate_stage_fits_footprints_against_truth(tiny, tmp_path):
-    """`run calibrate --footprints F`: right footprints (the truth's) with many inliers, wrong ones (shifted
-    by a footprint's width, or any footprint of a negative) with few: the threshold falls between them."""
+    """`run calibrate --footprints F --truth T`: the threshold falls between the wrong and the right footprints."""
     from pipeline.cli import main
 
-    truth = read_manifest(tiny / "truth.parquet", "truth", geometry=False)
-    rows = []
-    for k, t in enumerate(truth.itertuples()):
-        if not isinstance(t.tl_lat, float) or math.isnan(t.tl_lat):
-            continue  # limb photos have no footprint to pretend with
-        corners = np.array([[t.tl_lon, t.tl_lat], [t.tr_lon, t.tr_lat], [t.br_lon, t.br_lat], [t.bl_lon, t.bl_lat]])
-        right = bool(t.localizable) and k % 3 != 0
-        if not right:
-            corners = corners + [corners[:, 0].max() - corners[:, 0].min(), 0.0]
-        poly = footprint_polygon(corners)
-        rows.append({"photo_id": t.photo_id, "status": "localized", "inliers": 60 + 7 * k if right else 4 + k,
-                     "geometry": poly, **corners_columns(corners)})
-    write_manifest(pd.DataFrame(rows), tmp_path / "fp.parquet", FOOTPRINTS)
+    fp, truth, rows = _footprints_and_truth(tiny, tmp_path)
+    (tmp_path / "fp.parquet.config.toml").write_text("[footprints]\nmin_inliers = 0\n")  # made for calibration
     out = tmp_path / "cal.json"
-    assert main(["run", "calibrate", "--workdir", str(tiny), "--footprints", str(tmp_path / "fp.parquet"),
+    assert main(["run", "calibrate", "--workdir", str(tiny), "--footprints", fp, "--truth", truth,
                  "--out", str(out), "-q"]) == 0
     cal = json.loads(out.read_text())
     wrong_max = max(r["inliers"] for r in rows if r["inliers"] < 60)
     assert cal["min_inliers"] > wrong_max and cal["precision_measured"] == 1.0
-    assert cal["footprints"] == len(rows) and 0 < cal["correct"] < len(rows)
-    # with 9 footprints the fit is conservative: it asks for more inliers than separate them
+    assert cal["footprints"] == len(rows) and cal["correct"] == 12
+    # with 27 footprints the fit is conservative: it asks for more inliers than separate them
     assert cal["min_inliers"] > 60
+
+
+@pytest.mark.parametrize("case, message", [
+    ("too few", "at least 10 correct and 10 wrong footprints, got 4 correct and 5 wrong"),
+    ("min_inliers", "made with min_inliers = 25 (says fp.parquet.config.toml)"),
+    ("extractor", "matched with aliked+lightglue (its matcher column), not disk+lightglue (--extractor disk); "
+                  "pass --extractor aliked"),
+    ("iou 2", "--iou must be in (0, 1]"), ("iou 0", "--iou must be in (0, 1]"), ("iou -1", "--iou must be in (0, 1]"),
+    ("other truth", "no photo_id in common between FOOTPRINTS"),
+    ("empty truth", "truth.csv: not a readable CSV table"),
+])
+def test_calibrate_stage_refuses_bad_inputs(tiny, tmp_path, capsys, case, message):
+    """Inputs that cannot give a meaningful threshold end in one line naming the file or option, not a threshold
+    (134 from two photos) or a traceback."""
+    from pipeline.cli import main
+
+    fp, truth, _ = _footprints_and_truth(tiny, tmp_path, copies=1 if case == "too few" else 3)
+    extra = {"extractor": ["--extractor", "disk"], "iou 2": ["--iou", "2"], "iou 0": ["--iou", "0"],
+             "iou -1": ["--iou", "-1"]}.get(case, [])
+    if case == "min_inliers":  # footprints of `run footprints` with its default threshold
+        (tmp_path / "fp.parquet.config.toml").write_text("[footprints]\nmin_inliers = 25\n")
+    if case == "other truth":
+        t = pd.read_csv(truth)
+        t.assign(photo_id="ISS051-E-" + t.index.astype(str)).to_csv(truth, index=False)
+    if case == "empty truth":
+        open(truth, "w").close()
+    assert main(["run", "calibrate", "--workdir", str(tiny), "--footprints", fp, "--truth", truth,
+                 "--out", str(tmp_path / "cal.json"), "-q", *extra]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "cal.json").exists()

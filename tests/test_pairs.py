@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from shapely.geometry import Polygon, box
 
@@ -116,12 +117,9 @@ def test_join_agrees_with_brute_force(name, seed):
     assert rings.area_km2[0] == pytest.approx(area_km2(poly), rel=0.001)
 
 
-def test_pairs_stage_on_the_tiny_sample(tiny, tmp_path):
-    """`run pairs` on true footprints of the tiny sample: the brute-force pairs, exclusions counted."""
-    import pandas as pd
-
+def _true_footprints(tiny, path) -> list[dict]:
+    """A footprints manifest at ``path``: the tiny sample's true footprints, localized, and one photo not localized."""
     from manifests import FOOTPRINTS, read_manifest, write_manifest
-    from pipeline.cli import main
     from pipeline.geometry.geodesy import corners_columns
 
     truth = read_manifest(tiny / "truth.parquet", "truth", geometry=False)
@@ -132,7 +130,16 @@ def test_pairs_stage_on_the_tiny_sample(tiny, tmp_path):
         rows.append({"photo_id": t.photo_id, "status": "localized", "inliers": 100, "geometry": footprint_polygon(c),
                      **corners_columns(c)})
     rows.append({"photo_id": "NOT-LOCALIZED", "status": "not_localized", "reason": "too few inliers", "geometry": None})
-    write_manifest(pd.DataFrame(rows), tmp_path / "fp.parquet", FOOTPRINTS)
+    write_manifest(pd.DataFrame(rows), path, FOOTPRINTS)
+    return rows
+
+
+def test_pairs_stage_on_the_tiny_sample(tiny, tmp_path):
+    """`run pairs` on true footprints of the tiny sample: the brute-force pairs, exclusions counted."""
+    from manifests import read_manifest
+    from pipeline.cli import main
+
+    rows = _true_footprints(tiny, tmp_path / "fp.parquet")
     args = ["run", "pairs", "--workdir", str(tiny), "--footprints", str(tmp_path / "fp.parquet"), "--workers", "1",
             "-q"]
     assert main(args + ["--out", str(tmp_path / "pairs.parquet")]) == 0
@@ -154,5 +161,62 @@ def test_pairs_stage_on_the_tiny_sample(tiny, tmp_path):
     out = main(args + ["--out", str(tmp_path / "train.parquet"), "--exclude", str(tiny / "regions.geojson") + "#eval"])
     assert out == 0
     train = read_manifest(tmp_path / "train.parquet", "pairs")
-    evals = set(truth.photo_id[truth.split == "eval"])
+    truth = read_manifest(tiny / "truth.parquet", "truth", geometry=False)
+    evals = set(truth.photo_id[truth.localizable & (truth.split == "eval")])
     assert evals and not (set(train.photo_id) & evals) and set(train.photo_id) == set(pairs.photo_id) - evals
+
+
+BAD_INPUTS = {
+    # case: (options, what the one-line error says)
+    "queries as database": (["--database", "{tiny}/queries.parquet"], "this is a queries manifest, not a database"),
+    "footprints as database": (["--database", "{tmp}/fp.parquet"], "this is a footprints manifest, not a database"),
+    "CSV as database": (["--database", "{tmp}/q.csv"], "q.csv: not a Parquet file"),
+    "folder as database": (["--database", "{tmp}"], "is a folder; pass the database manifest file"),
+    "malformed region file": (["--exclude", "{tmp}/bad.geojson"], "bad.geojson: not a region file GDAL can read"),
+    "CSV as region file": (["--exclude", "{tmp}/q.csv"], "q.csv: no region in the file"),
+    "region split absent": (["--exclude", "{tiny}/regions.geojson#test"],
+                            "has split 'test' (present: train, eval)"),
+    "query split absent": (["--exclude", "split:test"],
+                           "no query of {tiny}/queries.parquet has split 'test' (present: "),
+    "garbage queries": (["--exclude", "split:eval", "--queries", "{tmp}/garbage.parquet"], "garbage.parquet: could not "
+                        "be read as a table"),
+    "empty queries CSV": (["--exclude", "split:eval", "--queries", "{tmp}/empty.csv"], "empty.csv: could not be read"),
+    "footprints without corners": (["--footprints", "{tmp}/nocorners.parquet"], "nocorners.parquet: no corner columns "
+                                   "tl_lat, tl_lon, tr_lat, tr_lon, br_lat, br_lon, bl_lat, bl_lon"),
+}
+
+
+@pytest.mark.parametrize("only_unlocalized", [False, True])
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_pairs_stage_refuses_bad_inputs(tiny, tmp_path, capsys, case, only_unlocalized):
+    """Each bad input ends in one line naming it, before any work, also when no footprint is localized (the
+    database and the exclusions are checked all the same)."""
+    from pipeline.cli import main
+
+    fp = tmp_path / "fp.parquet"
+    _true_footprints(tiny, fp)
+    if only_unlocalized:
+        pd.read_parquet(fp).assign(status="not_localized").to_parquet(fp)
+    pd.read_parquet(tiny / "queries.parquet").head(2).to_csv(tmp_path / "q.csv", index=False)
+    (tmp_path / "bad.geojson").write_text("{bad json")
+    (tmp_path / "garbage.parquet").write_bytes(b"PAR1 not really")
+    (tmp_path / "empty.csv").touch()
+    pd.DataFrame({"photo_id": ["P-E-1"], "status": ["localized"]}).to_parquet(tmp_path / "nocorners.parquet")
+    options, message = BAD_INPUTS[case]
+    options = [o.format(tiny=tiny, tmp=tmp_path) for o in options]
+    out = tmp_path / "out" / "p.parquet"
+    args = ["run", "pairs", "--workdir", str(tiny), "--footprints", str(fp), "--out", str(out)]
+    assert main(args + options + ["-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message.format(tiny=tiny) in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_photo_rate_is_readable_for_slow_and_instant_runs():
+    """The summary's rate: 1 photo in 2.1 s is 0.476 photos/s (it printed 0), and none for no time or no photo."""
+    from stages.pairs import photo_rate
+
+    assert photo_rate(1, 2.1) == ", 0.476 photos/s"
+    assert photo_rate(45, 1.0) == ", 45 photos/s"
+    assert photo_rate(250_000, 10.0) == ", 25,000 photos/s"
+    assert photo_rate(0, 3.0) == photo_rate(10, 0.0) == ""

@@ -25,6 +25,10 @@ import numpy as np
 from ..files import atomic_output
 
 DEFAULT_PRECISION = 0.999
+MIN_EXAMPLES = 10
+"""Correct and wrong footprints that a fit needs at the least, of each: the usual ten events per parameter
+of a logistic regression (two here). With fewer, the threshold is the penalty's guess, not the data's: one
+right and one wrong footprint gave 134 inliers."""
 PACKAGED = Path(__file__).with_name("calibration.json")
 """The calibration shipped with the package: ALIKED, fitted on photos 60-99 of the small sample (30 right
 footprints, wrong ones at <= 15 inliers) with the search of that time (photo at 384 px, refinement context 3).
@@ -102,12 +106,16 @@ class Calibration:
 
 def calibrate(inliers: np.ndarray, correct: np.ndarray, precision: float = DEFAULT_PRECISION,
               extractor: str = "aliked", iou: float = 0.5) -> Calibration:
-    """Fit the model on footprints' inliers (N,) and correctness (N,) and derive the threshold."""
+    """Fit the model on footprints' inliers (N,) and correctness (N,) and derive the threshold.
+
+    Raises ValueError with fewer than :data:`MIN_EXAMPLES` correct or wrong footprints."""
     inliers = np.asarray(inliers, np.float64)
     correct = np.asarray(correct, bool)
-    if correct.all() or not correct.any():
-        raise ValueError(f"calibration needs both correct and wrong footprints, got {int(correct.sum())} correct "
-                         f"of {len(correct)}; use a workspace with negatives (the sample has them) or more photos")
+    n_correct, n_wrong = int(correct.sum()), int((~correct).sum())
+    if min(n_correct, n_wrong) < MIN_EXAMPLES:
+        raise ValueError(f"calibration needs at least {MIN_EXAMPLES} correct and {MIN_EXAMPLES} wrong footprints, "
+                         f"got {n_correct} correct and {n_wrong} wrong; calibrate on more photos, with negatives "
+                         "(a sample workspace has them: `python -m pipeline run sample --size small`)")
     a, b = fit_logistic(inliers, correct.astype(np.float64))
     t = threshold_for(a, b, precision)
     if t is None:
