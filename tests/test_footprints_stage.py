@@ -75,7 +75,7 @@ def test_every_photo_is_accounted_for_and_bad_ones_are_errors(stage_inputs, tiny
     out = d / "full.parquet"
     assert main(_args(d, tiny, out)) == 0
     summary = capsys.readouterr().out  # the errors' reasons are on screen, not only in the manifest
-    assert "6 photos ended as errors" in summary and "--overwrite" in summary
+    assert "6 photos ended as errors" in summary and "--retry-errors" in summary
     df = _table(out)
     assert len(df) == 10 and df["photo_id"].is_unique
     errors = df.set_index("photo_id")["reason"]
