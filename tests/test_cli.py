@@ -132,3 +132,10 @@ def test_inspect_refuses_options_it_would_ignore(tmp_path, capsys):
     assert "only work with --overlay" in capsys.readouterr().err
     assert main(["inspect", str(q), "--overlay", str(tmp_path / "ov"), "--queries", str(q), "--tiles", "x"]) == 1
     assert "needs a footprints manifest" in capsys.readouterr().err and not (tmp_path / "ov").exists()
+
+
+def test_out_of_range_seed_and_block_size_are_one_line(tmp_path, capsys):
+    assert main(["run", "sample", "--size", "tiny", "--seed", "-1", "--workdir", str(tmp_path / "w")]) == 1
+    assert "--seed must lie in [0, 2**32)" in capsys.readouterr().err
+    assert main(["run", "index", "--tiles", str(tmp_path), "--block-px", "0", "--out", str(tmp_path / "db.parquet")]) == 1
+    assert "--block-px must be at least 1" in capsys.readouterr().err
