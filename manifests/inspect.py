@@ -100,13 +100,12 @@ def inspect_manifest(path: str | os.PathLike, geojson: str | os.PathLike | None 
         lines.append("  IoU histogram:")
         lines += _histogram(table["iou"].to_numpy(zero_copy_only=False), bins=8)
     if geojson is not None:
-        n = export_geojson(path, geojson, has_geometry=b"geo" in meta, columns=table.column_names)
+        n = export_geojson(path, geojson)
         lines.append(f"  wrote {n} features to {geojson}")
     return "\n".join(lines)
 
 
-def export_geojson(path: str | os.PathLike, out: str | os.PathLike, has_geometry: bool | None = None,
-                   columns: list[str] | None = None) -> int:
+def export_geojson(path: str | os.PathLike, out: str | os.PathLike) -> int:
     """Write the manifest's rows that have a geometry to a GeoJSON file (atomically).
 
     GeoParquet manifests (footprints, database, truth) export their polygons, also when a tool
@@ -117,12 +116,11 @@ def export_geojson(path: str | os.PathLike, out: str | os.PathLike, has_geometry
     import geopandas as gpd
     import pandas as pd
 
-    if has_geometry is None or columns is None:
-        schema = pq.read_schema(path)
-        has_geometry, columns = b"geo" in (schema.metadata or {}), schema.names
-    if has_geometry:
+    schema = pq.read_schema(path)
+    columns = schema.names
+    if b"geo" in (schema.metadata or {}):
         gdf = gpd.read_parquet(path)
-    elif "geometry" in columns and pa.types.is_binary(pq.read_schema(path).field("geometry").type):
+    elif "geometry" in columns and pa.types.is_binary(schema.field("geometry").type):
         df = pd.read_parquet(path)
         gdf = gpd.GeoDataFrame(df, geometry=gpd.GeoSeries.from_wkb(df.pop("geometry"), crs="OGC:CRS84"))
     elif {"center_lat", "center_lon"} <= set(columns):

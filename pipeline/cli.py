@@ -111,11 +111,10 @@ def os_error_message(e: OSError) -> str:
     what = e.strerror or str(e)
     if e.filename2:
         what += f" (-> {e.filename2})"
+    full = "free some space, or write elsewhere (--out, --workdir); finished parts are kept, so the same command resumes"
     hint = {
-        errno.ENOSPC: "free some space, or write elsewhere (--out, --workdir); finished parts are kept, "
-                      "so the same command resumes",
-        errno.EDQUOT: "free some space, or write elsewhere (--out, --workdir); finished parts are kept, "
-                      "so the same command resumes",
+        errno.ENOSPC: full,
+        errno.EDQUOT: full,
         errno.EACCES: "check the permissions, or choose another path",
         errno.EPERM: "check the permissions, or choose another path",
         errno.EROFS: "the file system is read-only: choose another path",

@@ -104,6 +104,16 @@ class Stage:
         comparable = {k: v for k, v in conf.items() if k not in self.runtime_keys and v is not None}
         return {self.name: comparable, "inputs": {"fingerprint": files_fingerprint(self.input_files(conf))}}
 
+    def changed_settings(self, conf: dict[str, Any], record: dict[str, Any], inputs: bool = True) -> list[str]:
+        """What differs between ``record`` (``_record(conf)``) and the config saved beside the existing
+        output: the changed keys, and "input files" when ``inputs`` and their fingerprint changed."""
+        with open(config_path(self.output(conf)), "rb") as f:
+            old = tomllib.load(f)
+        diff = changed_keys(old.get(self.name, {}), record[self.name])
+        if inputs and old.get("inputs") != record["inputs"]:
+            diff.append("input files")
+        return diff
+
     def execute(self, conf: dict[str, Any], overwrite: bool = False) -> str:
         """Run unless the output is up to date; refuse a changed config without ``overwrite``.
 
@@ -122,11 +132,7 @@ class Stage:
             if not cfg.exists():
                 raise StageError(f"{out} exists but has no {cfg.name} beside it, so it may come from other "
                                  "settings; pass --overwrite to rebuild it, or --out elsewhere")
-            with open(cfg, "rb") as f:
-                old = tomllib.load(f)
-            diff = changed_keys(old.get(self.name, {}), record[self.name])
-            if old.get("inputs") != record["inputs"]:
-                diff.append("input files")
+            diff = self.changed_settings(conf, record)
             if not diff:
                 return f"{self.name}: {out} is up to date with this config and these inputs (nothing to do; " \
                        "pass --overwrite to redo it)"

@@ -40,11 +40,7 @@ def read_truth(path: str | Path) -> pd.DataFrame:
 
     Needs ``localizable`` and the eight corner columns ``tl_lat``, ``tl_lon``, ... ``bl_lon``."""
     path = Path(path)
-    if path.is_dir():
-        raise StageError(f"--truth {path} is a folder; pass the truth file itself (truth.parquet or a truth CSV)")
-    if not path.is_file():
-        raise StageError(f"truth file not found: {path}; a sample workspace has truth.parquet "
-                         "(`python -m pipeline run sample`), or pass --truth FILE")
+    check_truth_path(path)
     need = ["photo_id", "localizable"] + [f"{c}_{k}" for c in CORNERS for k in ("lat", "lon")]
     if path.suffix.lower() != ".csv":
         df = read_manifest(path, "truth", geometry=False)
@@ -58,6 +54,15 @@ def read_truth(path: str | Path) -> pd.DataFrame:
     if missing:
         raise StageError(f"{path}: truth needs columns {missing}")
     return df.set_index("photo_id")
+
+
+def check_truth_path(path: Path) -> None:
+    """Refuse a ``--truth`` that is a folder or names nothing."""
+    if path.is_dir():
+        raise StageError(f"--truth {path} is a folder; pass the truth file itself (truth.parquet or a truth CSV)")
+    if not path.is_file():
+        raise StageError(f"truth file not found: {path}; a sample workspace has truth.parquet "
+                         "(`python -m pipeline run sample`), or pass --truth FILE")
 
 
 def made_with_min_inliers(path: str | Path) -> int | None:
@@ -175,6 +180,9 @@ class CalibrateStage(Stage):
             from .sample import ensure_sample
 
             ensure_sample(self._workdir)
+
+    def check(self, conf: dict[str, Any]) -> None:
+        check_truth_path(Path(conf["truth"]))
 
     def run(self, conf: dict[str, Any]) -> str:
         lines = []

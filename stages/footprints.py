@@ -13,7 +13,6 @@ import argparse
 import logging
 import math
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from manifests import FOOTPRINTS, ManifestWriter, read_queries, write_manifest
-from pipeline.config import changed_keys, config_path, fingerprint
+from pipeline.config import config_path, fingerprint
 from pipeline.footprint.search import default_conf as search_conf, validate_conf
 from pipeline.geometry.geodesy import area_km2, corners_columns, footprint_polygon
 from pipeline.geometry.mercator import MAX_LATITUDE
@@ -285,8 +284,8 @@ class FootprintsStage(Stage):
         if not (out.is_file() and cfg.is_file()):
             raise StageError(f"--retry-errors needs an existing output and its config ({out}, {cfg.name}); "
                              "run without --retry-errors first")
-        with open(cfg, "rb") as f:
-            diff = changed_keys(tomllib.load(f).get(self.name, {}), self._record(conf)[self.name])
+        # inputs may differ: fixed paths or restored photos are the point of a retry
+        diff = self.changed_settings(conf, self._record(conf), inputs=False)
         if diff:
             raise StageError(f"{out} was made with different settings (changed: {', '.join(diff)}); its rows "
                              "cannot be kept beside new ones: use the same settings, or --overwrite to redo all")

@@ -237,10 +237,12 @@ class PairsStage(Stage):
         files += [Path(e.partition("#")[0]) for e in conf["exclude"] if not e.startswith("split:")]
         return [f for f in files if f.is_file()]
 
-    def run(self, conf: dict[str, Any]) -> str:
+    def check(self, conf: dict[str, Any]) -> None:
         check_manifest_path(conf["footprints"], FOOTPRINTS, "footprints")
         check_manifest_path(conf["database"], DATABASE, "database")
         load_database(conf["database"])  # validated here, not in the first task
+
+    def run(self, conf: dict[str, Any]) -> str:
         fp = localized_footprints(conf["footprints"])
         lines = [f"pairs: {len(fp)} localized footprints"]
         keep = np.ones(len(fp), bool)

@@ -220,3 +220,19 @@ def test_photo_rate_is_readable_for_slow_and_instant_runs():
     assert photo_rate(45, 1.0) == ", 45 photos/s"
     assert photo_rate(250_000, 10.0) == ", 25,000 photos/s"
     assert photo_rate(0, 3.0) == photo_rate(10, 0.0) == ""
+
+
+def test_a_database_typo_beside_an_existing_output_is_the_typo(tiny, tmp_path, capsys):
+    """Inputs are checked before the output's settings are compared: a mistyped --database next to an
+    existing pairs manifest says "not found", not "made with different settings, pass --overwrite"."""
+    from pipeline.cli import main
+
+    fp = tmp_path / "fp.parquet"
+    _true_footprints(tiny, fp)
+    args = ["run", "pairs", "--workdir", str(tiny), "--footprints", str(fp), "--out", str(tmp_path / "p.parquet"),
+            "--workers", "1", "-q"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args + ["--database", str(tmp_path / "databse.parquet")]) == 1
+    err = capsys.readouterr().err
+    assert "database manifest not found" in err and "different settings" not in err
