@@ -13,12 +13,15 @@ from pipeline.runtime import cuda_device_count
 
 log = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT_S = 30.0
+"""How long ``--scheduler`` may take to connect and answer Dask's handshake, seconds."""
+
 
 def check_cluster_options(scheduler: Any, workers: Any) -> None:
     """Refuse a ``--scheduler`` address or ``--workers`` count that cannot work, before any work.
 
     ``scheduler``: None or ``[scheme://]host:port`` with a scheme Dask speaks (tcp, tls, ws, wss,
-    ucx, inproc); ``workers``: None or an integer >= 1 (0 or -1 would start a cluster that never
+    ucx, inproc); a tcp one must answer Dask's handshake (:func:`probe_scheduler`); ``workers``: None or an integer >= 1 (0 or -1 would start a cluster that never
     runs a task)."""
     from stages.base import StageError
 
@@ -42,6 +45,38 @@ def check_cluster_options(scheduler: Any, workers: Any) -> None:
             parse_host_port(loc)
         except ValueError:
             raise StageError(f"--scheduler {scheduler}: no port; give host and port, e.g. tcp://{loc}:8786") from None
+    if scheme == "tcp":  # tls and the others need the cluster's security settings to connect at all
+        probe_scheduler(scheduler)
+
+
+def probe_scheduler(address: str, timeout: float | None = None) -> None:
+    """Connect to ``address`` and complete Dask's handshake within ``timeout`` seconds, or raise StageError.
+
+    ``Client`` alone waits forever on a live port that is not a Dask scheduler (its handshake read
+    has no time limit, distributed 2026.8): a dashboard, a web server or a database port would hang
+    the run at start. The probe puts one deadline on the connection and the handshake together."""
+    import asyncio
+
+    from distributed.comm import connect
+
+    from stages.base import StageError
+
+    timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
+
+    async def handshake() -> None:
+        comm = await connect(address, timeout=timeout)
+        await comm.close()
+
+    try:
+        # connect() gives up on a closed port by itself (OSError); the outer deadline ends a handshake that hangs
+        asyncio.run(asyncio.wait_for(handshake(), timeout + 2))
+    except asyncio.TimeoutError:
+        raise StageError(f"--scheduler {address}: something listens there but did not answer as a Dask scheduler "
+                         f"in {timeout:g} s (another service, such as the dashboard? or a blocked scheduler); give "
+                         "the address the scheduler's log prints, usually tcp://host:8786") from None
+    except OSError as e:
+        raise StageError(f"cannot reach the Dask scheduler at {address} ({e}); is it running, and is this its "
+                         "address (the scheduler's log prints it)?") from None
 
 
 @contextmanager
@@ -63,7 +98,7 @@ def dask_client(scheduler: str | None, workers: int | None, gpu: bool = False,
     check_cluster_options(scheduler, workers)
     if scheduler:
         try:
-            client, cluster, threads = Client(scheduler, timeout="30s"), None, 0
+            client, cluster, threads = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S:g}s"), None, 0
         except OSError as e:
             from stages.base import StageError
 

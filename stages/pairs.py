@@ -35,7 +35,7 @@ from manifests import (
 from manifests.queries import read_queries_table
 
 from .base import Stage, StageError
-from .cluster import dask_client, gather
+from .cluster import check_cluster_options, dask_client, gather
 from .index import parse_zooms
 
 log = logging.getLogger(__name__)
@@ -241,6 +241,7 @@ class PairsStage(Stage):
         check_manifest_path(conf["footprints"], FOOTPRINTS, "footprints")
         check_manifest_path(conf["database"], DATABASE, "database")
         load_database(conf["database"])  # validated here, not in the first task
+        check_cluster_options(conf["scheduler"], conf["workers"])
 
     def run(self, conf: dict[str, Any]) -> str:
         fp = localized_footprints(conf["footprints"])

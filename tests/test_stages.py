@@ -170,3 +170,27 @@ def test_inputs_are_checked_before_the_settings_are_compared(tmp_path):
     with pytest.raises(StageError, match="is one of this stage's inputs"):
         stage.execute(_conf(tmp_path, out=str(tmp_path / "src.txt")), overwrite=True)
     assert (tmp_path / "src.txt").read_text() == "a\n"
+
+
+def test_a_port_that_is_not_a_dask_scheduler_is_refused_not_waited_on():
+    """Dask's Client waits forever on a live port that never answers its handshake (a web server, the
+    dashboard): the probe gives up after its deadline with what to pass; a real scheduler passes."""
+    import socket
+    import threading
+
+    from distributed import LocalCluster
+
+    from stages.cluster import probe_scheduler
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+        accepted = []  # keep the connection open: a silent service, not a closed one
+        threading.Thread(target=lambda: accepted.append(server.accept()), daemon=True).start()
+        with pytest.raises(StageError, match="did not answer as a Dask scheduler in 1 s"):
+            probe_scheduler(address, timeout=1)
+    with pytest.raises(StageError, match="cannot reach the Dask scheduler"):  # nothing listens any more
+        probe_scheduler(address, timeout=1)
+    with LocalCluster(n_workers=0, processes=False, protocol="tcp", dashboard_address=":0") as cluster:
+        probe_scheduler(cluster.scheduler_address, timeout=5)
