@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.set_defaults(own_parser=parser)  # each command's parser replaces it: its usage goes with its errors
 
     run = sub.add_parser("run", help="run a stage", description="Run one stage of the pipeline. Stages: "
                          + ", ".join(STAGES) + ".")
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         common.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
         common.add_argument("-q", "--quiet", action="count", default=0, help="less logging, no progress bars")
         stage.add_arguments(p.add_argument_group(f"{name} options"))
+        p.set_defaults(own_parser=p)
 
     ins = sub.add_parser("inspect", help="summarize a Parquet manifest",
                          description="Print a manifest's kind, schema, row count and per-column summaries "
@@ -64,7 +66,24 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--photo", action="append", default=None, help="with --overlay: only this photo (repeatable)")
     ins.add_argument("-v", "--verbose", action="count", default=0)
     ins.add_argument("-q", "--quiet", action="count", default=0)
+    ins.set_defaults(own_parser=ins)
     return parser
+
+
+def unrecognized_message(parser: argparse.ArgumentParser, extra: list[str]) -> str:
+    """The error for arguments ``parser`` (a command's own) does not know: a close option name, or the glob hint."""
+    import difflib
+    from pathlib import Path
+
+    msg = f"unrecognized arguments: {' '.join(extra)}"
+    if len(extra) > 1 and all(Path(x).exists() for x in extra):
+        return msg + "; they look like the files of a glob the shell expanded: quote it, e.g. --tiles '/data/*.tif'"
+    known = {o.lstrip("-"): o for a in parser._actions for o in a.option_strings if o.startswith("--")}
+    close = [known[m] for x in extra if x.startswith("-")  # compared without the dashes every option shares
+             for m in difflib.get_close_matches(x.split("=", 1)[0].lstrip("-"), known, n=1, cutoff=0.6)]
+    if close:
+        return msg + f"; did you mean {' or '.join(dict.fromkeys(close))}? ({parser.prog} --help lists them all)"
+    return msg + f"; {parser.prog} --help lists the options"
 
 
 def _check_inspect_args(args) -> None:
@@ -138,11 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
-        from pathlib import Path
-
-        hint = ("; they look like the files of a glob the shell expanded: quote it, e.g. --tiles '/data/*.tif'"
-                if len(extra) > 1 and all(Path(x).exists() for x in extra) else "")
-        parser.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+        args.own_parser.error(unrecognized_message(args.own_parser, extra))
     setup_logging(args.verbose - args.quiet)
     try:
         if args.command == "inspect":

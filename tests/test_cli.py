@@ -121,6 +121,19 @@ def test_a_glob_the_shell_expanded_gets_a_hint(tmp_path, capsys):
     assert "quote it" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, usage, hint", [
+    (["run", "footprints", "--batchsize", "4"], "usage: python -m pipeline run footprints", "did you mean --batch-size?"),
+    (["run", "pairs", "--iuo", "0.2"], "usage: python -m pipeline run pairs", "did you mean --iou?"),
+    (["inspect", "x.parquet", "--geojsn", "o"], "usage: python -m pipeline inspect", "did you mean --geojson?"),
+    (["run", "index", "--bogus"], "usage: python -m pipeline run index", "run index --help lists the options"),
+])
+def test_an_unknown_option_gets_its_commands_usage_and_a_close_name(argv, usage, hint, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(usage) and hint in err
+
+
 def test_inspect_refuses_options_it_would_ignore(tmp_path, capsys):
     import pandas as pd
 
