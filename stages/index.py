@@ -23,6 +23,9 @@ from .base import Stage, StageError, source_files
 
 log = logging.getLogger(__name__)
 
+MANY_WINDOWS = 50_000_000
+"""Above this many candidate windows a run warns first: AstroLoc's whole database is 5.2 M windows."""
+
 
 class ZoomsError(ConfigError, argparse.ArgumentTypeError):
     """Zoom levels that cannot be parsed: a usage error on the command line, a config error in a file."""
@@ -102,14 +105,23 @@ class IndexStage(Stage):
         parts = self.parts_dir(conf)
         parts.mkdir(parents=True, exist_ok=True)
         per_zoom: dict[int, tuple[int, int]] = {}
+        todo = {zoom: count_candidate_windows(source, zoom, conf["size_tiles"]) for zoom in conf["zooms"]
+                if not (parts / f"zoom{zoom:02d}.parquet").exists()}
+        if todo:
+            log.info("index: %s candidate windows to examine (%s)", f"{sum(todo.values()):,}",
+                     ", ".join(f"zoom {z}: {n:,}" for z, n in todo.items()))
+        if sum(todo.values()) > MANY_WINDOWS:
+            log.warning("index: %s candidate windows is far more than a retrieval database needs (AstroLoc's has "
+                        "5.2 M, zooms 8-12); zooms finer than the imagery only upsample it. Check --zooms; "
+                        "Ctrl-C stops here, finished zooms are kept", f"{sum(todo.values()):,}")
         for zoom in conf["zooms"]:
             part = parts / f"zoom{zoom:02d}.parquet"
-            if part.exists():
+            if zoom not in todo:
                 kept = pq.ParquetFile(part).metadata.num_rows
                 log.info("zoom %d: resuming from finished part %s (%d windows)", zoom, part.name, kept)
                 per_zoom[zoom] = (kept, -1)
                 continue
-            total = count_candidate_windows(source, zoom, conf["size_tiles"])
+            total = todo[zoom]
             examined = 0
             with ManifestWriter(part, DATABASE) as writer, \
                     progress(total=total, desc=f"index z{zoom}", unit="win") as bar:

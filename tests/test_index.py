@@ -78,6 +78,25 @@ def test_rerun_skips_changed_config_refuses_overwrite_redoes(half_raster, tmp_pa
     assert set(read_manifest(out, DATABASE).zoom) == {11, 12}
 
 
+def test_the_work_is_announced_and_a_database_far_too_large_is_warned_of(half_raster, tmp_path, monkeypatch,
+                                                                        caplog):
+    """Before any window is examined: how many there are over all zooms (the bars only show one zoom's),
+    and a warning when it is far beyond a retrieval database (a typo such as --zooms 13-24)."""
+    source = open_tile_source(str(half_raster))
+    counts = [database.count_candidate_windows(source, z, 4) for z in (11, 12)]
+    monkeypatch.setattr("stages.index.MANY_WINDOWS", sum(counts) - 1)
+    stage, conf = _conf(half_raster, tmp_path / "db.parquet", zooms=[11, 12])
+    with caplog.at_level("INFO", logger="stages.index"):
+        stage.execute(conf)
+    assert f"{sum(counts):,} candidate windows to examine (zoom 11: {counts[0]:,}, zoom 12: {counts[1]:,})" \
+        in caplog.text
+    assert [r.levelname for r in caplog.records if "far more than" in r.getMessage()] == ["WARNING"]
+    monkeypatch.setattr("stages.index.MANY_WINDOWS", sum(counts))
+    caplog.clear()
+    stage.execute(conf, overwrite=True)
+    assert "far more than" not in caplog.text
+
+
 def test_interrupted_run_resumes_to_the_same_manifest(half_raster, tmp_path, monkeypatch):
     stage, conf = _conf(half_raster, tmp_path / "full.parquet", zooms=[10, 11, 12])
     stage.execute(conf)
