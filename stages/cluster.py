@@ -21,8 +21,9 @@ def check_cluster_options(scheduler: Any, workers: Any) -> None:
     """Refuse a ``--scheduler`` address or ``--workers`` count that cannot work, before any work.
 
     ``scheduler``: None or ``[scheme://]host:port`` with a scheme Dask speaks (tcp, tls, ws, wss,
-    ucx, inproc); a tcp one must answer Dask's handshake (:func:`probe_scheduler`); ``workers``: None or an integer >= 1 (0 or -1 would start a cluster that never
-    runs a task)."""
+    ucx, inproc); a tcp one must answer Dask's handshake (:func:`probe_scheduler`). ``workers``:
+    None or an integer >= 1 (0 or -1 would start a cluster that never runs a task). Stages call
+    this in their ``check``, before any work and before :func:`dask_client`."""
     from stages.base import StageError
 
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
@@ -89,13 +90,13 @@ def dask_client(scheduler: str | None, workers: int | None, gpu: bool = False,
     cores / workers torch threads each: all cores busy, none oversubscribed (2 torch threads
     beside one other busy process made a footprints batch 5x slower: 41.6 s against 8.5 s).
     With ``gpu`` the workers declare the resource ``GPU: 1``. ``environ`` is set in the workers
-    before they start. With ``scheduler`` the threads are 0: leave them to the cluster.
+    before they start. With ``scheduler`` the threads are 0: leave them to the cluster. The
+    options are those :func:`check_cluster_options` accepted.
     """
     from dask.distributed import Client, LocalCluster
 
     quiet_distributed()
 
-    check_cluster_options(scheduler, workers)
     if scheduler:
         try:
             client, cluster, threads = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S:g}s"), None, 0

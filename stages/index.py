@@ -107,13 +107,14 @@ class IndexStage(Stage):
         per_zoom: dict[int, tuple[int, int]] = {}
         todo = {zoom: count_candidate_windows(source, zoom, conf["size_tiles"]) for zoom in conf["zooms"]
                 if not (parts / f"zoom{zoom:02d}.parquet").exists()}
+        n_todo = sum(todo.values())
         if todo:
-            log.info("index: %s candidate windows to examine (%s)", f"{sum(todo.values()):,}",
+            log.info("index: %s candidate windows to examine (%s)", f"{n_todo:,}",
                      ", ".join(f"zoom {z}: {n:,}" for z, n in todo.items()))
-        if sum(todo.values()) > MANY_WINDOWS:
+        if n_todo > MANY_WINDOWS:
             log.warning("index: %s candidate windows is far more than a retrieval database needs (AstroLoc's has "
                         "5.2 M, zooms 8-12); zooms finer than the imagery only upsample it. Check --zooms; "
-                        "Ctrl-C stops here, finished zooms are kept", f"{sum(todo.values()):,}")
+                        "Ctrl-C stops here, finished zooms are kept", f"{n_todo:,}")
         for zoom in conf["zooms"]:
             part = parts / f"zoom{zoom:02d}.parquet"
             if zoom not in todo:
