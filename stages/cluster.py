@@ -80,9 +80,33 @@ def probe_scheduler(address: str, timeout: float | None = None) -> None:
                          "address (the scheduler's log prints it)?") from None
 
 
+def local_worker_count(requested: int | None, units: int, memory_bytes: float, need_bytes: float | None) -> int:
+    """How many local worker processes to start: ``requested`` (``--workers``) when given, else one per
+    ``units`` (cores, or GPUs) but no more than ``memory_bytes`` holds at ``need_bytes`` each (what a
+    worker should have; None: no memory bound). Each local worker's Dask memory limit is memory / workers,
+    and Dask pauses a worker above 80 % of it and restarts it above 95 %: 16 footprint workers on 16 cores
+    and 32 GB would be restarted again and again. Logs a warning when it bounds the count, and when
+    ``requested`` workers do not fit."""
+    gb = 2**30
+    if requested:
+        if need_bytes and memory_bytes / requested < need_bytes:
+            log.warning("--workers %d: %.1f GB of memory each, less than the %.1f GB a worker should have; Dask "
+                        "pauses and restarts workers that near their limit: fewer --workers may finish sooner",
+                        requested, memory_bytes / requested / gb, need_bytes / gb)
+        return int(requested)
+    n = max(1, int(units))
+    if need_bytes:
+        fit = max(1, int(memory_bytes // need_bytes))
+        if fit < n:
+            log.warning("%d worker%s, not %d: %.1f GB of memory holds %d at the %.1f GB a worker should have "
+                        "(--workers overrides)", fit, "s" if fit > 1 else "", n, memory_bytes / gb, fit, need_bytes / gb)
+            n = fit
+    return n
+
+
 @contextmanager
 def dask_client(scheduler: str | None, workers: int | None, gpu: bool = False,
-                environ: dict[str, str] | None = None) -> Iterator[tuple[Any, int]]:
+                environ: dict[str, str] | None = None, worker_memory: float | None = None) -> Iterator[tuple[Any, int]]:
     """Yields ``(client, torch threads per worker)``; a local cluster is closed on exit.
 
     Local cluster: one process per core (per GPU with ``gpu``: worker k then uses GPU k, see
@@ -90,7 +114,8 @@ def dask_client(scheduler: str | None, workers: int | None, gpu: bool = False,
     cores / workers torch threads each: all cores busy, none oversubscribed (2 torch threads
     beside one other busy process made a footprints batch 5x slower: 41.6 s against 8.5 s).
     With ``gpu`` the workers declare the resource ``GPU: 1``. ``environ`` is set in the workers
-    before they start. With ``scheduler`` the threads are 0: leave them to the cluster. The
+    before they start. ``worker_memory``: bytes a worker may need at its peak, which bounds the
+    default number of workers (:func:`local_worker_count`). With ``scheduler`` the threads are 0: leave them to the cluster. The
     options are those :func:`check_cluster_options` accepted.
     """
     from dask.distributed import Client, LocalCluster
@@ -107,9 +132,10 @@ def dask_client(scheduler: str | None, workers: int | None, gpu: bool = False,
                              "its address (the scheduler's log prints it)?") from None
     else:
         import dask
+        from distributed.system import MEMORY_LIMIT  # the machine's memory, or its cgroup's / rlimit's limit
 
         cores = os.cpu_count() or 1
-        n = int(workers or (cuda_device_count() if gpu else cores))
+        n = local_worker_count(workers, cuda_device_count() if gpu else cores, MEMORY_LIMIT, worker_memory)
         threads = max(1, cores // n)
         env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **(environ or {})}
         # ":0": the scheduler's HTTP server on a free port, so runs side by side never fight over 8787

@@ -26,13 +26,19 @@ from pipeline.footprint.search import default_conf as search_conf, validate_conf
 from pipeline.geometry.geodesy import area_km2, corners_columns, footprint_polygon
 from pipeline.geometry.mercator import MAX_LATITUDE
 from pipeline.imagery.photos import PhotoError, read_photo
-from pipeline.runtime import worker_device
+from pipeline.runtime import release_heap_over, worker_device, worker_memory_limit
 
 from .base import Stage, StageError, source_files
 from .cluster import check_cluster_options, dask_client, gather_isolating
 from .index import parse_zooms
 
 log = logging.getLogger(__name__)
+
+WORKER_MEMORY_BYTES = 5 * 2**30
+"""Memory a footprints worker should have: it peaks at 3.8-4.0 GB (ALIKED's dense maps, 1.1 GB for one
+768 px window, on top of the models, caches and a photo's prepared features; ``python bench/heap.py`` over
+20 sample photos), and Dask pauses a worker above 80 % of its limit and restarts it above 95 %. Bounds the
+default number of local workers."""
 
 _SEARCHERS: dict[str, Any] = {}
 """Per worker process: one FootprintSearch (models, feature cache) per config."""
@@ -123,7 +129,11 @@ def run_batch(rows: list[dict], tiles: str, conf: dict, device: str, part: str, 
     device = worker_device(device)  # "cuda" -> this worker's GPU
     search = _searcher(tiles, conf, device)
     matcher = matcher_name(conf["extractor"])
-    out = [localize_one(search, r, matcher, confidence_model) for r in rows]
+    limit = worker_memory_limit()
+    out = []
+    for r in rows:
+        out.append(localize_one(search, r, matcher, confidence_model))
+        release_heap_over(limit)  # else a Dask worker paused for memory would never resume
     write_manifest(pd.DataFrame(out), part, FOOTPRINTS)
     return {"photos": len(out), "localized": sum(o["status"] == "localized" for o in out),
             "seconds": sum(o["elapsed_s"] for o in out)}
@@ -366,7 +376,8 @@ class FootprintsStage(Stage):
 
         gpu = conf["device"].startswith("cuda")
         matcher = matcher_name(conf["extractor"])
-        with dask_client(conf["scheduler"], conf["workers"], gpu, worker_environ()) as (client, threads):
+        with dask_client(conf["scheduler"], conf["workers"], gpu, worker_environ(),
+                         WORKER_MEMORY_BYTES) as (client, threads):
             def submit(rows: list[dict], part: str, suffix: str):
                 return client.submit(run_batch, rows, conf["tiles"], search, conf["device"], part, threads,
                                      conf["confidence_model"], key=f"footprints-{parts.name}-{suffix}", retries=2,

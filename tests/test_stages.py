@@ -194,3 +194,18 @@ def test_a_port_that_is_not_a_dask_scheduler_is_refused_not_waited_on():
         probe_scheduler(address, timeout=1)
     with LocalCluster(n_workers=0, processes=False, protocol="tcp", dashboard_address=":0") as cluster:
         probe_scheduler(cluster.scheduler_address, timeout=5)
+
+
+def test_the_default_worker_count_fits_the_memory(caplog):
+    from stages.cluster import local_worker_count
+
+    gb = 2**30
+    assert local_worker_count(None, 2, 24 * gb, 5 * gb) == 2  # this machine: one per core
+    assert local_worker_count(None, 16, 24 * gb, None) == 16  # no bound given (pairs)
+    assert not caplog.records
+    assert local_worker_count(None, 16, 32 * gb, 5 * gb) == 6  # 16 workers would get 2 GB each
+    assert "6 workers, not 16" in caplog.text and "--workers overrides" in caplog.text
+    assert local_worker_count(None, 4, 2 * gb, 5 * gb) == 1  # at least one
+    caplog.clear()
+    assert local_worker_count(16, 16, 32 * gb, 5 * gb) == 16  # asked for: kept, with a warning
+    assert "--workers 16: 2.0 GB of memory each" in caplog.text
