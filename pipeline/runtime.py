@@ -14,7 +14,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import os
 import sys
 
 log = logging.getLogger(__name__)
@@ -88,15 +87,10 @@ def worker_memory_limit() -> int | None:
 
 
 def resident_mb() -> float:
-    """This process's resident memory in MB (2**20 bytes; Linux ``/proc/self/statm``, else the peak from getrusage)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        import resource
+    """This process's resident memory in MB (2**20 bytes), as Dask measures it (psutil)."""
+    import psutil
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux, bytes on macOS
-        return peak / (2**20 if sys.platform == "darwin" else 2**10)
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def worker_environ() -> dict[str, str]:
