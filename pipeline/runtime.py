@@ -46,9 +46,9 @@ def release_heap() -> bool:
     """Hand the heap's free pages back to the OS (glibc ``malloc_trim``; no-op elsewhere). Returns whether it ran.
 
     The counterpart of :func:`tune_malloc`: with it a process's one arena fragments over a run and its
-    resident memory climbs to its fragmented peak heap, about 4 times what it holds (40 sample photos in
-    one process: 4.4 GB resident for 1.1 GB in use), and never comes back by itself. See
-    :func:`release_heap_over` for when the footprint workers call it.
+    resident memory climbs to its fragmented peak heap, about 4 times what it holds (20 sample photos in
+    one process: 4.0 GB resident for 1.0 GB in use, ``python bench/heap.py``), and never comes back by
+    itself. See :func:`release_heap_over` for when the footprint workers call it.
     """
     if not sys.platform.startswith("linux"):
         return False
