@@ -114,9 +114,9 @@ def dask_client(scheduler: str | None, workers: int | None, gpu: bool = False,
     cores / workers torch threads each: all cores busy, none oversubscribed (2 torch threads
     beside one other busy process made a footprints batch 5x slower: 41.6 s against 8.5 s).
     With ``gpu`` the workers declare the resource ``GPU: 1``. ``environ`` is set in the workers
-    before they start. ``worker_memory``: bytes a worker may need at its peak, which bounds the
-    default number of workers (:func:`local_worker_count`). With ``scheduler`` the threads are 0: leave them to the cluster. The
-    options are those :func:`check_cluster_options` accepted.
+    before they start. ``worker_memory``: bytes a worker should have, which bounds the default
+    number of workers (:func:`local_worker_count`). With ``scheduler`` the threads are 0: leave them
+    to the cluster. The options are those :func:`check_cluster_options` accepted.
     """
     from dask.distributed import Client, LocalCluster
 
