@@ -35,10 +35,10 @@ from .index import parse_zooms
 log = logging.getLogger(__name__)
 
 WORKER_MEMORY_BYTES = 5 * 2**30
-"""Memory a footprints worker should have: it peaks at 3.8-4.0 GB (ALIKED's dense maps, 1.1 GB for one
-768 px window, on top of the models, caches and a photo's prepared features; ``python bench/heap.py`` over
-20 sample photos), and Dask pauses a worker above 80 % of its limit and restarts it above 95 %. Bounds the
-default number of local workers."""
+"""Memory a footprints worker should have: it peaks at 3.8-4.0 GB (``python bench/heap.py`` over 20 sample
+photos): the models, caches and a photo's prepared features, plus up to 1.1 GB of ALIKED dense maps during one
+extraction. Dask pauses a worker above 80 % of its limit and restarts it above 95 %. Bounds the default number
+of local workers."""
 
 _SEARCHERS: dict[str, Any] = {}
 """Per worker process: one FootprintSearch (models, feature cache) per config."""
