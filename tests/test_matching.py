@@ -16,6 +16,7 @@ from pipeline.matching import (
     MISSING_MESSAGE,
     LightGlueMatcher,
     WeightsNotFoundError,
+    aliked_dense_map,
     aliked_key_map,
     build_extractor,
     build_matcher,
@@ -196,6 +197,34 @@ def test_aliked_channels_last_is_the_same_network(photo512):
     assert float(dist.max()) < 0.5 and float((dist < 1e-3).float().mean()) > 0.8, dist.max()
     diff = (torch.as_tensor(b["descriptors"]) - torch.as_tensor(a["descriptors"])[j]).abs().max()
     assert float(diff) < 1e-4
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_aliked_dense_map_in_place_is_kornias_bit_for_bit(photo512, channels_last):
+    """The in-place dense maps (the default) give kornia's features exactly, on a size that needs padding."""
+    img = cv2.resize(photo512, (330, 290), interpolation=cv2.INTER_AREA)
+    lean = build_extractor("aliked", max_keypoints=512, channels_last=channels_last)
+    own = build_extractor("aliked", max_keypoints=512, channels_last=channels_last, lean_dense_map=False)
+    assert "extract_dense_map" in vars(lean.model) and "extract_dense_map" not in vars(own.model)
+    a, b = lean(img), own(img)
+    assert len(a["keypoints"]) > 100
+    for key in ("keypoints", "descriptors", "scores"):
+        assert torch.equal(a[key], b[key]), key
+    x = torch.rand(1, 3, 64, 96)
+    with torch.inference_mode():
+        fm, sm = aliked_dense_map(own.model, x)
+        fk, sk = own.model.extract_dense_map(x)
+    assert fm.shape == (1, 128, 64, 96) and sm.shape == (1, 1, 64, 96)
+    assert torch.equal(fm, fk) and torch.equal(sm, sk)
+
+
+def test_aliked_dense_map_falls_back_on_another_kornia(monkeypatch, caplog):
+    """A kornia whose ALIKED lacks a layer the in-place maps use keeps its own method, and says so."""
+    monkeypatch.setattr("pipeline.matching.extractors._ALIKED_DENSE_LAYERS", ("block1", "no_such_layer"))
+    with caplog.at_level("WARNING", logger="pipeline.matching.extractors"):
+        ext = build_extractor("aliked", max_keypoints=64)
+    assert "extract_dense_map" not in vars(ext.model)
+    assert "no_such_layer" in caplog.text
 
 
 def test_estimate_homography_exact_points():
