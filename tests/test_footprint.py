@@ -37,17 +37,31 @@ def test_photo_to_mercator_undoes_corners_lonlat():
     assert np.abs(hg.corners_lonlat(h, 1024, 768) - corners).max() < 1e-5
 
 
+@pytest.mark.parametrize("outside, scale, inside", [(0.05, 1.2, True), (0.15, 1.2, False), (0.15, 3.0, True),
+                                                     (0.9, 3.0, True), (1.2, 3.0, False), (0.0, 1.0, True)])
+def test_label_check_scales_the_footprint_about_its_centroid(outside, scale, inside):
+    """A 100 km square with the label ``outside`` widths beyond its east edge: 1.2 leaves a tenth of the width
+    beyond each edge, EarthMatch's 3 a full width; the edge itself counts as inside."""
+    from pipeline.footprint.search import label_inside
+
+    sq = np.array([[0, 0], [100e3, 0], [100e3, 100e3], [0, 100e3]], float)
+    assert label_inside(sq, 100e3 * (1 + outside), 50e3, scale) is inside
+
+
 def test_bad_photos_end_as_errors(tmp_path):
     from stages.footprints import localize_one
 
     bad = tmp_path / "corrupt.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"neither a jpeg nor any image")
     tiny = tmp_path / "tiny.png"
     cv2.imwrite(str(tiny), np.zeros((1, 1, 3), np.uint8))
     base = {"photo_id": "X", "center_lat": 45.0, "center_lon": 4.0, "focal_length_mm": 400.0}
     cases = {
         "not found": dict(base, image_path=str(tmp_path / "missing.jpg")),
-        "unreadable": dict(base, image_path=str(bad)),
+        "truncated JPEG": dict(base, image_path=str(bad)),
+        "unreadable": dict(base, image_path=str(garbage)),
         "too small": dict(base, image_path=str(tiny)),
         "beyond the Web Mercator": dict(base, image_path=str(tiny), center_lat=89.0),
     }
@@ -243,3 +257,11 @@ def test_overlay_shows_the_imagery_a_footprint_stands_for(tiny, tmp_path):
     assert [p.name for p in written] == [f"{pid}.png"]
     h, w3 = cv2.imread(str(written[0])).shape[:2]
     assert w3 % 3 == 0 and max(h, w3 // 3) == 128
+
+
+@pytest.mark.parametrize("photo_id, name", [("ISS064-E-513", "ISS064-E-513"), ("a/../../b", "a_______b"),
+                                            ("..", "__"), ("x\\y:z", "x_y_z")])
+def test_an_overlay_file_stays_in_its_folder_whatever_the_photo_id(photo_id, name):
+    from pipeline.footprint.overlay import safe_file_name
+
+    assert safe_file_name(photo_id) == name

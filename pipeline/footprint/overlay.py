@@ -70,6 +70,15 @@ def overlay(photo: np.ndarray, corners_lonlat: np.ndarray, source: TileSource, l
     return np.concatenate([small, imagery, np.where(checker, small, imagery)], axis=1)
 
 
+def safe_file_name(photo_id: str) -> str:
+    """``photo_id`` as one file name inside a folder: path separators, ``..`` and control characters become
+    ``_`` (an id such as ``a/../../b`` would otherwise write outside the overlay folder)."""
+    import re
+
+    name = re.sub(r"[\x00-\x1f/\\:]", "_", str(photo_id)).replace("..", "__").strip()
+    return name or "_"
+
+
 def write_overlays(footprints, queries: str | os.PathLike, source: TileSource, out_dir: str | os.PathLike,
                    photo_ids: list[str] | None = None, long_side: int = 768) -> list[Path]:
     """One ``{photo_id}.png`` of :func:`overlay` per localized photo of ``footprints`` (a DataFrame) or of those
@@ -100,7 +109,7 @@ def write_overlays(footprints, queries: str | os.PathLike, source: TileSource, o
         row = fp.loc[pid]
         corners = np.array([[row[f"{c}_lon"], row[f"{c}_lat"]] for c in CORNERS], np.float64)
         panel = overlay(rgb, corners, source, long_side)
-        path = out_dir / f"{pid}.png"
+        path = out_dir / f"{safe_file_name(pid)}.png"
         ok, buf = cv2.imencode(".png", np.ascontiguousarray(panel[..., ::-1]))
         if not ok:
             raise RuntimeError(f"{pid}: OpenCV could not encode the overlay as PNG")

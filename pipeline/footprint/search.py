@@ -98,7 +98,9 @@ default_conf: dict[str, Any] = {
     # 68 photos of bench/screen_study.py
     "screen_layer": 1,  # after the second of LightGlue's nine layers
     "ransac_px": 3.0,
-    "label_tolerance": 0.1,  # the label may lie this fraction of the footprint's width outside it
+    "label_scale": 1.2,  # the footprint scaled by this factor about its centroid must contain the weak label: 1.2
+    # leaves a tenth of its width beyond each edge (the label is a point near the centre, as a person clicks it).
+    # EarthMatch counts a footprint as right when its 3x enlargement contains the label: label_scale = 3
     "min_area_km2": 10.0,
     "max_area_km2": 2_000_000.0,
     "half": True,  # the candidate search's LightGlue in mixed precision: float16 autocast on CUDA (as cvg/LightGlue
@@ -144,6 +146,8 @@ def validate_conf(conf: dict[str, Any]) -> dict[str, Any]:
     need(c["refine_context"] >= 1.0, "refine_context", "at least 1 (the surroundings contain the footprint)")
     need(0.0 <= c["min_valid"] <= 1.0, "min_valid", "a fraction in [0, 1]")
     need(0 < c["min_area_km2"] < c["max_area_km2"], "min_area_km2", f"positive and below max_area_km2 = {c['max_area_km2']}")
+    need(c["label_scale"] >= 1.0, "label_scale", "at least 1 (1: the footprint itself must contain the label; "
+         "EarthMatch uses 3)")
     need(c["ransac_px"] > 0, "ransac_px", "a positive number of pixels")
     need(c["offset_zooms"] is None or (isinstance(c["offset_zooms"], int) and c["offset_zooms"] >= 0), "offset_zooms",
          "an integer of at least 0")
@@ -151,6 +155,16 @@ def validate_conf(conf: dict[str, Any]) -> dict[str, Any]:
          "screen_layer", f"LightGlue has {LIGHTGLUE_LAYERS} layers and screens after one of layers 0-"
          f"{LIGHTGLUE_LAYERS - 2}; or set screen_inliers = 0")
     return c
+
+
+def label_inside(xy: np.ndarray, x: float, y: float, scale: float) -> bool:
+    """Whether the point (x, y) lies in the polygon ``xy`` (N, 2) scaled by ``scale`` about its centroid
+    (boundary included). Plane coordinates, here Web Mercator metres: scaling about the centroid commutes with
+    affine maps, so on a footprint's scale this is EarthMatch's test in degrees, up to Mercator's curvature."""
+    poly = Polygon(xy)
+    c = poly.centroid
+    big = Polygon(np.column_stack([c.x + (xy[:, 0] - c.x) * scale, c.y + (xy[:, 1] - c.y) * scale]))
+    return bool(big.covers(Point(x, y)))
 
 
 def _corner_shift_px(a: np.ndarray, b: np.ndarray, width: int, height: int) -> float:
@@ -471,13 +485,12 @@ class FootprintSearch:
             return None, f"invalid geometry: {e}"
         if not c["min_area_km2"] <= area <= c["max_area_km2"]:
             return None, f"implausible area {area:.0f} km2 (allowed {c['min_area_km2']:g}-{c['max_area_km2']:g})"
-        # the weak label must lie in the footprint, up to a tolerance of its width (Mercator)
+        # the weak label must lie in the footprint scaled by label_scale about its centroid (Web Mercator)
         xy = np.column_stack(lonlat_to_mercator(corners[:, 0], corners[:, 1]))
-        poly = Polygon(xy)
         lx, ly = lonlat_to_mercator(lon, lat)
-        tol = c["label_tolerance"] * math.sqrt(poly.area)
-        if poly.distance(Point(float(lx), float(ly))) > tol:
-            return None, "the footprint does not contain the weak label"
+        if not label_inside(xy, float(lx), float(ly), c["label_scale"]):
+            return None, (f"the footprint does not contain the weak label (scaled {c['label_scale']:g}x about its "
+                          "centroid; label_scale sets this)")
         # angles: a sane photo's footprint has no corner sharper than ~10 degrees
         for i in range(4):
             a, b, d = xy[i - 1], xy[i], xy[(i + 1) % 4]
