@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
         common = p.add_argument_group("common options")
         common.add_argument("--workdir", default="workspace", help="workspace folder for default inputs and outputs")
         common.add_argument("--config", help="TOML file with this stage's settings (top level or a [%s] table)" % name)
+        common.add_argument("--set", action="append", default=None, metavar="KEY=VALUE", dest="set_values",
+                            help="one setting, as a --config file would hold it (a TOML value: 0, 2.5, true, "
+                                 "[10, 11], or text); repeatable; wins over --config, loses to the stage's own options. "
+                                 "Settings: " + ", ".join(sorted(stage.default_conf)))
         common.add_argument("--overwrite", action="store_true", help="replace the output even if it is up to date or was made with other settings (the old one stays until the new one is written)")
         common.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
         common.add_argument("-q", "--quiet", action="count", default=0, help="less logging, no progress bars")
@@ -105,18 +109,26 @@ def _check_inspect_args(args) -> None:
         if kind is not None and kind.name != "footprints":
             raise ManifestError(args.path, f"--overlay needs a footprints manifest (from `run footprints`); this "
                                            f"is a {kind.name} manifest")
+    if args.overlay:
+        if not (args.queries and args.tiles):
+            raise ManifestError(args.path, "--overlay needs --queries (the photos) and --tiles (the imagery) as well")
+        from stages.base import StageError
+
+        from .imagery import open_tile_source
+
+        try:  # before the summary is printed: a wrong path is the one line the user sees
+            open_tile_source(args.tiles)
+        except (FileNotFoundError, ValueError, OSError) as e:
+            raise StageError(f"--tiles: {e}") from None
 
 
 def _overlays(args) -> None:
     """``inspect --overlay``: the by-eye check of a footprints manifest (:mod:`pipeline.footprint.overlay`)."""
     from manifests import read_manifest
-    from manifests.errors import ManifestError
 
     from .footprint.overlay import write_overlays
     from .imagery import open_tile_source
 
-    if not (args.queries and args.tiles):
-        raise ManifestError(args.path, "--overlay needs --queries (the photos) and --tiles (the imagery) as well")
     fp = read_manifest(args.path, "footprints", geometry=False)
     written = write_overlays(fp, args.queries, open_tile_source(args.tiles), args.overlay, args.photo)
     print(f"overlays: {len(written)} PNG files in {args.overlay} (photo | imagery under its footprint | checkerboard)")

@@ -49,6 +49,22 @@ def load_toml(path: str | os.PathLike, section: str | None = None,
     return flat
 
 
+def parse_settings(items: Iterable[str]) -> dict[str, Any]:
+    """``["screen_inliers=0", "zooms=[10, 11]", "contrast=none"]`` -> a dict of TOML values; a value that is not
+    TOML (bare text) is kept as a string. Raises ConfigError for an item without ``=``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise ConfigError(f"--set {item!r}: write KEY=VALUE, e.g. --set screen_inliers=0")
+        try:
+            out[key] = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = value.strip()
+    return out
+
+
 def _scalar_type_ok(value: Any, default: Any) -> bool:
     """Whether ``value`` may replace a scalar ``default``: same kind (an int may stand for a float; a bool is
     neither an int nor a float, and no string is a number or a bool)."""
@@ -63,22 +79,27 @@ def _scalar_type_ok(value: Any, default: Any) -> bool:
     return True  # lists and None defaults: the stage validates them
 
 
-def merge(defaults: dict[str, Any], *overrides: dict[str, Any], source: str = "config") -> dict[str, Any]:
+def merge(defaults: dict[str, Any], *overrides: dict[str, Any], source: str = "config",
+          types: dict[str, type] | None = None) -> dict[str, Any]:
     """Merge overrides into a copy of ``defaults``.
 
     Unknown keys are an error naming the valid ones; so is a scalar of another kind than its
-    default (``batch_size = "4"``, ``half = "false"``), naming the key, the value and the kind."""
+    default (``batch_size = "4"``, ``half = "false"``), naming the key, the value and the kind.
+    ``types``: the kind of keys whose default is None (``limit``: int), checked the same way."""
     out = dict(defaults)
+    types = types or {}
     for o in overrides:
         for k, v in o.items():
             if v is None:
                 continue
             if k not in defaults:
                 raise ConfigError(f"unknown {source} key {k!r}; valid keys: {', '.join(sorted(defaults))}")
-            if not _scalar_type_ok(v, defaults[k]):
-                kind = {"bool": "a boolean", "int": "an integer", "float": "a number", "str": "a string"}[type(defaults[k]).__name__]
-                raise ConfigError(f"{source} key {k!r} must be {kind}, got {v!r}; write it as the default is "
-                                  f"written: {k} = {_toml_value(defaults[k])}")
+            like = defaults[k] if defaults[k] is not None else (types[k]() if k in types else None)
+            if not _scalar_type_ok(v, like):
+                kind = {"bool": "a boolean", "int": "an integer", "float": "a number", "str": "a string"}[type(like).__name__]
+                how = (f"write it as the default is written: {k} = {_toml_value(defaults[k])}" if defaults[k] is not None
+                       else "in TOML a string is quoted, a number or a boolean is not")
+                raise ConfigError(f"{source} key {k!r} must be {kind}, got {v!r}; {how}")
             out[k] = v
     return out
 

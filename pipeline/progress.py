@@ -28,9 +28,14 @@ def quiet_distributed() -> None:
 def progress(iterable=None, total: int | None = None, desc: str = "", unit: str = "it", disable: bool | None = None):
     """A tqdm progress bar on stderr: items done, rate and time left.
 
-    Disabled automatically when logging is quieter than INFO.
+    Disabled automatically when logging is quieter than INFO. Redrawn every 0.5 s on a terminal, every
+    30 s when stderr goes to a file or a pipe (a batch job's log keeps a line per half minute, not thousands).
     """
     if disable is None:
         disable = not logging.getLogger().isEnabledFor(logging.INFO)
+    try:
+        tty = sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        tty = False
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True,
-                smoothing=0.1, file=sys.stderr, mininterval=0.5)
+                smoothing=0.1, file=sys.stderr, mininterval=0.5 if tty else 30.0)

@@ -26,6 +26,7 @@ from pipeline.config import (
     fingerprint,
     load_toml,
     merge,
+    parse_settings,
 )
 from pipeline.files import atomic_output
 
@@ -44,6 +45,9 @@ class Stage:
     default_conf: dict[str, Any] = {}
     runtime_keys: tuple[str, ...] = ()
     """Config keys that do not change the output (workers, scheduler...): ignored when comparing."""
+    option_types: dict[str, type] = {}
+    """The kind of each key whose default is None (``limit``: int), so a config file's ``limit = "1"`` is
+    refused with the key's name rather than failing deep in the stage."""
     partition_keys: tuple[str, ...] = ()
     """Runtime keys that decide how the work is cut into part files (batch size, chunk): parts of an
     interrupted run are reused only under the same ones."""
@@ -72,6 +76,11 @@ class Stage:
     def run(self, conf: dict[str, Any]) -> str:
         raise NotImplementedError
 
+    def up_to_date(self, conf: dict[str, Any]) -> str:
+        """What to add to the "up to date" line about the existing output (errors in it...); may refuse an
+        output that cannot be read."""
+        return ""
+
     # ---- the shared machinery -------------------------------------------------------------
 
     def parts_root(self, conf: dict[str, Any]) -> Path:
@@ -96,8 +105,12 @@ class Stage:
         else:
             file_conf = {}
         cli = {k: getattr(args, k) for k in self.default_conf if getattr(args, k, None) is not None}
-        conf = merge(self.default_conf, file_conf, source=f"config file {args.config}")
-        conf = merge(conf, cli, source="option")
+        conf = merge(self.default_conf, file_conf, source=f"config file {args.config}", types=self.option_types)
+        sets = {k: v for k, v in parse_settings(getattr(args, "set_values", None) or []).items() if v is not None}
+        merge(self.default_conf, sets, source="--set", types=self.option_types)  # checked against the defaults' kinds
+        conf.update(sets)
+        merge(self.default_conf, cli, source="option", types=self.option_types)  # options against the defaults' kinds
+        conf.update(cli)  # (a file's zooms = "8-12" and --zooms 12 are both right; the option wins)
         return self.resolve(conf, Path(args.workdir))
 
     def _record(self, conf: dict[str, Any]) -> dict[str, Any]:
@@ -107,9 +120,16 @@ class Stage:
     def changed_settings(self, conf: dict[str, Any], record: dict[str, Any], inputs: bool = True) -> list[str]:
         """What differs between ``record`` (``_record(conf)``) and the config saved beside the existing
         output: the changed keys, and "input files" when ``inputs`` and their fingerprint changed."""
-        with open(config_path(self.output(conf)), "rb") as f:
-            old = tomllib.load(f)
-        diff = changed_keys(old.get(self.name, {}), record[self.name])
+        cfg = config_path(self.output(conf))
+        try:
+            with open(cfg, "rb") as f:
+                old = tomllib.load(f)
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise StageError(f"{cfg} is not valid TOML ({e}); it records the settings of {self.output(conf)}, so "
+                             "they cannot be compared: pass --overwrite to rebuild the output, or --out elsewhere") from None
+        # keys that are runtime now may have been recorded by an older version
+        old_conf = {k: v for k, v in old.get(self.name, {}).items() if k not in self.runtime_keys}
+        diff = changed_keys(old_conf, record[self.name])
         if inputs and old.get("inputs") != record["inputs"]:
             diff.append("input files")
         return diff
@@ -135,7 +155,7 @@ class Stage:
             diff = self.changed_settings(conf, record)
             if not diff:
                 return f"{self.name}: {out} is up to date with this config and these inputs (nothing to do; " \
-                       "pass --overwrite to redo it)"
+                       f"pass --overwrite to redo it){self.up_to_date(conf)}"
             raise StageError(f"{out} was made with different settings (changed: {', '.join(diff)}); pass "
                              "--overwrite to replace it, or --out to write elsewhere")
         parts = self.parts_root(conf)  # with --overwrite too: parts for this very work stay valid

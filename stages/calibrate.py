@@ -143,6 +143,7 @@ class CalibrateStage(Stage):
         "workers": None,
     }
     runtime_keys = ("workers",)
+    option_types = {"limit": int, "workers": int}
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--footprints", help="a footprints manifest made with --min-inliers 0 (default: computed "
@@ -184,18 +185,34 @@ class CalibrateStage(Stage):
     def check(self, conf: dict[str, Any]) -> None:
         check_truth_path(Path(conf["truth"]))
 
+    def execute(self, conf: dict[str, Any], overwrite: bool = False) -> str:
+        self._overwrite = overwrite  # also for the footprints it makes, when their settings changed
+        return super().execute(conf, overwrite)
+
+    def _footprints(self, conf: dict[str, Any]) -> tuple[str, str]:
+        """Localize the workspace's photos with no threshold (``calibration/footprints.parquet``): reused when
+        up to date, redone under ``--overwrite`` when made with other settings. (summary, path)"""
+        fp = FootprintsStage()
+        fconf = fp.resolve({**fp.default_conf, "min_inliers": 0, "extractor": conf["extractor"],
+                            "limit": conf["limit"], "workers": conf["workers"],
+                            "out": str(self._workdir / "calibration" / "footprints.parquet"),
+                            "calibration": "none"}, self._workdir)
+        redo = False
+        out = fp.output(fconf)
+        if getattr(self, "_overwrite", False) and out.exists():
+            try:
+                redo = not config_path(out).exists() or bool(fp.changed_settings(fconf, fp._record(fconf)))
+            except StageError:  # its config is unreadable
+                redo = True
+        return fp.execute(fconf, overwrite=redo), fconf["out"]
+
     def run(self, conf: dict[str, Any]) -> str:
         lines = []
         truth = read_truth(conf["truth"])  # before the footprints, which may take hours
         path = conf["footprints"]
         if not path:
-            fp = FootprintsStage()
-            fconf = fp.resolve({**fp.default_conf, "min_inliers": 0, "extractor": conf["extractor"],
-                                "limit": conf["limit"], "workers": conf["workers"],
-                                "out": str(self._workdir / "calibration" / "footprints.parquet"),
-                                "calibration": "none"}, self._workdir)
-            lines.append(fp.execute(fconf))
-            path = fconf["out"]
+            summary, path = self._footprints(conf)
+            lines.append(summary)
         footprints = read_manifest(path, "footprints", geometry=False)
         check_footprints(path, footprints, conf["extractor"])
         check_common_photos(footprints, truth, path, conf["truth"])

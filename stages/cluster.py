@@ -145,6 +145,11 @@ def dask_client(scheduler: str | None, workers: int | None, gpu: bool = False,
         client = Client(cluster)
     try:
         yield client, threads
+    except KeyboardInterrupt:  # Ctrl-C: the closing cluster's tracebacks (cancelled tasks, closed comms) say
+        # nothing to the user; the stage prints one line on how to resume
+        for name in ("distributed", "tornado", "asyncio"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        raise
     finally:
         client.close()
         if cluster is not None:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from manifests import FOOTPRINTS, ManifestWriter, read_queries, write_manifest
-from pipeline.config import config_path, fingerprint
+from pipeline.config import config_path, files_fingerprint, fingerprint
 from pipeline.footprint.search import default_conf as search_conf, validate_conf
 from pipeline.geometry.geodesy import area_km2, corners_columns, footprint_polygon
 from pipeline.geometry.mercator import MAX_LATITUDE
@@ -56,12 +56,12 @@ def _searcher(tiles: str, conf: dict, device: str):
 
 
 def check_device(device: Any, remote: bool = False) -> None:
-    """``device`` must be ``cpu``, ``cuda`` (one GPU per worker) or ``cuda:N``; CUDA must exist here
+    """``device`` must be ``auto``, ``cpu``, ``cuda`` (one GPU per worker) or ``cuda:N``; CUDA must exist here
     unless the workers are ``remote`` (an existing cluster's machines may have GPUs this one lacks)."""
     import re
 
-    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise StageError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise StageError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
     if device.startswith("cuda") and not remote:
         import torch
 
@@ -69,6 +69,32 @@ def check_device(device: Any, remote: bool = False) -> None:
             why = "torch was built without CUDA" if torch.version.cuda is None else "no GPU is visible"
             raise StageError(f"--device {device}: CUDA is not available here ({why}); use --device cpu, or "
                              "--scheduler with a cluster whose workers have GPUs")
+
+
+def resolve_device(device: str, remote: bool = False) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU here, else ``cpu``; other values as given. With ``remote``
+    workers ``auto`` stays: it is settled by the cluster's workers (:func:`cluster_device`)."""
+    if device != "auto" or remote:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cluster_device(device: str, client: Any, scheduler: str) -> str:
+    """The device on an existing cluster: ``auto`` -> ``cuda`` when a worker declares the ``GPU`` resource,
+    else ``cpu``; ``cuda`` when none declares it is refused (its tasks, annotated ``{"GPU": 1}``, would wait
+    for ever)."""
+    workers = client.scheduler_info().get("workers", {})
+    gpus = sum(1 for w in workers.values() if (w.get("resources") or {}).get("GPU", 0) >= 1)
+    if device == "auto":
+        device = "cuda" if gpus else "cpu"
+        log.info("--device auto: %s (%d of the %d workers of %s declare a GPU)", device, gpus, len(workers), scheduler)
+    elif device.startswith("cuda") and not gpus:
+        raise StageError(f"--device {device}: none of the {len(workers)} workers of {scheduler} declares the GPU "
+                         "resource, so the tasks would wait for ever; start the workers with `dask worker "
+                         f"{scheduler} --resources GPU=1` on machines with a GPU, or pass --device cpu")
+    return device
 
 
 def matcher_name(extractor: str) -> str:
@@ -148,7 +174,7 @@ class FootprintsStage(Stage):
         "out": "",
         "batch_size": 4,
         "limit": None,
-        "device": "cpu",
+        "device": "auto",
         "workers": None,
         "scheduler": None,
         "retry_errors": False,
@@ -156,7 +182,9 @@ class FootprintsStage(Stage):
         "min_inliers": None,  # None: from the calibration (else the search's default)
         "calibration": "",  # "": WORKDIR/calibration.json if present, else the packaged one; "none": no calibration
     }
-    runtime_keys = ("workers", "scheduler", "batch_size", "feature_dir", "retry_errors")
+    runtime_keys = ("workers", "scheduler", "batch_size", "feature_dir", "feature_cache", "retry_errors")
+    option_types = {"limit": int, "workers": int, "scheduler": str, "min_inliers": int, "feature_dir": str,
+                    "weights_dir": str, "offset_zooms": int, "contrast": str}
     partition_keys = ("batch_size", "retry_errors")
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
@@ -178,7 +206,8 @@ class FootprintsStage(Stage):
         p.add_argument("--feature-dir", dest="feature_dir",
                        help="keep database-window features on disk here, for all workers and later runs "
                             "(default: in memory, per worker)")
-        p.add_argument("--device", help="cpu or cuda")
+        p.add_argument("--device", help="auto (default: cuda when a GPU is visible, on --scheduler when a worker "
+                                        "declares one; else cpu), cpu, cuda or cuda:N")
         p.add_argument("--workers", type=int, help="local Dask worker processes (default: one per core, one thread each; "
                                                       "with cuda: one per GPU)")
         p.add_argument("--scheduler", help="address of an existing Dask scheduler, e.g. tcp://host:8786")
@@ -204,8 +233,12 @@ class FootprintsStage(Stage):
                     user_weights_path(conf["weights_dir"], kind)
             except WeightsNotFoundError as e:
                 raise StageError(str(e)) from None
-        if conf["feature_dir"]:  # one subfolder per tile source; the search adds one per feature config
-            conf["feature_dir"] = str(Path(conf["feature_dir"]).resolve() / f"tiles-{fingerprint({'tiles': conf['tiles']})}")
+        if conf["feature_dir"]:  # one subfolder per tile source (its path and its files' names, sizes and times:
+            # imagery replaced at the same path gets new features); the search adds one per feature config
+            tiles_id = fingerprint({"tiles": conf["tiles"], "files": files_fingerprint(source_files(conf["tiles"]))})
+            conf["feature_dir"] = str(Path(conf["feature_dir"]).resolve() / f"tiles-{tiles_id}")
+        if conf["device"] == "auto":
+            conf["device"] = resolve_device("auto", remote=bool(conf["scheduler"]))
         cal = self._calibration(conf, workdir)
         conf["calibration"] = cal[0] if cal else "none"
         conf["confidence_model"] = [cal[1].intercept, cal[1].slope] if cal else None
@@ -268,9 +301,10 @@ class FootprintsStage(Stage):
         try:  # here, once, not in every Dask task: a wrong path would make every photo an error row
             from pipeline.imagery import open_tile_source
 
-            open_tile_source(tiles)
+            source = open_tile_source(tiles)
         except (FileNotFoundError, ValueError, OSError) as e:
             raise StageError(f"--tiles: {e}") from None
+        self._check_coverage(qpath, tiles, source.bounds_mercator)
         check_device(conf["device"], remote=bool(conf["scheduler"]))
         check_cluster_options(conf["scheduler"], conf["workers"])
         if conf["feature_dir"]:
@@ -280,6 +314,44 @@ class FootprintsStage(Stage):
             except OSError as e:
                 raise StageError(f"--feature-dir {fdir}: cannot make this folder ({e.strerror or e}); pass a "
                                  "folder that exists or can be made") from None
+
+    def _check_coverage(self, qpath: Path, tiles: str, bounds) -> None:
+        """Refuse a run in which no weak label lies in the tile source's extent (the sample workspace's imagery
+        with your own --queries): every photo would end as not_localized after a full search."""
+        import numpy as np
+
+        from pipeline.geometry.mercator import lonlat_to_mercator
+
+        try:
+            queries, _ = read_queries(qpath, check_images=False, on_error="collect")
+        except Exception:  # noqa: BLE001 - run() reports a bad queries file with its own message
+            return
+        if not len(queries):
+            return
+        lat = queries["center_lat"].to_numpy(float).clip(-MAX_LATITUDE, MAX_LATITUDE)
+        x, y = lonlat_to_mercator(queries["center_lon"].to_numpy(float), lat)
+        xmin, ymin, xmax, ymax = bounds
+        if np.any((x >= xmin) & (x <= xmax) & (y >= ymin) & (y <= ymax)):
+            return
+        from pipeline.geometry.mercator import mercator_to_lonlat
+
+        (lo0, lo1), (la0, la1) = mercator_to_lonlat(np.array([xmin, xmax]), np.array([ymin, ymax]))
+        raise StageError(f"none of the {len(queries)} weak labels of {qpath} lies in the imagery of --tiles {tiles} "
+                         f"(lon {lo0:.2f} to {lo1:.2f}, lat {la0:.2f} to {la1:.2f}; the labels span lon "
+                         f"{queries['center_lon'].min():.2f} to {queries['center_lon'].max():.2f}, lat "
+                         f"{queries['center_lat'].min():.2f} to {queries['center_lat'].max():.2f}): pass --tiles with "
+                         "imagery that covers the photos (without --tiles it is the sample workspace's)")
+
+    def up_to_date(self, conf: dict[str, Any]) -> str:
+        out = self.output(conf)
+        try:
+            status = pq.read_table(out, columns=["status"])["status"].to_pandas()
+        except Exception as e:  # noqa: BLE001
+            raise StageError(f"{out} cannot be read as a footprints manifest ({type(e).__name__}: {e}); pass "
+                             "--overwrite to rebuild it") from None
+        n = int((status == "error").sum())
+        return (f"; {n} of its {len(status)} rows are errors: once their files or paths are fixed, the same "
+                "command with --retry-errors redoes only them") if n else ""
 
     def execute(self, conf: dict[str, Any], overwrite: bool = False) -> str:
         """As every stage, except with ``retry_errors``: the existing output must come from the same
@@ -306,7 +378,11 @@ class FootprintsStage(Stage):
         do). An old error row is redone when its photo is in the queries; every other old row is kept."""
         import pyarrow.compute as pc
 
-        old = pq.read_table(out)
+        try:
+            old = pq.read_table(out)
+        except Exception as e:  # noqa: BLE001
+            raise StageError(f"--retry-errors: {out} cannot be read as a footprints manifest ({type(e).__name__}: "
+                             f"{e}); its rows cannot be kept: run with --overwrite to redo them all") from None
         ids = set(queries["photo_id"]) | (set(rejected["photo_id"]) if len(rejected) else set())
         redo = pc.and_(pc.equal(old["status"], "error"), pc.is_in(old["photo_id"], value_set=pa.array(sorted(ids))))
         kept = old.filter(pc.invert(redo))
@@ -354,14 +430,14 @@ class FootprintsStage(Stage):
         lines = [f"footprints: {len(table)} photos -> {out}"]
         for s in ("localized", "not_localized", "error"):
             lines.append(f"  {s:<14} {int(counts.get(s, 0)):>7d}")
-        secs = table["elapsed_s"].dropna()  # rows of rejected queries have none
+        secs = table.loc[table["status"] != "error", "elapsed_s"].dropna()  # searched photos only
         n_run = sum(len(batches[k]) for k in todo)
-        lines.append(f"  {secs.mean() if len(secs) else 0.0:.1f} s per photo of worker time (median "
+        lines.append(f"  {secs.mean() if len(secs) else 0.0:.1f} s per searched photo of worker time (median "
                      f"{secs.median() if len(secs) else 0.0:.1f}); this run: {n_run} photos in "
                      f"{time.perf_counter() - t0:.0f} s wall" + (f", {len(batches) - len(todo)} batches resumed"
                                                                  if len(todo) < len(batches) else ""))
         if kept is not None:
-            lines.append(f"  retry: {len(records) + len(rejected)} photos localized again, {kept.num_rows} rows kept")
+            lines.append(f"  retry: {len(records) + len(rejected)} photos searched again, {kept.num_rows} rows kept")
         errors = table.loc[table["status"] == "error", "reason"]
         if len(errors):
             lines.append(f"  {len(errors)} photos ended as errors; the commonest reasons (with counts):")
@@ -374,12 +450,16 @@ class FootprintsStage(Stage):
     def _run_dask(self, conf: dict, search: dict, batches: list, todo: list[int], parts: Path) -> None:
         from pipeline.runtime import worker_environ
 
-        gpu = conf["device"].startswith("cuda")
+        device = conf["device"]
         matcher = matcher_name(conf["extractor"])
-        with dask_client(conf["scheduler"], conf["workers"], gpu, worker_environ(),
+        with dask_client(conf["scheduler"], conf["workers"], device.startswith("cuda"), worker_environ(),
                          WORKER_MEMORY_BYTES) as (client, threads):
+            if conf["scheduler"]:
+                device = cluster_device(device, client, conf["scheduler"])
+            gpu = device.startswith("cuda")
+
             def submit(rows: list[dict], part: str, suffix: str):
-                return client.submit(run_batch, rows, conf["tiles"], search, conf["device"], part, threads,
+                return client.submit(run_batch, rows, conf["tiles"], search, device, part, threads,
                                      conf["confidence_model"], key=f"footprints-{parts.name}-{suffix}", retries=2,
                                      resources={"GPU": 1} if gpu else None, pure=False)
 

@@ -62,6 +62,7 @@ class IndexStage(Stage):
         "block_px": 8,
         "year": None,
     }
+    option_types = {"year": int}
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--tiles", help="tile source: GeoTIFF/COG/VRT, folder or glob of them, or XYZ folder "

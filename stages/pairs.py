@@ -200,6 +200,7 @@ class PairsStage(Stage):
         "scheduler": None,
     }
     runtime_keys = ("workers", "scheduler", "chunk")
+    option_types = {"workers": int, "scheduler": str}
     partition_keys = ("chunk",)
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:

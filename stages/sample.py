@@ -79,6 +79,7 @@ class SampleStage(Stage):
         "preview": None,
     }
     runtime_keys = ("workers", "preview")
+    option_types = {"photos": int, "workers": int, "preview": str}
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--out", help="workspace folder to create (default: --workdir)")

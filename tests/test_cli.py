@@ -145,6 +145,13 @@ def test_inspect_refuses_options_it_would_ignore(tmp_path, capsys):
     assert "only work with --overlay" in capsys.readouterr().err
     assert main(["inspect", str(q), "--overlay", str(tmp_path / "ov"), "--queries", str(q), "--tiles", "x"]) == 1
     assert "needs a footprints manifest" in capsys.readouterr().err and not (tmp_path / "ov").exists()
+    from manifests import FOOTPRINTS
+
+    fp = write_manifest(pd.DataFrame({"photo_id": ["a"], "status": ["error"], "reason": ["unreadable"]}),
+                        tmp_path / "fp.parquet", FOOTPRINTS)
+    assert main(["inspect", str(fp), "--overlay", str(tmp_path / "ov"), "--queries", str(q), "--tiles", "x"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: --tiles:")  # one line, not the summary then a traceback hint
 
 
 def test_out_of_range_seed_and_block_size_are_one_line(tmp_path, capsys):
@@ -152,3 +159,12 @@ def test_out_of_range_seed_and_block_size_are_one_line(tmp_path, capsys):
     assert "--seed must lie in [0, 2**32)" in capsys.readouterr().err
     assert main(["run", "index", "--tiles", str(tmp_path), "--block-px", "0", "--out", str(tmp_path / "db.parquet")]) == 1
     assert "--block-px must be at least 1" in capsys.readouterr().err
+
+
+def test_set_values_are_toml_and_bare_text_stays_text():
+    from pipeline.config import ConfigError, parse_settings
+
+    assert parse_settings(["a=0", "b = [10, 11]", "c=none", "d=2.5", "e=true", 'f="x=y"']) == \
+        {"a": 0, "b": [10, 11], "c": "none", "d": 2.5, "e": True, "f": "x=y"}
+    with pytest.raises(ConfigError, match="write KEY=VALUE"):
+        parse_settings(["screen_inliers"])

@@ -81,11 +81,14 @@ def test_every_photo_is_accounted_for_and_bad_ones_are_errors(stage_inputs, tiny
     errors = df.set_index("photo_id")["reason"]
     assert errors["BAD-lat95"] == (f"bad queries row: {d / 'queries.csv'}, row 3 (line 4) [photo_id BAD-lat95], "
                                    "column 'center_lat': value 95 is outside [-90, 90] degrees")
-    assert "unreadable" in errors["BAD-corrupt"] and "not found" in errors["BAD-missing"]
+    assert "truncated JPEG" in errors["BAD-corrupt"] and "not found" in errors["BAD-missing"]
     assert "too small" in errors["BAD-1x1"] and "too large (20000x20000" in errors["BAD-huge"]
     assert "89" in errors["BAD-lat89"]
     assert (df[df.photo_id.str.startswith("BAD")]["status"] == "error").all()
     assert set(df[~df.photo_id.str.startswith("BAD")]["status"]) <= {"localized", "not_localized"}
+    assert main(_args(d, tiny, out)) == 0  # up to date, and it says the output holds errors to retry
+    again = capsys.readouterr().out
+    assert "is up to date" in again and "6 of its 10 rows are errors" in again and "--retry-errors" in again
     # inspect: the status breakdown and an inlier histogram; --geojson exports the footprints
     from manifests.inspect import inspect_manifest
 
@@ -100,8 +103,9 @@ def test_inputs_that_cannot_work_are_refused_before_any_work(stage_inputs, tiny,
     d = stage_inputs
     out = tmp_path / "fp.parquet"
     cases = {("--tiles", str(tmp_path / "nope")): "--tiles: no rasters or XYZ tiles found",
-             ("--device", "gpu"): "--device must be cpu, cuda or cuda:N",
+             ("--device", "gpu"): "--device must be auto, cpu, cuda or cuda:N",
              ("--workers", "0"): "--workers must be an integer of at least 1",
+             ("--set", "screen_inliers=x"): "--set key 'screen_inliers' must be an integer, got 'x'",
              ("--scheduler", "http://localhost:8787"): "Dask does not speak http://"}
     for (opt, value), message in cases.items():
         assert main(_args(d, tiny, out) + [opt, value]) == 1
@@ -109,6 +113,21 @@ def test_inputs_that_cannot_work_are_refused_before_any_work(stage_inputs, tiny,
     (tmp_path / "header.csv").write_text("photo_id,image_path,center_lat,center_lon\n")
     assert main(_args(d, tiny, out) + ["--queries", str(tmp_path / "header.csv")]) == 1
     assert "has no photos" in capsys.readouterr().err
+    # your own photos without --tiles: the sample's imagery does not cover them
+    far = pd.read_csv(d / "queries.csv").head(2).assign(center_lat=45.0, center_lon=-120.0)
+    far.to_csv(tmp_path / "far.csv", index=False)
+    assert main(_args(d, tiny, out) + ["--queries", str(tmp_path / "far.csv")]) == 1
+    assert "none of the 2 weak labels" in capsys.readouterr().err
+    # a None-default key of the wrong kind in a config file is named (it failed deep in the stage)
+    (tmp_path / "limit.toml").write_text(CHEAP + 'limit = "1"\n')
+    assert main(_args(d, tiny, out)[:-3] + ["--config", str(tmp_path / "limit.toml"), "-q"]) == 1
+    assert "key 'limit' must be an integer, got '1'" in capsys.readouterr().err
+    # a file's zooms as a string and --zooms are both right; the option wins (it was refused as a kind clash);
+    # --device gpu then stops the run before any work
+    (tmp_path / "zooms.toml").write_text(CHEAP.replace("zooms = [11]", 'zooms = "10-11"'))
+    assert main(_args(d, tiny, out)[:-3] + ["--config", str(tmp_path / "zooms.toml"), "--zooms", "11",
+                                             "--device", "gpu", "-q"]) == 1
+    assert "--device must be" in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob("*.parts"))
     out.write_bytes(b"an older output")  # a typo beside an existing output: the typo, not "changed settings"
     assert main(_args(d, tiny, out) + ["--queries", str(tmp_path / "typo.csv")]) == 1
@@ -134,7 +153,7 @@ def test_retry_errors_redoes_only_the_error_rows(stage_inputs, tiny, tmp_path, c
     (tmp_path / "missing.jpg").write_bytes(Path(good).read_bytes())  # the photo is back
     capsys.readouterr()
     assert main(args + ["--retry-errors"]) == 0
-    assert "retry: 6 photos localized again, 4 rows kept" in capsys.readouterr().out
+    assert "retry: 6 photos searched again, 4 rows kept" in capsys.readouterr().out
     after = read_manifest(out, "footprints", geometry=False).set_index("photo_id").sort_index()
     assert list(after.index) == list(before.index)
     assert after.loc["BAD-missing", "status"] in ("localized", "not_localized")
@@ -143,6 +162,17 @@ def test_retry_errors_redoes_only_the_error_rows(stage_inputs, tiny, tmp_path, c
     pd.testing.assert_frame_equal(after.loc[kept], before.loc[kept])  # untouched, worker time included
     assert main(args + ["--retry-errors", "--min-inliers", "5"]) == 1
     assert "made with different settings (changed: min_inliers)" in capsys.readouterr().err
+    # a damaged config beside the output, then a damaged output: one line each, no traceback
+    cfg = out.with_name(out.name + ".config.toml")
+    good_cfg = cfg.read_text()
+    cfg.write_text("not [ toml")
+    assert main(args) == 1
+    assert f"{cfg} is not valid TOML" in capsys.readouterr().err
+    cfg.write_text(good_cfg)
+    out.write_bytes(b"not parquet")
+    for extra in ([], ["--retry-errors"]):
+        assert main(args + extra) == 1
+        assert "cannot be read as a footprints manifest" in capsys.readouterr().err
 
 
 def test_limit_counts_rows_of_the_file_bad_ones_included(stage_inputs, tiny):
@@ -220,3 +250,27 @@ BORDERLINE = {"ISS054-E-21023", "ISS064-E-513"}
 """Localized right (IoU 0.95-0.99) but close to the calibrated threshold of 25 inliers (the
 last runs: 28-36 and 26-59, depending on precision and thread count): hazy photos, and
 ISS064-E-513 is half clouded and 39 deg oblique. One of them may be missed."""
+
+
+def test_device_auto_follows_the_gpus_the_cluster_declares():
+    """``auto`` is ``cuda`` where a worker declares the GPU resource, else ``cpu``; ``cuda`` on a cluster
+    none of whose workers declares one is refused (its tasks would wait for ever). Real in-process clusters;
+    the GPU is only the declared resource, which is all the scheduler sees."""
+    from dask.distributed import Client, LocalCluster
+
+    from stages.base import StageError
+    from stages.footprints import cluster_device, resolve_device
+
+    assert resolve_device("auto", remote=True) == "auto" and resolve_device("cpu") == "cpu"
+    import torch
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    for resources, auto in (({"GPU": 1}, "cuda"), (None, "cpu")):
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0",
+                          resources=resources) as cluster, Client(cluster) as client:
+            assert cluster_device("auto", client, cluster.scheduler_address) == auto
+            if resources is None:
+                with pytest.raises(StageError, match="declares the GPU resource"):
+                    cluster_device("cuda", client, cluster.scheduler_address)
+            else:
+                assert cluster_device("cuda", client, cluster.scheduler_address) == "cuda"
