@@ -202,6 +202,15 @@ def validate(df: pd.DataFrame, kind: ManifestKind, path: str | os.PathLike | Non
     if "iou" in df:
         v = df["iou"].to_numpy(dtype=np.float64, na_value=np.nan)
         problems += _bad_rows(df, (v < 0) | (v > 1 + 1e-9), "iou", "IoU must lie in [0, 1]", id_col)
+    if kind.name == "footprints" and "status" in df and "tl_lat" in df:
+        # a localized row stands for a footprint (pairs and training read its corners); the others have none
+        has = df["tl_lat"].notna().to_numpy()
+        loc = (df["status"] == "localized").to_numpy()
+        other = df["status"].isin(("not_localized", "error")).to_numpy()
+        problems += _bad_rows(df, loc & ~has, "tl_lat", "a localized row without its footprint's corners; rerun "
+                              "`run footprints` for this photo, or mark the row not_localized", id_col)
+        problems += _bad_rows(df, other & has, "tl_lat", "corners on a row that is not localized; clear them, or "
+                              "mark the row localized if the footprint is right", id_col)
     if kind.name in ("footprints", "queries", "truth") and "photo_id" in df:
         dup = df["photo_id"].duplicated(keep="first").to_numpy()
         problems += _bad_rows(df, dup, "photo_id", "duplicate photo_id: each photo must appear once", id_col)

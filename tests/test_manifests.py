@@ -78,6 +78,19 @@ def test_validation_names_file_row_and_column(tmp_path):
     assert "one of localized, not_localized, error" in msg
 
 
+def test_a_localized_row_needs_its_corners_and_only_it_has_them(tmp_path):
+    df = _footprints()
+    df.loc[0, ["tl_lat", "tl_lon"]] = None  # localized, no footprint
+    df.loc[2, ["tl_lat", "tl_lon"]] = [5.0, 5.0]  # not_localized, with corners
+    path = write_manifest(df, tmp_path / "f.parquet", FOOTPRINTS)
+    with pytest.raises(ManifestError) as err:
+        read_manifest(path, FOOTPRINTS)
+    msg = str(err.value)
+    assert "row 1" in msg and "ISS001-E-1" in msg and "localized row without its footprint's corners" in msg
+    assert "row 3" in msg and "ISS001-E-3" in msg and "corners on a row that is not localized" in msg
+    assert "ISS001-E-2" not in msg
+
+
 def test_missing_column_names_the_stage_that_makes_it(tmp_path):
     path = tmp_path / "pairs.parquet"
     pd.DataFrame({"photo_id": ["a"], "tile_id": ["1_2_3"]}).to_parquet(path)
