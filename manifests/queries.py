@@ -62,7 +62,9 @@ def parse_earthloc_name(name: str) -> dict:
     return row
 
 
-def _read_folder(folder: Path) -> pd.DataFrame:
+def _read_folder(folder: Path) -> tuple[pd.DataFrame, list[Problem]]:
+    """A folder of EarthLoc-named images as a queries table, and a problem per file whose name cannot be read:
+    such a file keeps a row (photo_id = its file name, no label) so that it can end as one error row."""
     rows, problems = [], []
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -73,13 +75,11 @@ def _read_folder(folder: Path) -> pd.DataFrame:
             row = parse_earthloc_name(p.name)
         except ValueError as e:
             problems.append(Problem(f"{e}; rename it as @lat@lon@...@PHOTO_ID@...@.jpg or list the photos "
-                                    "in a queries CSV", column="file name"))
-            continue
+                                    "in a queries CSV", row=len(rows), column="file name", photo_id=p.name))
+            row = {"photo_id": p.name, "center_lat": np.nan, "center_lon": np.nan}
         row["image_path"] = p.name
         rows.append(row)
-    if problems:
-        raise ManifestError(folder, problems)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), problems
 
 
 def read_queries_table(path: str | os.PathLike) -> tuple[pd.DataFrame, Path]:
@@ -88,7 +88,10 @@ def read_queries_table(path: str | os.PathLike) -> tuple[pd.DataFrame, Path]:
     if not path.exists():
         raise ManifestError(path, "no such file or folder; pass a queries CSV/Parquet or a folder of photos")
     if path.is_dir():
-        return _read_folder(path), path
+        df, problems = _read_folder(path)
+        if problems:
+            raise ManifestError(path, problems)
+        return df, path
     suffix = path.suffix.lower()
     try:
         if suffix in (".csv", ".txt"):
@@ -148,7 +151,12 @@ def read_queries(
     """
     if on_error not in ("raise", "collect"):
         raise ValueError("on_error must be 'raise' or 'collect'")
-    df, base = read_queries_table(path)
+    name_problems: list[Problem] = []  # a folder's files whose names are not EarthLoc's: one bad row each
+    if Path(path).is_dir():
+        df, name_problems = _read_folder(Path(path))
+        base = Path(path)
+    else:
+        df, base = read_queries_table(path)
     missing = [c for c in QUERIES.required if c not in df.columns]
     if missing:
         hint = ", ".join(QUERIES.required)
@@ -214,6 +222,9 @@ def read_queries(
                                         "start from the queries file's folder) or drop the row",
                                         row=r, column="image_path", photo_id=df["photo_id"].iloc[r]))
     df["image_path"] = paths
+    if name_problems:  # the file name is the problem, not the missing label it leaves
+        named = {p.row for p in name_problems}
+        row_problems = name_problems + [p for p in row_problems if p.row not in named]
 
     rejected = pd.DataFrame(
         {"photo_id": [p.photo_id for p in row_problems], "row": [p.row for p in row_problems],

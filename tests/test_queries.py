@@ -105,6 +105,11 @@ def test_earthloc_folder(real_sample, tmp_path):
     (tmp_path / "holiday.jpg").write_bytes(b"")
     with pytest.raises(ManifestError, match="holiday.jpg"):
         read_queries(tmp_path)
+    # a stage collects it as one bad row and goes on with the others (one misnamed file stopped them all)
+    df, rejected = read_queries(tmp_path, on_error="collect")
+    assert df.photo_id.tolist() == ["ISS064-E-513"]
+    assert rejected.photo_id.tolist() == ["holiday.jpg"] and rejected.column.tolist() == ["file name"]
+    assert "rename it as @lat@lon@" in rejected.reason.iloc[0] and "center_lat" not in rejected.reason.iloc[0]
 
 
 def test_spreadsheet_exports_are_read_and_wrong_headers_are_shown(tmp_path):
