@@ -205,7 +205,7 @@ def validate(df: pd.DataFrame, kind: ManifestKind, path: str | os.PathLike | Non
     if kind.name == "footprints" and "status" in df and "tl_lat" in df:
         # a localized row stands for a footprint (pairs and training read its corners); the others have none
         has = df["tl_lat"].notna().to_numpy()
-        loc = (df["status"] == "localized").to_numpy()
+        loc = df["status"].eq("localized").fillna(False).to_numpy(dtype=bool)
         other = df["status"].isin(("not_localized", "error")).to_numpy()
         problems += _bad_rows(df, loc & ~has, "tl_lat", "a localized row without its footprint's corners; rerun "
                               "`run footprints` for this photo, or mark the row not_localized", id_col)

@@ -24,7 +24,7 @@ from manifests import FOOTPRINTS, ManifestWriter, read_queries, write_manifest
 from pipeline.config import config_path, files_fingerprint, fingerprint
 from pipeline.footprint.search import default_conf as search_conf, validate_conf
 from pipeline.geometry.geodesy import area_km2, corners_columns, footprint_polygon
-from pipeline.geometry.mercator import MAX_LATITUDE
+from pipeline.geometry.mercator import MAX_LATITUDE, ORIGIN_SHIFT_M
 from pipeline.imagery.photos import PhotoError, read_photo
 from pipeline.runtime import release_heap_over, worker_device, worker_memory_limit
 
@@ -85,6 +85,9 @@ def cluster_device(device: str, client: Any, scheduler: str) -> str:
     """The device on an existing cluster: ``auto`` -> ``cuda`` when a worker declares the ``GPU`` resource,
     else ``cpu``; ``cuda`` when none declares it is refused (its tasks, annotated ``{"GPU": 1}``, would wait
     for ever)."""
+    if not client.scheduler_info().get("workers"):  # a scheduler started before its (jobqueue, SLURM) workers
+        log.info("waiting for the first worker of %s to decide the device", scheduler)
+        client.wait_for_workers(1)
     workers = client.scheduler_info().get("workers", {})
     gpus = sum(1 for w in workers.values() if (w.get("resources") or {}).get("GPU", 0) >= 1)
     if device == "auto":
@@ -182,7 +185,9 @@ class FootprintsStage(Stage):
         "min_inliers": None,  # None: from the calibration (else the search's default)
         "calibration": "",  # "": WORKDIR/calibration.json if present, else the packaged one; "none": no calibration
     }
-    runtime_keys = ("workers", "scheduler", "batch_size", "feature_dir", "feature_cache", "retry_errors")
+    runtime_keys = ("workers", "scheduler", "device", "batch_size", "feature_dir", "feature_cache", "retry_errors")
+    # device: like the threads per worker, it changes inlier counts by a few at most (float16 autocast on CUDA), and
+    # an output made on a GPU machine must be up to date, resumable and retryable on another
     option_types = {"limit": int, "workers": int, "scheduler": str, "min_inliers": int, "feature_dir": str,
                     "weights_dir": str, "offset_zooms": int, "contrast": str}
     partition_keys = ("batch_size", "retry_errors")
@@ -233,8 +238,10 @@ class FootprintsStage(Stage):
                     user_weights_path(conf["weights_dir"], kind)
             except WeightsNotFoundError as e:
                 raise StageError(str(e)) from None
-        if conf["feature_dir"]:  # one subfolder per tile source (its path and its files' names, sizes and times:
-            # imagery replaced at the same path gets new features); the search adds one per feature config
+        if conf["feature_dir"]:  # one subfolder per tile source: its path and its top-level files' names, sizes and
+            # times (a raster, a folder of rasters, a VRT file, world.toml: replaced, they get new features; an XYZ
+            # folder's tiles are not listed: after replacing them, empty the feature folder); the search adds one
+            # subfolder per feature config
             tiles_id = fingerprint({"tiles": conf["tiles"], "files": files_fingerprint(source_files(conf["tiles"]))})
             conf["feature_dir"] = str(Path(conf["feature_dir"]).resolve() / f"tiles-{tiles_id}")
         if conf["device"] == "auto":
@@ -304,7 +311,9 @@ class FootprintsStage(Stage):
             source = open_tile_source(tiles)
         except (FileNotFoundError, ValueError, OSError) as e:
             raise StageError(f"--tiles: {e}") from None
-        self._check_coverage(qpath, tiles, source.bounds_mercator)
+        # a label within one coarsest-zoom window of the imagery still has candidates (windows with 5 % imagery)
+        pad = conf["size_tiles"] * 2 * ORIGIN_SHIFT_M / 2 ** min(conf["zooms"])
+        self._check_coverage(qpath, tiles, source.bounds_mercator, pad)
         check_device(conf["device"], remote=bool(conf["scheduler"]))
         check_cluster_options(conf["scheduler"], conf["workers"])
         if conf["feature_dir"]:
@@ -315,9 +324,10 @@ class FootprintsStage(Stage):
                 raise StageError(f"--feature-dir {fdir}: cannot make this folder ({e.strerror or e}); pass a "
                                  "folder that exists or can be made") from None
 
-    def _check_coverage(self, qpath: Path, tiles: str, bounds) -> None:
-        """Refuse a run in which no weak label lies in the tile source's extent (the sample workspace's imagery
-        with your own --queries): every photo would end as not_localized after a full search."""
+    def _check_coverage(self, qpath: Path, tiles: str, bounds, pad: float = 0.0) -> None:
+        """Refuse a run in which no weak label lies in the tile source's extent ``bounds`` (EPSG:3857) grown by
+        ``pad`` metres (the sample workspace's imagery with your own --queries): every photo would end as
+        not_localized after a full search."""
         import numpy as np
 
         from pipeline.geometry.mercator import lonlat_to_mercator
@@ -331,7 +341,7 @@ class FootprintsStage(Stage):
         lat = queries["center_lat"].to_numpy(float).clip(-MAX_LATITUDE, MAX_LATITUDE)
         x, y = lonlat_to_mercator(queries["center_lon"].to_numpy(float), lat)
         xmin, ymin, xmax, ymax = bounds
-        if np.any((x >= xmin) & (x <= xmax) & (y >= ymin) & (y <= ymax)):
+        if np.any((x >= xmin - pad) & (x <= xmax + pad) & (y >= ymin - pad) & (y <= ymax + pad)):
             return
         from pipeline.geometry.mercator import mercator_to_lonlat
 

@@ -223,7 +223,13 @@ class PairsStage(Stage):
                              ("queries", "queries.parquet"), ("out", "pairs.parquet")):
             conf[key] = str(Path(conf[key] or workdir / default).resolve())
         conf["zooms"] = parse_zooms(conf["zooms"]) if conf["zooms"] else None
-        conf["exclude"] = [str(e) for e in (conf["exclude"] or [])]
+        exclude = conf["exclude"] or []
+        if isinstance(exclude, str):  # one spec, from --set exclude=split:test or a file's exclude = "..."
+            exclude = [exclude]
+        if not isinstance(exclude, list) or not all(isinstance(e, str) for e in exclude):
+            raise StageError(f"exclude must be a list of specs (split:NAME or regions.geojson#NAME), got {exclude!r}; "
+                             'e.g. exclude = ["split:test"]')
+        conf["exclude"] = exclude
         if not 0.0 < float(conf["iou"]) <= 1.0:
             raise StageError(f"--iou must be in (0, 1], got {conf['iou']}")
         if int(conf["chunk"]) < 1:

@@ -262,9 +262,6 @@ def test_device_auto_follows_the_gpus_the_cluster_declares():
     from stages.footprints import cluster_device, resolve_device
 
     assert resolve_device("auto", remote=True) == "auto" and resolve_device("cpu") == "cpu"
-    import torch
-
-    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
     for resources, auto in (({"GPU": 1}, "cuda"), (None, "cpu")):
         with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0",
                           resources=resources) as cluster, Client(cluster) as client:
@@ -274,3 +271,18 @@ def test_device_auto_follows_the_gpus_the_cluster_declares():
                     cluster_device("cuda", client, cluster.scheduler_address)
             else:
                 assert cluster_device("cuda", client, cluster.scheduler_address) == "cuda"
+
+
+def test_device_is_decided_once_the_first_worker_has_joined():
+    """A scheduler started before its (jobqueue, SLURM) workers: ``auto`` waits for one rather than settling on
+    cpu with no worker there (it did, and ``cuda`` was refused as having no GPU worker)."""
+    import threading
+
+    from dask.distributed import Client, LocalCluster
+
+    from stages.footprints import cluster_device
+
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0", resources={"GPU": 1}) as cluster, \
+            Client(cluster) as client:
+        threading.Timer(1.0, lambda: cluster.scale(1)).start()
+        assert cluster_device("auto", client, cluster.scheduler_address) == "cuda"

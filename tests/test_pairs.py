@@ -178,6 +178,9 @@ BAD_INPUTS = {
                             "has split 'test' (present: train, eval)"),
     "query split absent": (["--exclude", "split:test"],
                            "no query of {tiny}/queries.parquet has split 'test' (present: "),
+    "one spec by --set": (["--set", "exclude=split:test"],  # a string is one spec, not a list of letters
+                          "no query of {tiny}/queries.parquet has split 'test' (present: "),
+    "a number by --set": (["--set", "exclude=5"], "exclude must be a list of specs"),
     "garbage queries": (["--exclude", "split:eval", "--queries", "{tmp}/garbage.parquet"], "garbage.parquet: could not "
                         "be read as a table"),
     "empty queries CSV": (["--exclude", "split:eval", "--queries", "{tmp}/empty.csv"], "empty.csv: could not be read"),

@@ -108,7 +108,8 @@ def test_a_sound_jpeg_reads_as_cv2_imread_does(tmp_path, variant):
     jpeg = _smooth_jpeg(_VARIANTS[variant])
     assert jpeg_damage(np.frombuffer(jpeg, np.uint8)) is None
     for name, data in [("plain", jpeg), ("thumb", _with_thumbnail_app1(jpeg)),
-                       ("trailing", jpeg + b"\x00\xff\xd8\xff\x13garbage appended by a camera\xff")]:
+                       ("trailing", jpeg + b"\x00\xff\xd8\xff\x13garbage appended by a camera\xff"),
+                       ("dnl", jpeg[:-2] + b"\xff\xdc\x00\x04\x01\x00" + jpeg[-2:])]:  # a DNL segment (256 lines)
         path = tmp_path / f"{variant}-{name}.jpg"
         path.write_bytes(data)
         rgb = read_photo(path)

@@ -27,10 +27,10 @@ class PhotoError(ValueError):
 
 
 # Second bytes of the markers a JPEG may hold after its first scan (between the scans of a
-# progressive or multi-scan image): SOS, DHT, DQT, DRI, DAC, COM and APP0-APP15. Each is a
-# segment with a 2-byte length; EOI (0xD9) ends the image.
+# progressive or multi-scan image): SOS, DHT, DQT, DRI, DAC, DNL (the line count after the first
+# scan), COM and APP0-APP15. Each is a segment with a 2-byte length; EOI (0xD9) ends the image.
 _BETWEEN_SCANS = np.zeros(256, bool)
-_BETWEEN_SCANS[[0xDA, 0xC4, 0xDB, 0xDD, 0xCC, 0xFE, *range(0xE0, 0xF0)]] = True
+_BETWEEN_SCANS[[0xDA, 0xC4, 0xDB, 0xDD, 0xCC, 0xDC, 0xFE, *range(0xE0, 0xF0)]] = True
 # After a 0xFF byte in the compressed data and harmless: a stuffed zero, a fill byte, RST0-RST7.
 _IN_SCAN = np.zeros(256, bool)
 _IN_SCAN[[0x00, 0xFF, *range(0xD0, 0xD8)]] = True
