@@ -16,11 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from manifests import FOOTPRINTS, ManifestWriter, read_queries, write_manifest
+from manifests import FOOTPRINTS, ManifestWriter, read_queries, to_table, write_manifest
 from pipeline.config import config_path, files_fingerprint, fingerprint
 from pipeline.footprint.search import default_conf as search_conf, validate_conf
 from pipeline.geometry.geodesy import area_km2, corners_columns, footprint_polygon
@@ -166,6 +167,45 @@ def run_batch(rows: list[dict], tiles: str, conf: dict, device: str, part: str, 
     write_manifest(pd.DataFrame(out), part, FOOTPRINTS)
     return {"photos": len(out), "localized": sum(o["status"] == "localized" for o in out),
             "seconds": sum(o["elapsed_s"] for o in out)}
+
+
+def _in_file_order(queries: pd.DataFrame, rejected: pd.DataFrame, part_files: list[Path], batch_size: int,
+                   kept: pa.Table | None = None, file_rows: pd.Series | None = None):
+    """Yield the manifest's rows in the queries file's order.
+
+    ``queries`` (with ``_row``, the file row) were searched in batches of ``batch_size`` whose rows are in
+    ``part_files``; ``rejected`` (with ``row``) are the bad rows, each one error row put where it is in the file.
+    Streams a part file at a time. With ``kept`` (``--retry-errors``: the old manifest's rows to keep, already in
+    memory) all rows are sorted at once by ``file_rows`` (photo_id -> file row, the whole file); kept rows of
+    photos the file no longer has come last, in their old order."""
+    def order(table: pa.Table, rows: pd.Series) -> pa.Table:
+        key = rows.reindex(table.column("photo_id").to_pandas()).to_numpy(dtype=np.float64, copy=True)
+        gone = np.isnan(key)
+        key[gone] = np.inf
+        return table.take(pa.array(np.argsort(key, kind="stable")))
+
+    if len(rejected):
+        err = to_table(pd.DataFrame({"photo_id": rejected["photo_id"].astype(str), "status": "error",
+                                     "reason": "bad queries row: " + rejected["reason"].astype(str)}), FOOTPRINTS)
+        err_rows = rejected["row"].to_numpy()
+    else:
+        err, err_rows = None, np.empty(0, dtype=np.int64)
+    if kept is not None:
+        tables = [kept, *(pq.read_table(f) for f in part_files)] + ([err] if err is not None else [])
+        yield order(pa.concat_tables([t.cast(FOOTPRINTS.schema) for t in tables]), file_rows)
+        return
+    done = 0  # bad rows yielded so far (err_rows is sorted)
+    for k, f in enumerate(part_files):
+        batch = queries.iloc[k * batch_size : (k + 1) * batch_size]
+        upto = int(np.searchsorted(err_rows, int(batch["_row"].iloc[-1]), side="right"))
+        rows = pd.Series(np.concatenate([batch["_row"].to_numpy(), err_rows[done:upto]]),
+                         index=np.concatenate([batch["photo_id"].to_numpy(dtype=object),
+                                               rejected["photo_id"].iloc[done:upto].astype(str).to_numpy(dtype=object)]))
+        pieces = [pq.read_table(f).cast(FOOTPRINTS.schema)] + ([err.slice(done, upto - done)] if err is not None else [])
+        done = upto
+        yield order(pa.concat_tables(pieces), rows)
+    if err is not None:
+        yield err.slice(done)
 
 
 class FootprintsStage(Stage):
@@ -405,6 +445,13 @@ class FootprintsStage(Stage):
         queries, rejected = read_queries(qpath, check_images=False, on_error="collect")
         if not len(queries) and not len(rejected):
             raise StageError(f"{qpath} has no photos (no data rows); nothing to localize")
+        bad_rows = rejected["row"].to_numpy() if len(rejected) else np.empty(0, dtype=np.int64)
+        queries = queries.assign(_row=np.setdiff1d(np.arange(len(queries) + len(rejected)), bad_rows))
+        file_rows = None
+        if conf["retry_errors"]:  # old rows and new are sorted together: every photo's row in the file
+            file_rows = pd.Series(np.concatenate([queries["_row"].to_numpy(), bad_rows]),
+                                  index=pd.concat([queries["photo_id"], rejected["photo_id"].astype(str)]
+                                                  if len(rejected) else [queries["photo_id"]]).to_numpy())
         if conf["limit"] is not None:  # the first N rows of the file, bad ones (reported as errors) included
             n = int(conf["limit"])
             rejected = rejected[rejected["row"] < n] if len(rejected) else rejected
@@ -425,16 +472,10 @@ class FootprintsStage(Stage):
         t0 = time.perf_counter()
         if todo:
             self._run_dask(conf, search, batches, todo, parts)
-        errors = pd.DataFrame([{"photo_id": r.photo_id, "status": "error",
-                                "reason": f"bad queries row: {r.reason}"}
-                               for r in rejected.itertuples()]) if len(rejected) else None
-        with ManifestWriter(out, FOOTPRINTS) as writer:
-            if kept is not None:
-                writer.write(kept)
-            for k in range(len(batches)):
-                writer.write(pq.read_table(parts / f"batch{k:05d}.parquet"))
-            if errors is not None:
-                writer.write(errors)
+        part_files = [parts / f"batch{k:05d}.parquet" for k in range(len(batches))]
+        with ManifestWriter(out, FOOTPRINTS) as writer:  # in the file's order, bad rows where they are
+            for table in _in_file_order(queries, rejected, part_files, bs, kept, file_rows):
+                writer.write(table)
         table = pq.read_table(out, columns=["status", "reason", "elapsed_s"]).to_pandas()
         counts = table["status"].value_counts()
         lines = [f"footprints: {len(table)} photos -> {out}"]

@@ -76,6 +76,8 @@ def test_every_photo_is_accounted_for_and_bad_ones_are_errors(stage_inputs, tiny
     assert main(_args(d, tiny, out)) == 0
     summary = capsys.readouterr().out  # the errors' reasons are on screen, not only in the manifest
     assert "6 photos ended as errors" in summary and "--retry-errors" in summary
+    order = read_manifest(out, "footprints", geometry=False)["photo_id"].tolist()
+    assert order == pd.read_csv(d / "queries.csv")["photo_id"].tolist()  # the file's order, bad rows in place
     df = _table(out)
     assert len(df) == 10 and df["photo_id"].is_unique
     errors = df.set_index("photo_id")["reason"]
@@ -156,6 +158,8 @@ def test_retry_errors_redoes_only_the_error_rows(stage_inputs, tiny, tmp_path, c
     assert "retry: 6 photos searched again, 4 rows kept" in capsys.readouterr().out
     after = read_manifest(out, "footprints", geometry=False).set_index("photo_id").sort_index()
     assert list(after.index) == list(before.index)
+    order = read_manifest(out, "footprints", geometry=False)["photo_id"].tolist()
+    assert order == pd.read_csv(queries)["photo_id"].tolist()  # old rows and new, in the file's order
     assert after.loc["BAD-missing", "status"] in ("localized", "not_localized")
     assert (after.drop(index="BAD-missing")["status"] == before.drop(index="BAD-missing")["status"]).all()
     kept = before[before.status != "error"].index
@@ -286,3 +290,34 @@ def test_device_is_decided_once_the_first_worker_has_joined():
             Client(cluster) as client:
         threading.Timer(1.0, lambda: cluster.scale(1)).start()
         assert cluster_device("auto", client, cluster.scheduler_address) == "cuda"
+
+
+def test_manifest_rows_follow_the_file_with_bad_rows_inside_a_batch(tmp_path):
+    """Batches of 3 photos; bad rows 1, 4 and 7 of the file fall inside and after batches: each error row
+    lands at its place in the file, and a part file's rows are put back in the file's order."""
+    import pyarrow as pa
+
+    from manifests import FOOTPRINTS, to_table, write_manifest
+    from stages.footprints import _in_file_order
+
+    ids = [f"P{i}" for i in range(8)]
+    good = [0, 2, 3, 5, 6]
+    queries = pd.DataFrame({"photo_id": [ids[i] for i in good], "_row": good})
+    rejected = pd.DataFrame({"photo_id": ["P1", "P4", "P7"], "row": [1, 4, 7], "reason": ["bad"] * 3})
+    parts = []
+    for k, batch in enumerate([[3, 2, 0], [6, 5]]):  # rows of a part need not be in the file's order
+        parts.append(tmp_path / f"batch{k}.parquet")
+        write_manifest(pd.DataFrame({"photo_id": [ids[i] for i in batch], "status": "not_localized",
+                                     "reason": "few inliers"}), parts[-1], FOOTPRINTS)
+    rows = pa.concat_tables(list(_in_file_order(queries, rejected, parts, 3)))
+    assert rows.column("photo_id").to_pylist() == ids
+    assert rows.column("status").to_pylist() == ["error" if i in (1, 4, 7) else "not_localized" for i in range(8)]
+    # --retry-errors: kept rows (one of a photo no longer in the file) and new ones sorted together
+    kept = to_table(pd.DataFrame({"photo_id": ["GONE", "P5", "P0"], "status": "not_localized", "reason": "x"}),
+                    FOOTPRINTS)
+    redo = queries[queries.photo_id.isin(["P2", "P3", "P6"])]
+    write_manifest(pd.DataFrame({"photo_id": ["P3", "P2", "P6"], "status": "not_localized", "reason": "x"}),
+                   parts[0], FOOTPRINTS)
+    file_rows = pd.Series(range(8), index=ids)
+    rows = pa.concat_tables(list(_in_file_order(redo, rejected, parts[:1], 3, kept, file_rows)))
+    assert rows.column("photo_id").to_pylist() == ["P0", "P1", "P2", "P3", "P4", "P5", "P6", "P7", "GONE"]
