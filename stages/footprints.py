@@ -368,8 +368,6 @@ class FootprintsStage(Stage):
         """Refuse a run in which no weak label lies in the tile source's extent ``bounds`` (EPSG:3857) grown by
         ``pad`` metres (the sample workspace's imagery with your own --queries): every photo would end as
         not_localized after a full search."""
-        import numpy as np
-
         from pipeline.geometry.mercator import lonlat_to_mercator
 
         try:
