@@ -371,7 +371,7 @@ class FootprintsStage(Stage):
         from pipeline.geometry.mercator import lonlat_to_mercator
 
         try:
-            queries, _ = read_queries(qpath, check_images=False, on_error="collect")
+            queries, _ = self._read_queries(qpath)
         except Exception:  # noqa: BLE001 - run() reports a bad queries file with its own message
             return
         if not len(queries):
@@ -438,9 +438,21 @@ class FootprintsStage(Stage):
         return (kept, queries[~queries["photo_id"].isin(done)],
                 rejected[~rejected["photo_id"].isin(done)] if len(rejected) else rejected)
 
+    def _read_queries(self, qpath: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(queries, rejected rows) of ``qpath``, parsed once for :meth:`check` and :meth:`run` of one execution:
+        the second call reuses the first's while the file (or folder) keeps its size and modification time."""
+        st = qpath.stat()
+        key = (str(qpath.resolve()), st.st_mtime_ns, st.st_size)
+        cached = getattr(self, "_queries_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, read_queries(qpath, check_images=False, on_error="collect"))
+            self._queries_cache = cached
+        return cached[1]
+
     def run(self, conf: dict[str, Any]) -> str:
         qpath = Path(conf["queries"])
-        queries, rejected = read_queries(qpath, check_images=False, on_error="collect")
+        queries, rejected = self._read_queries(qpath)
+        self._queries_cache = None  # the next execution reads the file afresh
         if not len(queries) and not len(rejected):
             raise StageError(f"{qpath} has no photos (no data rows); nothing to localize")
         bad_rows = rejected["row"].to_numpy() if len(rejected) else np.empty(0, dtype=np.int64)

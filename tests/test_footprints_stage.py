@@ -321,3 +321,22 @@ def test_manifest_rows_follow_the_file_with_bad_rows_inside_a_batch(tmp_path):
     file_rows = pd.Series(range(8), index=ids)
     rows = pa.concat_tables(list(_in_file_order(redo, rejected, parts[:1], 3, kept, file_rows)))
     assert rows.column("photo_id").to_pylist() == ["P0", "P1", "P2", "P3", "P4", "P5", "P6", "P7", "GONE"]
+
+
+def test_the_queries_file_is_parsed_once_per_run_and_again_when_it_changes(tmp_path, monkeypatch):
+    """check() (the coverage test) and run() share one parse of the queries: a 300k-row file takes seconds."""
+    import stages.footprints as sf
+
+    calls = []
+    real = sf.read_queries
+    monkeypatch.setattr(sf, "read_queries", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    q = tmp_path / "q.csv"
+    pd.DataFrame({"photo_id": ["ISS001-E-1", "ISS001-E-2"], "image_path": ["a.jpg", "b.jpg"],
+                  "center_lat": [10.0, 95.0], "center_lon": [20.0, 20.0]}).to_csv(q, index=False)
+    stage = sf.FootprintsStage()
+    first = stage._read_queries(q)
+    assert stage._read_queries(q) is first and len(calls) == 1
+    assert first[0]["photo_id"].tolist() == ["ISS001-E-1"] and first[1]["row"].tolist() == [1]
+    pd.DataFrame({"photo_id": ["ISS001-E-3"], "image_path": ["c.jpg"], "center_lat": [1.0],
+                  "center_lon": [2.0]}).to_csv(q, index=False)  # another size: parsed afresh
+    assert stage._read_queries(q)[0]["photo_id"].tolist() == ["ISS001-E-3"] and len(calls) == 2
