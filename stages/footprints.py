@@ -126,6 +126,9 @@ def localize_one(search, row: dict, matcher: str, confidence_model: list[float] 
         photo = read_photo(row["image_path"])
     except PhotoError as e:
         return _error(pid, str(e), t0, matcher)
+    except Exception as e:  # noqa: BLE001 - whatever reading a photo raises, it is this photo's error row
+        log.exception("photo %s could not be read", pid)
+        return _error(pid, f"cannot read the photo ({type(e).__name__}: {e}): {row['image_path']}", t0, matcher)
     focal = row.get("focal_length_mm")
     focal = float(focal) if focal is not None and not pd.isna(focal) else None
     try:

@@ -48,6 +48,29 @@ def test_label_check_scales_the_footprint_about_its_centroid(outside, scale, ins
     assert label_inside(sq, 100e3 * (1 + outside), 50e3, scale) is inside
 
 
+def test_a_footprint_beyond_the_mercator_map_is_rejected_not_an_error():
+    """A refined footprint whose far edge passes latitude 85.05 is an invalid candidate (the search goes on), not
+    an exception that would end the photo as an error row."""
+    from types import SimpleNamespace
+
+    from pipeline.footprint.search import FootprintSearch, validate_conf
+
+    corners = np.array([[5.0, 85.0], [15.0, 85.0], [15.0, 83.8], [5.0, 83.8]])
+    to_merc = np.array([[1, 0, 0], [0, 1, 3e5], [0, 0, 1.0]]) @ hg.photo_to_mercator(corners, 600, 400)  # 300 km north
+    search = SimpleNamespace(conf=validate_conf({}))
+    got, why = FootprintSearch.check(search, to_merc, 600, 400, lon=10.0, lat=84.9)
+    assert got is None and "beyond the Web Mercator map" in why
+    ok, why = FootprintSearch.check(search, hg.photo_to_mercator(corners, 600, 400), 600, 400, lon=10.0, lat=84.4)
+    assert why is None and np.abs(ok - corners).max() < 1e-6
+
+
+def test_refine_iterations_must_be_at_least_one():
+    from pipeline.footprint.search import validate_conf
+
+    with pytest.raises(ValueError, match="refine_iterations = 0: an integer of at least 1"):
+        validate_conf({"refine_iterations": 0})
+
+
 def test_bad_photos_end_as_errors(tmp_path):
     from stages.footprints import localize_one
 

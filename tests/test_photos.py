@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import struct
 import time
 import zlib
@@ -181,3 +182,30 @@ def test_real_photos_pass_the_check_and_read_as_cv2_imread_does():
         jpeg_damage(data)
     ms = (time.perf_counter() - t0) / 20 * 1e3
     print(f"\njpeg_damage on {largest.name} ({data.size} bytes): {ms:.3f} ms")
+
+
+def _unreadable_file(tmp_path: Path) -> Path | None:
+    """A path that is a file but cannot be read: mode 000 for a user; as root (who reads any mode), a write-only
+    procfs file. None where neither works."""
+    if os.geteuid() != 0:
+        p = tmp_path / "locked.jpg"
+        p.write_bytes(b"\xff\xd8")
+        p.chmod(0)
+        return p
+    proc = Path("/proc/sys/vm/drop_caches")
+    if proc.is_file():
+        try:
+            proc.read_bytes()
+        except OSError:
+            link = tmp_path / "locked.jpg"
+            link.symlink_to(proc)
+            return link
+    return None
+
+
+def test_a_photo_that_cannot_be_read_is_a_photo_error_naming_it(tmp_path):
+    path = _unreadable_file(tmp_path)
+    if path is None:
+        pytest.skip("no unreadable file can be made here")
+    with pytest.raises(PhotoError, match=r"cannot read the image file .*locked\.jpg"):
+        read_photo(path)

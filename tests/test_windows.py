@@ -25,6 +25,16 @@ def test_edge_of_world_has_fewer_windows_and_none_wraps():
     assert all(w.x + w.size_tiles <= 8 for w in wins)
 
 
+@pytest.mark.parametrize("zoom", [3, 12, 24])
+def test_the_far_edges_of_the_map_have_the_windows_just_inside_them(zoom):
+    """Longitude 180 is the map's east edge (the queries accept it) and latitude -85.05 its south edge."""
+    from pipeline.geometry.mercator import MAX_LATITUDE
+
+    east = windows_containing(180.0, 10.0, zoom)
+    assert len(east) == 2 and east == windows_containing(180.0 - 1e-9, 10.0, zoom)
+    assert len(windows_containing(0.0, -MAX_LATITUDE, zoom)) == 2
+
+
 def test_window_corners_are_exact_tile_edges():
     w = Window(3, 2, 2, 4)  # tiles x 2..5, y 2..5 at zoom 3: edges x 2 and 6, y 2 and 6
     c = w.corners_lonlat()

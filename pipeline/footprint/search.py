@@ -61,7 +61,7 @@ from shapely.geometry import Point, Polygon
 from ..config import fingerprint
 from ..files import atomic_output
 from ..geometry.geodesy import area_km2, footprint_polygon
-from ..geometry.mercator import TILE_SIZE, lonlat_to_mercator, resolution_m
+from ..geometry.mercator import MAX_LATITUDE, TILE_SIZE, lonlat_to_mercator, resolution_m
 from ..geometry.windows import Window, windows_containing
 from ..imagery.base import TileSource
 from ..matching import build_extractor, build_matcher, estimate_homography
@@ -140,7 +140,9 @@ def validate_conf(conf: dict[str, Any]) -> dict[str, Any]:
         need(isinstance(c[key], int) and c[key] >= 16, key, "an integer of at least 16 (pixels)")
     need(isinstance(c["size_tiles"], int) and c["size_tiles"] >= 2 and c["size_tiles"] % 2 == 0, "size_tiles",
          "an even number of tiles, at least 2 (windows are laid with half-window stride)")
-    for key in ("max_keypoints", "refine_top", "refine_iterations", "min_inliers", "candidate_min_inliers", "early_stop_inliers",
+    need(isinstance(c["refine_iterations"], int) and c["refine_iterations"] >= 1, "refine_iterations",
+         "an integer of at least 1 (every footprint is refined: its inliers meet the calibrated threshold)")
+    for key in ("max_keypoints", "refine_top", "min_inliers", "candidate_min_inliers", "early_stop_inliers",
                 "screen_inliers", "feature_cache"):
         need(isinstance(c[key], int) and c[key] >= 0, key, "an integer of at least 0")
     need(c["refine_context"] >= 1.0, "refine_context", "at least 1 (the surroundings contain the footprint)")
@@ -474,6 +476,8 @@ class FootprintSearch:
         corners = hg.corners_lonlat(to_merc, width, height)
         if not np.all(np.isfinite(corners)):
             return None, "invalid geometry: corners outside the map"
+        if np.abs(corners[:, 1]).max() > MAX_LATITUDE:
+            return None, f"invalid geometry: the footprint reaches beyond the Web Mercator map (|lat| > {MAX_LATITUDE:.2f})"
         ring = Polygon(corners)
         if not ring.is_valid:
             return None, "invalid geometry: self-intersecting footprint"

@@ -85,6 +85,9 @@ def windows_containing(lon: float, lat: float, zoom: int, size_tiles: int = DEFA
     stride = size_tiles // 2
     px, py = lonlat_to_pixel(lon, lat, zoom, 1)  # in tiles
     n_tiles = 1 << int(zoom)
+    # lon 180 (and lat -85.05) lie on the map's far edge: take the windows just inside it, as for lon 179.9999
+    edge = float(np.nextafter(n_tiles, 0))
+    px, py = min(float(px), edge), min(float(py), edge)
     out = []
     for ky in (int(np.floor(py / stride)) - 1, int(np.floor(py / stride))):
         for kx in (int(np.floor(px / stride)) - 1, int(np.floor(px / stride))):

@@ -127,7 +127,8 @@ def read_photo(path: str | os.PathLike) -> np.ndarray:
     Raises :class:`PhotoError` for a missing file, an image whose header says it is larger than
     ``MAX_SIDE_PX`` on a side (refused before its pixels are decoded, so a huge PNG or TIFF never
     fills a worker's memory), a damaged JPEG (cut short or with bytes overwritten: libjpeg would
-    decode it with grey areas; see :func:`jpeg_damage`), an unreadable file, or one smaller than
+    decode it with grey areas; see :func:`jpeg_damage`), a file that cannot be read (permissions, I/O
+    errors) or decoded, or one smaller than
     ``MIN_SIDE_PX`` pixels on a side."""
     path = str(path)
     if not os.path.isfile(path):
@@ -136,7 +137,11 @@ def read_photo(path: str | os.PathLike) -> np.ndarray:
     if size is not None and max(size) > MAX_SIDE_PX:
         raise PhotoError(f"image too large ({size[0]}x{size[1]} px, more than {MAX_SIDE_PX} on a side): "
                          f"downscale it first: {path}")
-    data = np.fromfile(path, np.uint8)  # read once: checked, then decoded from memory
+    try:
+        data = np.fromfile(path, np.uint8)  # read once: checked, then decoded from memory
+    except OSError as e:  # no read permission, an I/O error on a network disk, a file removed meanwhile
+        raise PhotoError(f"cannot read the image file ({e.strerror or e}): check its permissions and disk, "
+                         f"then run again with --retry-errors: {path}") from None
     if data.size >= 2 and data[0] == 0xFF and data[1] == 0xD8:
         damage = jpeg_damage(data)
         if damage is not None:
