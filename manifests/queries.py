@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.files import printable
+
 from .errors import ManifestError, Problem
 from .schemas import QUERIES
 
@@ -71,13 +73,16 @@ def _read_folder(folder: Path) -> tuple[pd.DataFrame, list[Problem]]:
         raise ManifestError(folder, "no images (.jpg, .png, .tif, .webp) in this folder; "
                                     "pass a queries CSV/Parquet or a folder of EarthLoc-named photos")
     for p in files:
+        name = printable(p.name)  # bytes that are not UTF-8 escaped: the row, the manifest and messages are text
         try:
+            if name != p.name:
+                raise ValueError(f"the file name {name!r} is not valid UTF-8 (a table of text cannot hold it)")
             row = parse_earthloc_name(p.name)
         except ValueError as e:
             problems.append(Problem(f"{e}; rename it as @lat@lon@...@PHOTO_ID@...@.jpg or list the photos "
-                                    "in a queries CSV", row=len(rows), column="file name", photo_id=p.name))
-            row = {"photo_id": p.name, "center_lat": np.nan, "center_lon": np.nan}
-        row["image_path"] = p.name
+                                    "in a queries CSV", row=len(rows), column="file name", photo_id=name))
+            row = {"photo_id": name, "center_lat": np.nan, "center_lon": np.nan}
+        row["image_path"] = name
         rows.append(row)
     return pd.DataFrame(rows), problems
 

@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .files import printable
+
 
 
 class ConfigError(ValueError):
@@ -113,7 +115,21 @@ def _toml_value(v: Any) -> str:
         return repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+    return _toml_string(str(v))
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: quotes, backslashes and control characters escaped, other characters as they are
+    (JSON's escapes of characters beyond U+FFFF are surrogate pairs, which TOML refuses); see :func:`printable`."""
+    out = []
+    for ch in printable(text):
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def dumps_toml(conf: dict[str, Any], section: str | None = None) -> str:
@@ -137,8 +153,24 @@ def fingerprint(conf: dict[str, Any]) -> str:
 
 def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     keys = sorted(set(old) | set(new))
-    norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+    # as written to and read back from TOML: tuples are lists, file names not in UTF-8 are escaped (printable)
+    norm = lambda v: list(v) if isinstance(v, tuple) else (printable(v) if isinstance(v, str) else v)  # noqa: E731
     return [k for k in keys if norm(old.get(k)) != norm(new.get(k))]
+
+
+def output_identity(path: str | os.PathLike, edge_bytes: int = 1 << 20) -> dict[str, Any]:
+    """Which file an output is: its size and a hash of its first and last ``edge_bytes`` (a Parquet file's footer,
+    with every row group's offsets and statistics, is at its end). Kept in the config beside the output, it tells
+    a config from an output written by another run (one stopped between writing the two). Copies match; times
+    are not used, as a copy changes them."""
+    h = hashlib.blake2b(digest_size=12)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        h.update(f.read(edge_bytes))
+        if size > edge_bytes:
+            f.seek(max(edge_bytes, size - edge_bytes))
+            h.update(f.read())
+    return {"size": size, "digest": h.hexdigest()}
 
 
 def files_fingerprint(paths: list[str | os.PathLike]) -> str:
@@ -147,7 +179,7 @@ def files_fingerprint(paths: list[str | os.PathLike]) -> str:
     for p in sorted(str(p) for p in paths):
         try:
             st = os.stat(p)
-            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))  # any file name
         except OSError:
-            h.update(f"{p}|missing\n".encode())
+            h.update(f"{p}|missing\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:16]

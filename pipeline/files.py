@@ -43,3 +43,15 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def printable(text: str) -> str:
+    """``text`` as valid Unicode: bytes of a file name that are not UTF-8 (which Python keeps as lone surrogates,
+    ``os.fsdecode``) written as ``\\xNN``. For what is written as text (manifests, configs, messages); keep the
+    original to open the file."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+

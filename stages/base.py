@@ -26,6 +26,7 @@ from pipeline.config import (
     fingerprint,
     load_toml,
     merge,
+    output_identity,
     parse_settings,
 )
 from pipeline.files import atomic_output
@@ -132,13 +133,19 @@ class Stage:
         diff = changed_keys(old_conf, record[self.name])
         if inputs and old.get("inputs") != record["inputs"]:
             diff.append("input files")
+        out = self.output(conf)
+        if "output" in old and out.is_file() and old["output"] != output_identity(out):
+            diff.append(f"the output itself ({out.name} is not the file {cfg.name} was written for: changed or "
+                        "replaced since, or a run stopped between writing the two)")
         return diff
 
     def execute(self, conf: dict[str, Any], overwrite: bool = False) -> str:
         """Run unless the output is up to date; refuse a changed config without ``overwrite``.
 
-        The config is saved beside the output only once the output is written: a run that fails
-        (with or without ``overwrite``) leaves the previous output and its config as they were."""
+        The config is saved beside the output only once the output is written, with the output's identity
+        (:func:`pipeline.config.output_identity`): a run that fails (with or without ``overwrite``) leaves the
+        previous output and its config as they were, and one stopped between writing the two leaves an output
+        its config does not describe, which is refused like changed settings."""
         out = self.output(conf)
         cfg = config_path(out)
         check_output_path(out)
@@ -161,8 +168,10 @@ class Stage:
         parts = self.parts_root(conf)  # with --overwrite too: parts for this very work stay valid
         start = time.perf_counter()
         summary = self.run(conf)  # replaces ``out`` atomically
-        with atomic_output(cfg) as tmp:
-            tmp.write_text("".join(dumps_toml(v, k) + "\n" for k, v in record.items()))
+        saved = {**record, "output": output_identity(out)} if out.is_file() else record
+        with atomic_output(cfg) as tmp:  # a stop before this leaves the new output beside the old config: the
+            # output's identity in the config tells them apart (changed_settings)
+            tmp.write_text("".join(dumps_toml(v, k) + "\n" for k, v in saved.items()), encoding="utf-8")
         if parts.exists() and out.exists():
             shutil.rmtree(parts, ignore_errors=True)
         return summary + f"\n  config: {cfg}\n  time: {time.perf_counter() - start:.1f} s"

@@ -173,8 +173,13 @@ def test_retry_errors_redoes_only_the_error_rows(stage_inputs, tiny, tmp_path, c
     assert main(args) == 1
     assert f"{cfg} is not valid TOML" in capsys.readouterr().err
     cfg.write_text(good_cfg)
-    out.write_bytes(b"not parquet")
+    out.write_bytes(b"not parquet")  # the config records the output's size and a hash of its ends
     for extra in ([], ["--retry-errors"]):
+        assert main(args + extra) == 1
+        assert "(changed: the output itself (fp.parquet is not the file" in capsys.readouterr().err
+    cfg.write_text("".join(line + "\n" for line in good_cfg.splitlines() if not line.startswith(("[output]", "size =",
+                                                                                                 "digest ="))))
+    for extra in ([], ["--retry-errors"]):  # a config from before the output's identity was kept
         assert main(args + extra) == 1
         assert "cannot be read as a footprints manifest" in capsys.readouterr().err
 
@@ -340,3 +345,4 @@ def test_the_queries_file_is_parsed_once_per_run_and_again_when_it_changes(tmp_p
     pd.DataFrame({"photo_id": ["ISS001-E-3"], "image_path": ["c.jpg"], "center_lat": [1.0],
                   "center_lon": [2.0]}).to_csv(q, index=False)  # another size: parsed afresh
     assert stage._read_queries(q)[0]["photo_id"].tolist() == ["ISS001-E-3"] and len(calls) == 2
+

@@ -1,3 +1,4 @@
+import os
 import shutil
 
 import pandas as pd
@@ -110,6 +111,12 @@ def test_earthloc_folder(real_sample, tmp_path):
     assert df.photo_id.tolist() == ["ISS064-E-513"]
     assert rejected.photo_id.tolist() == ["holiday.jpg"] and rejected.column.tolist() == ["file name"]
     assert "rename it as @lat@lon@" in rejected.reason.iloc[0] and "center_lat" not in rejected.reason.iloc[0]
+    # a name whose bytes are not UTF-8 (a Latin-1 camera export): one bad row too, its name escaped as text
+    os.remove(tmp_path / "holiday.jpg")
+    (tmp_path / os.fsdecode(b"caf\xe9.jpg")).write_bytes(b"")
+    df, rejected = read_queries(tmp_path, on_error="collect")
+    assert df.photo_id.tolist() == ["ISS064-E-513"] and rejected.photo_id.tolist() == ["caf\\xe9.jpg"]
+    assert "is not valid UTF-8" in rejected.reason.iloc[0]
 
 
 def test_spreadsheet_exports_are_read_and_wrong_headers_are_shown(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,44 @@ def test_the_default_worker_count_fits_the_memory(caplog):
     caplog.clear()
     assert local_worker_count(16, 16, 32 * gb, 5 * gb) == 16  # asked for: kept, with a warning
     assert "--workers 16: 2.0 GB of memory each" in caplog.text
+
+
+def test_an_output_its_config_does_not_describe_is_refused_not_up_to_date(tmp_path, monkeypatch):
+    """A run stopped after replacing the output but before writing its config (a full disk, a kill) leaves the
+    new output beside the old config: the old settings must not find it "up to date"."""
+    import stages.base as base
+
+    (tmp_path / "src.txt").write_text("a\n")
+    assert Copy().execute(_conf(tmp_path)).startswith("copied")
+    real = base.atomic_output
+
+    def full_disk(path):
+        if str(path).endswith(".config.toml"):
+            raise OSError(28, "No space left on device", str(path))
+        return real(path)
+
+    monkeypatch.setattr(base, "atomic_output", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        Copy().execute(_conf(tmp_path, upper=True), overwrite=True)
+    monkeypatch.setattr(base, "atomic_output", real)
+    assert (tmp_path / "out.txt").read_text() == "A\n"  # the new output, beside the old config
+    with pytest.raises(StageError, match=r"changed: the output itself \(out.txt is not the file out.txt.config.toml"):
+        Copy().execute(_conf(tmp_path))
+    assert Copy().execute(_conf(tmp_path), overwrite=True).startswith("copied")
+    assert "up to date" in Copy().execute(_conf(tmp_path))
+    os.utime(tmp_path / "out.txt", (1e9, 1e9))  # as a copy would: other times, the same bytes
+    assert "up to date" in Copy().execute(_conf(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["\U0001F6F0 iss", "caf" + "\udce9"])  # beyond U+FFFF; a byte not in UTF-8
+def test_any_path_survives_the_config_beside_the_output(tmp_path, name):
+    """Paths are written to the TOML config and compared with the next run's: an emoji (JSON would write a
+    surrogate pair, which TOML refuses) and a file name that is not UTF-8 both read back as the same settings."""
+    d = tmp_path / name
+    d.mkdir()
+    (d / "src.txt").write_text("a\n")
+    stage = Copy()
+    assert stage.execute(_conf(d)).startswith("copied")
+    assert "up to date" in stage.execute(_conf(d)) and stage.runs == 1
+    with pytest.raises(StageError, match="changed: upper"):
+        stage.execute(_conf(d, upper=True))
