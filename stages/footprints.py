@@ -10,6 +10,7 @@ have no part file; a task whose worker dies is retried. Every photo ends in the 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import math
 import time
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 
 from manifests import FOOTPRINTS, ManifestWriter, read_queries, to_table, write_manifest
 from pipeline.config import config_path, files_fingerprint, fingerprint
+from pipeline.files import printable
 from pipeline.footprint.search import default_conf as search_conf, validate_conf
 from pipeline.geometry.geodesy import area_km2, corners_columns, footprint_polygon
 from pipeline.geometry.mercator import MAX_LATITUDE, ORIGIN_SHIFT_M
@@ -474,9 +476,13 @@ class FootprintsStage(Stage):
         if conf["retry_errors"]:
             kept, queries, rejected = self._retry_split(out, queries, rejected)
         search = {k: conf[k] for k in search_conf}
-        parts = self.parts_dir(conf)
-        parts.mkdir(parents=True, exist_ok=True)
         records = queries[["photo_id", "image_path", "center_lat", "center_lon", "focal_length_mm"]].to_dict("records")
+        parts = self.parts_dir(conf)
+        # keyed by the photos to do, too: a --retry-errors stopped after replacing the output, run again, cuts its
+        # batches from fewer error rows and must not take the stopped run's parts for them
+        work = hashlib.sha256("\n".join(printable(str(r["photo_id"])) for r in records).encode()).hexdigest()[:12]
+        parts = parts.with_name(f"{parts.name}-{work}")
+        parts.mkdir(parents=True, exist_ok=True)
         bs = int(conf["batch_size"])
         batches = [records[i : i + bs] for i in range(0, len(records), bs)]
         todo = [k for k in range(len(batches)) if not (parts / f"batch{k:05d}.parquet").exists()]

@@ -346,3 +346,36 @@ def test_the_queries_file_is_parsed_once_per_run_and_again_when_it_changes(tmp_p
                   "center_lon": [2.0]}).to_csv(q, index=False)  # another size: parsed afresh
     assert stage._read_queries(q)[0]["photo_id"].tolist() == ["ISS001-E-3"] and len(calls) == 2
 
+
+def test_a_retry_stopped_before_its_parts_were_removed_leaves_no_stale_parts(stage_inputs, tiny, tmp_path, monkeypatch):
+    """--retry-errors cuts its batches from the output's error rows. One stopped after writing its output and config
+    but before removing its parts, run again on an output with fewer errors, took those parts for its own batches:
+    a photo twice, another lost. Parts are keyed by the photos they hold."""
+    import shutil
+
+    import stages.base as base
+
+    q = read_queries(tiny / "queries.parquet")[0].head(4)
+    paths = {pid: tmp_path / f"{pid}.jpg" for pid in q.photo_id}  # all missing at first: 4 error rows, no search
+    q.assign(image_path=[str(paths[p]) for p in q.photo_id]).to_csv(tmp_path / "q.csv", index=False)
+    out = tmp_path / "fp.parquet"
+    args = _args(stage_inputs, tiny, out) + ["--queries", str(tmp_path / "q.csv"), "--batch-size", "2"]
+    assert main(args) == 0
+    second = q.photo_id.iloc[1]
+    shutil.copy(q.image_path.iloc[1], paths[second])  # one photo is back
+
+    rmtree = shutil.rmtree
+
+    def killed(path, *a, **kw):  # stopped after the output and its config were written, before removing the parts
+        if str(path).endswith(".parts"):
+            raise KeyboardInterrupt
+        return rmtree(path, *a, **kw)
+
+    monkeypatch.setattr(base.shutil, "rmtree", killed)
+    assert main(args + ["--retry-errors"]) == 130
+    monkeypatch.undo()
+    assert (read_manifest(out, "footprints", geometry=False).status != "error").sum() == 1
+    assert main(args + ["--retry-errors"]) == 0  # 3 errors in batches of 2: not the stopped run's 4
+    df = read_manifest(out, "footprints", geometry=False)  # validated: each photo once
+    assert df.photo_id.tolist() == q.photo_id.tolist()
+    assert df.status.tolist() == ["error", df.status.iloc[1], "error", "error"] and df.status.iloc[1] != "error"
