@@ -20,7 +20,6 @@ from typing import Any
 from .files import printable
 
 
-
 class ConfigError(ValueError):
     """A config file or option that cannot be used; the message says which key and why."""
 
