@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from manifests import ManifestError, read_manifest
+from manifests import ManifestError, Problem, read_manifest
 from pipeline.config import config_path
 from pipeline.footprint.calibration import DEFAULT_PRECISION, calibrate
 from pipeline.geometry.geodesy import footprint_polygon, iou
@@ -46,14 +46,45 @@ def read_truth(path: str | Path) -> pd.DataFrame:
         df = read_manifest(path, "truth", geometry=False)
     else:
         try:
-            df = pd.read_csv(path)
+            df = pd.read_csv(path, dtype={"photo_id": str})  # ids of digits stay text, as the footprints' ids
         except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
             raise ManifestError(path, f"not a readable CSV table ({e}); a truth CSV has a header line with "
                                       f"{', '.join(need)}") from None
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise StageError(f"{path}: truth needs columns {missing}")
+    problems = []
+    flags = df["localizable"].map(_truth_flag)
+    for i in np.flatnonzero(flags.isna().to_numpy()):
+        problems.append(Problem(f"localizable must be True or False (also true/false, 1/0, yes/no), got "
+                                f"{_shown(df['localizable'].iloc[i])}", row=int(i), column="localizable",
+                                photo_id=str(df["photo_id"].iloc[i])))
+    df = df.assign(localizable=flags.fillna(False).astype(bool))
+    for c in need[2:]:  # a localizable photo's footprint: eight finite numbers
+        v = pd.to_numeric(df[c], errors="coerce")
+        for i in np.flatnonzero((df["localizable"] & ~np.isfinite(v.to_numpy(dtype=float))).to_numpy()):
+            problems.append(Problem(f"a localizable photo needs its corner as a number, got {_shown(df[c].iloc[i])}",
+                                    row=int(i), column=c, photo_id=str(df["photo_id"].iloc[i])))
+        df[c] = v
+    if problems:
+        raise ManifestError(path, problems[:20] + ([Problem(f"... and {len(problems) - 20} more")]
+                                                  if len(problems) > 20 else []))
     return df.set_index("photo_id")
+
+
+def _shown(v: Any) -> str:
+    return "nothing (an empty cell, or n/a)" if pd.isna(v) else repr(v.item() if isinstance(v, np.generic) else v)
+
+
+def _truth_flag(v: Any) -> bool | None:
+    """A truth file's localizable value as a bool; None when it is not one (``bool("no")`` is True)."""
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)) and v in (0, 1):
+        return bool(v)
+    if isinstance(v, str):
+        return {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}.get(v.strip().lower())
+    return None
 
 
 def check_truth_path(path: Path) -> None:

@@ -128,3 +128,31 @@ def test_calibrate_stage_refuses_bad_inputs(tiny, tmp_path, capsys, case, messag
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "cal.json").exists()
+
+
+def test_a_truth_csv_is_read_as_meant_or_refused_by_row_and_column(tmp_path):
+    """``bool("no")`` is True: a localizable column of yes/no (or a blank) scored negatives against their corners;
+    a blank corner of a localizable row was a traceback; ids of digits became integers and matched nothing."""
+    from manifests import ManifestError
+    from stages.calibrate import read_truth
+
+    head = "photo_id,localizable,tl_lat,tl_lon,tr_lat,tr_lon,br_lat,br_lon,bl_lat,bl_lon\n"
+    good = tmp_path / "good.csv"
+    good.write_text(head + "1001,yes,1,0,1,1,0,1,0,0\n1002,no,,,,,,,,\n1003,FALSE,,,,,,,,\n1004,1,1,0,1,1,0,1,0,0\n")
+    t = read_truth(good)
+    assert t.index.tolist() == ["1001", "1002", "1003", "1004"] and t["localizable"].tolist() == [True, False, False, True]
+    bad = tmp_path / "bad.csv"
+    bad.write_text(head + "P1,maybe,1,0,1,1,0,1,0,0\nP2,,,,,,,,,\nP3,True,1,0,1,n/a,0,1,0,0\n")
+    with pytest.raises(ManifestError) as e:
+        read_truth(bad)
+    msg = str(e.value)
+    assert "row 1 (line 2) [photo_id P1], column 'localizable'" in msg and "got 'maybe'" in msg
+    assert "[photo_id P2], column 'localizable'" in msg and "an empty cell" in msg
+    assert "[photo_id P3], column 'tr_lon': a localizable photo needs its corner as a number" in msg
+
+
+def test_an_extractor_without_lightglue_weights_is_refused_before_any_work():
+    from pipeline.footprint.search import validate_conf
+
+    with pytest.raises(ValueError, match="extractor = 'aliked-t16': choose from aliked, disk, superpoint, sift"):
+        validate_conf({"extractor": "aliked-t16"})

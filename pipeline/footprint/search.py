@@ -113,6 +113,10 @@ default_conf: dict[str, Any] = {
 }
 
 
+EXTRACTORS = ("aliked", "disk", "superpoint", "sift")
+"""The search's features: ALIKED, DISK and SuperPoint with their LightGlue weights, SIFT with mutual nearest
+neighbours (other ALIKED models, such as aliked-t16's 64-D descriptors, have no LightGlue weights here)."""
+
 LIGHTGLUE_LAYERS = 9
 """LightGlue's transformer layers (cvg/LightGlue and kornia's default): the screen may follow layers 0-7."""
 
@@ -130,6 +134,8 @@ def validate_conf(conf: dict[str, Any]) -> dict[str, Any]:
         if not ok:
             raise ValueError(f"footprint option {key} = {c[key]!r}: {what}")
 
+    need(c["extractor"] in EXTRACTORS, "extractor", f"choose from {', '.join(EXTRACTORS)} (the features with "
+         "LightGlue weights for them)")
     need(c["contrast"] in CONTRAST, "contrast", f"choose from {sorted(CONTRAST, key=str)}")
     need(isinstance(c["rotations"], (list, tuple)) and len(c["rotations"]) > 0
          and all(isinstance(d, int) and not isinstance(d, bool) for d in c["rotations"]), "rotations",
