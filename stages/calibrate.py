@@ -110,11 +110,17 @@ def made_with_min_inliers(path: str | Path) -> int | None:
 
 def check_footprints(path: str | Path, footprints: pd.DataFrame, extractor: str) -> None:
     """Refuse footprints that would give a wrong threshold: made with an inlier threshold (their config
-    beside them says so: photos under it lost their footprints, and would all count as wrong), or by
+    beside them says so, or without it their rows "too few inliers after refinement (n < threshold)": photos
+    under it lost their footprints, and would all count as wrong), or by
     other features than ``extractor`` (their ``matcher`` column says so)."""
     threshold = made_with_min_inliers(path)
+    said = f"says {config_path(path).name}"
+    if not threshold and "reason" in footprints:  # without its config (a copy): the rows the threshold turned down
+        cut = footprints["reason"].dropna().astype(str).str.extract(r"^too few inliers after refinement \(\d+ < (\d+)\)")[0]
+        if cut.notna().any():
+            threshold, said = int(cut.dropna().astype(int).max()), "say its rows' reasons"
     if threshold:
-        raise StageError(f"{path} was made with min_inliers = {threshold} (says {config_path(path).name}): photos "
+        raise StageError(f"{path} was made with min_inliers = {threshold} ({said}): photos "
                          f"under {threshold} inliers lost their footprints and would all count as wrong; make the "
                          "footprints with `python -m pipeline run footprints --min-inliers 0`, or leave out "
                          "--footprints and calibrate computes them")

@@ -156,3 +156,17 @@ def test_an_extractor_without_lightglue_weights_is_refused_before_any_work():
 
     with pytest.raises(ValueError, match="extractor = 'aliked-t16': choose from aliked, disk, superpoint, sift"):
         validate_conf({"extractor": "aliked-t16"})
+
+
+def test_footprints_cut_by_a_threshold_are_refused_without_their_config(tmp_path):
+    """A copy without its config: the rows the threshold turned down say so; a manifest with none is what
+    min_inliers = 0 would have made, and is accepted."""
+    from stages.base import StageError
+    from stages.calibrate import check_footprints
+
+    df = pd.DataFrame({"photo_id": ["A", "B"], "status": "not_localized", "matcher": "aliked+lightglue",
+                       "reason": ["too few inliers (best candidate 11, need 15)", None]})
+    check_footprints(tmp_path / "fp.parquet", df, "aliked")
+    df.loc[1, "reason"] = "too few inliers after refinement (19 < 25)"
+    with pytest.raises(StageError, match=r"made with min_inliers = 25 \(say its rows' reasons\)"):
+        check_footprints(tmp_path / "fp.parquet", df, "aliked")
