@@ -72,11 +72,16 @@ def overlay(photo: np.ndarray, corners_lonlat: np.ndarray, source: TileSource, l
 
 def safe_file_name(photo_id: str) -> str:
     """``photo_id`` as one file name inside a folder: path separators, ``..`` and control characters become
-    ``_`` (an id such as ``a/../../b`` would otherwise write outside the overlay folder)."""
+    ``_`` (an id such as ``a/../../b`` would otherwise write outside the overlay folder). A changed id gets
+    ``~`` and 8 hex digits of its hash, so that ``ISS/1`` and ``ISS_1`` do not share a file."""
+    import hashlib
     import re
 
-    name = re.sub(r"[\x00-\x1f/\\:]", "_", str(photo_id)).replace("..", "__").strip()
-    return name or "_"
+    pid = str(photo_id)
+    name = re.sub(r"[\x00-\x1f/\\:]", "_", pid).replace("..", "__").strip() or "_"
+    if name != pid:
+        name += "~" + hashlib.sha256(pid.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return name
 
 
 def write_overlays(footprints, queries: str | os.PathLike, source: TileSource, out_dir: str | os.PathLike,
