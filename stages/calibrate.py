@@ -17,6 +17,7 @@ and truth with no photo in common, and fewer than 10 correct or 10 wrong footpri
 from __future__ import annotations
 
 import argparse
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import pandas as pd
 from manifests import ManifestError, Problem, read_manifest
 from pipeline.config import config_path
 from pipeline.footprint.calibration import DEFAULT_PRECISION, calibrate
+from pipeline.footprint.search import BELOW_THRESHOLD
 from pipeline.geometry.geodesy import footprint_polygon, iou
 
 from .base import Stage, StageError
@@ -116,7 +118,7 @@ def check_footprints(path: str | Path, footprints: pd.DataFrame, extractor: str)
     threshold = made_with_min_inliers(path)
     said = f"says {config_path(path).name}"
     if not threshold and "reason" in footprints:  # without its config (a copy): the rows the threshold turned down
-        cut = footprints["reason"].dropna().astype(str).str.extract(r"^too few inliers after refinement \(\d+ < (\d+)\)")[0]
+        cut = footprints["reason"].dropna().astype(str).str.extract(rf"^{re.escape(BELOW_THRESHOLD)} \(\d+ < (\d+)\)")[0]
         if cut.notna().any():
             threshold, said = int(cut.dropna().astype(int).max()), "say its rows' reasons"
     if threshold:

@@ -10,7 +10,6 @@ have no part file; a task whose worker dies is retried. Every photo ends in the 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import math
 import time
@@ -24,7 +23,6 @@ import pyarrow.parquet as pq
 
 from manifests import FOOTPRINTS, ManifestWriter, read_queries, to_table, write_manifest
 from pipeline.config import config_path, files_fingerprint, fingerprint
-from pipeline.files import printable
 from pipeline.footprint.search import default_conf as search_conf, validate_conf
 from pipeline.geometry.geodesy import area_km2, corners_columns, footprint_polygon
 from pipeline.geometry.mercator import MAX_LATITUDE, ORIGIN_SHIFT_M
@@ -124,17 +122,13 @@ def localize_one(search, row: dict, matcher: str, confidence_model: list[float] 
     if abs(lat) > MAX_LATITUDE:
         return _error(pid, f"weak label latitude {lat:g} is beyond the Web Mercator map (|lat| <= "
                            f"{MAX_LATITUDE:.4f}); no imagery to match", t0, matcher)
-    try:
-        photo = read_photo(row["image_path"])
-    except PhotoError as e:
-        return _error(pid, str(e), t0, matcher)
-    except Exception as e:  # noqa: BLE001 - whatever reading a photo raises, it is this photo's error row
-        log.exception("photo %s could not be read", pid)
-        return _error(pid, f"cannot read the photo ({type(e).__name__}: {e}): {row['image_path']}", t0, matcher)
     focal = row.get("focal_length_mm")
     focal = float(focal) if focal is not None and not pd.isna(focal) else None
     try:
+        photo = read_photo(row["image_path"])
         r = search.localize(photo, lon, lat, focal)
+    except PhotoError as e:
+        return _error(pid, str(e), t0, matcher)
     except Exception as e:  # one photo never stops the others
         log.exception("photo %s failed", pid)
         return _error(pid, f"{type(e).__name__}: {e}", t0, matcher)
@@ -480,7 +474,7 @@ class FootprintsStage(Stage):
         parts = self.parts_dir(conf)
         # keyed by the photos to do, too: a --retry-errors stopped after replacing the output, run again, cuts its
         # batches from fewer error rows and must not take the stopped run's parts for them
-        work = hashlib.sha256("\n".join(printable(str(r["photo_id"])) for r in records).encode()).hexdigest()[:12]
+        work = fingerprint({"photos": [str(r["photo_id"]) for r in records]})
         parts = parts.with_name(f"{parts.name}-{work}")
         parts.mkdir(parents=True, exist_ok=True)
         bs = int(conf["batch_size"])

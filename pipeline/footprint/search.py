@@ -113,6 +113,9 @@ default_conf: dict[str, Any] = {
 }
 
 
+BELOW_THRESHOLD = "too few inliers after refinement"
+"""The start of a not_localized reason whose footprint the ``min_inliers`` threshold turned down: "... (n < min)"."""
+
 EXTRACTORS = ("aliked", "disk", "superpoint", "sift")
 """The search's features: ALIKED, DISK and SuperPoint with their LightGlue weights, SIFT with mutual nearest
 neighbours (other ALIKED models, such as aliked-t16's 64-D descriptors, have no LightGlue weights here)."""
@@ -568,7 +571,7 @@ class FootprintSearch:
         if best is None:
             best = Result("not_localized", reason, inliers=top)
         elif best.inliers < c["min_inliers"]:
-            best = Result("not_localized", f"too few inliers after refinement ({best.inliers} < {c['min_inliers']})",
+            best = Result("not_localized", f"{BELOW_THRESHOLD} ({best.inliers} < {c['min_inliers']})",
                           inliers=best.inliers, zoom=best.zoom, rotation_deg=best.rotation_deg,
                           candidate_id=best.candidate_id, iterations=best.iterations)
         best.pairs_matched = len(cands)
