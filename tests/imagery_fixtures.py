@@ -10,6 +10,8 @@ import rasterio
 from affine import Affine
 from rasterio.enums import Resampling
 
+from pipeline.geometry.mercator import ORIGIN_SHIFT_M
+
 REAL_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "real-sample"
 REAL_MOSAICS = REAL_SAMPLE / "mosaics"
 
@@ -73,3 +75,17 @@ def utm_raster(path: Path, seed: int = 0, size: int = 256, res: float = 30.0, ov
 def lonlat_raster(path: Path, west: float, north: float, res_deg: float, data: np.ndarray, nodata=None) -> Path:
     """An EPSG:4326 raster with its top-left corner at (west, north)."""
     return write_raster(path, data, "EPSG:4326", from_origin(west, north, res_deg, res_deg), nodata=nodata)
+
+
+def seam_rasters(folder: Path, res: float = 1000.0, width: int = 8, height: int = 4, east=None, west=None):
+    """Two EPSG:3857 rasters ``width`` x ``height`` px of ``res`` m, ending at lon 180 and starting at lon -180.
+
+    By default red counts the columns (east: 10, 11, ...; west: 100, 101, ...) and green is 50."""
+    top = height * res / 2
+    paths = []
+    for name, data, left, red0 in (("east", east, ORIGIN_SHIFT_M - width * res, 10), ("west", west, -ORIGIN_SHIFT_M, 100)):
+        if data is None:
+            data = np.full((3, height, width), 50, np.uint8)
+            data[0] = red0 + np.arange(width)
+        paths.append(write_raster(folder / f"{name}.tif", data, "EPSG:3857", from_origin(left, top, res, res)))
+    return paths

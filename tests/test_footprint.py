@@ -282,6 +282,25 @@ def test_overlay_shows_the_imagery_a_footprint_stands_for(tiny, tmp_path):
     assert w3 % 3 == 0 and max(h, w3 // 3) == 128
 
 
+def test_an_overlay_across_the_antimeridian_shows_imagery_on_both_sides(tmp_path):
+    """A footprint straddling lon 180 (corners at 179.8 and -179.8) gets the imagery of both sides in its
+    panel, not the one side its first corner is on and black beyond lon 180."""
+    from pipeline.footprint.overlay import overlay
+    from pipeline.imagery import RasterTileSource
+
+    try:
+        from imagery_fixtures import seam_rasters, smooth_rgb
+    except ImportError:  # tests collected as a package
+        from tests.imagery_fixtures import seam_rasters, smooth_rgb
+    textures = dict(east=smooth_rgb(1, 64, 64), west=smooth_rgb(2, 64, 64))
+    source = RasterTileSource(seam_rasters(tmp_path, 1000.0, 64, 64, **textures))
+    corners = np.array([[179.8, 0.15], [-179.8, 0.15], [-179.8, -0.15], [179.8, -0.15]])
+    photo = np.full((60, 80, 3), 128, np.uint8)
+    panels = overlay(photo, corners, source, long_side=128)
+    imagery = panels[:, panels.shape[1] // 3: 2 * panels.shape[1] // 3]
+    assert (imagery.max(axis=2) > 0).mean() > 0.99
+
+
 @pytest.mark.parametrize("photo_id, name", [("ISS064-E-513", "ISS064-E-513"), ("a/../../b", "a_______b~"),
                                             ("..", "__~"), ("x\\y:z", "x_y_z~")])
 def test_an_overlay_file_stays_in_its_folder_whatever_the_photo_id(photo_id, name):

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Dataset has no geotransform:rast
 
 REAL_MOSAICS, REAL_SAMPLE = fx.REAL_MOSAICS, fx.REAL_SAMPLE
 from_origin, lonlat_raster, smooth_rgb = fx.from_origin, fx.lonlat_raster, fx.smooth_rgb
-utm_raster, write_raster = fx.utm_raster, fx.write_raster
+utm_raster, write_raster, seam_rasters = fx.utm_raster, fx.write_raster, fx.seam_rasters
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +92,19 @@ def test_box_outside_every_raster_is_all_invalid(utm_with_overviews):
     assert isinstance(out, Rendered)
     assert out.rgb.shape == (20, 40, 3) and out.mask.shape == (20, 40)
     assert not out.mask.any() and not out.rgb.any()
+
+
+@pytest.mark.parametrize("edge", [ORIGIN_SHIFT_M, -ORIGIN_SHIFT_M])
+def test_a_box_across_the_antimeridian_reads_both_ends_of_the_map(tmp_path, edge):
+    """Lon 180 and lon -180 are one meridian: the columns of a box beyond either edge of the map are read from
+    the other end of it (red counts the source's columns), as a footprint straddling lon 180 needs."""
+    r = 1000.0
+    src = RasterTileSource(seam_rasters(tmp_path, r), resampling="nearest")
+    out = src.render((edge - 4 * r, -2 * r, edge + 4 * r, 2 * r), 8, 4)
+    assert out.mask.all()
+    assert out.rgb[..., 0].tolist() == [[14, 15, 16, 17, 100, 101, 102, 103]] * 4
+    beyond = src.render((ORIGIN_SHIFT_M + 2 * r, -2 * r, ORIGIN_SHIFT_M + 6 * r, 2 * r), 4, 4)  # wholly past lon 180
+    assert beyond.mask.all() and beyond.rgb[0, :, 0].tolist() == [102, 103, 104, 105]
 
 
 def test_box_half_inside_masks_the_data_part(tmp_path):

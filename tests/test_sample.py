@@ -88,6 +88,19 @@ def test_render_view_matches_the_ground_under_a_nadir_camera():
     assert view.render_pixel_m == pytest.approx(gsd_ground / math.cos(math.radians(46.0)), rel=0.02)
 
 
+def test_a_view_across_the_antimeridian_is_one_continuous_render():
+    """A camera looking at lon 180 sees both sides of it at its own resolution, not a render of the whole
+    map's width (its rays' longitudes jump from 180 to -180)."""
+    world = ProceduralWorld((-180.0, -18.0, 180.0, -16.0), seed=25)
+    cam, _ = camera_looking_at(179.99, -17.0, 0.0, 0.0, 0.0, 410e3, 600.0, 96, 64)
+    view = render_view(cam, world)
+    hits = cam.cast(*np.meshgrid(np.arange(96) + 0.5, np.arange(64) + 0.5))
+    assert (hits.lon < 0).any() and (hits.lon > 0).any()  # the photo straddles the antimeridian
+    assert view.valid.all() and view.rgb.std() > 5
+    gsd_ground = 410e3 * (36 / 96) / 600
+    assert view.render_pixel_m == pytest.approx(gsd_ground / math.cos(math.radians(17.0)), rel=0.02)
+
+
 # -- the workspace -----------------------------------------------------------------------------
 
 

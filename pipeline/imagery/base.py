@@ -9,11 +9,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..geometry.mercator import TILE_SIZE
+from ..geometry.mercator import ORIGIN_SHIFT_M, TILE_SIZE
 from ..geometry.windows import Window
 
 BoundsMercator = tuple[float, float, float, float]
 """(xmin, ymin, xmax, ymax) in EPSG:3857 metres."""
+
+WORLD_WIDTH_M = 2.0 * ORIGIN_SHIFT_M
+"""Width of the Web Mercator map in EPSG:3857 metres: x and x + WORLD_WIDTH_M are one meridian."""
 
 
 def check_render_args(bounds, width, height) -> tuple[BoundsMercator, int, int]:
@@ -46,7 +49,7 @@ class Rendered:
 class TileSource(ABC):
     """Satellite imagery on the Web Mercator grid, whatever the storage.
 
-    Subclasses implement :meth:`render` and :attr:`bounds_mercator`. Everything is safe to
+    Subclasses implement :meth:`_render` and :attr:`bounds_mercator`. Everything is safe to
     call from several threads. Database windows read through :meth:`read_window` are kept in
     a bounded in-process LRU cache (``cache_bytes``; 0 disables it).
     """
@@ -64,13 +67,36 @@ class TileSource(ABC):
     def bounds_mercator(self) -> BoundsMercator:
         """Extent of the data in EPSG:3857 metres (outside it everything is invalid)."""
 
-    @abstractmethod
     def render(self, bounds: BoundsMercator, width: int, height: int) -> Rendered:
         """Render the EPSG:3857 box ``bounds`` to ``height`` x ``width`` pixels.
 
         Pixel (0, 0) is the top-left (xmin, ymax) corner; pixel centres sit at half-pixel
         offsets. Areas without data come back with ``mask`` False (and rgb 0), never an error.
+        The box may reach past the antimeridian (x beyond +-ORIGIN_SHIFT_M, as the surroundings
+        of a footprint straddling lon 180 do): those columns are read from the other side of the
+        map, each column from the copy of the map its centre falls in.
         """
+        bounds, width, height = check_render_args(bounds, width, height)
+        xmin, ymin, xmax, ymax = bounds
+        if -ORIGIN_SHIFT_M <= xmin and xmax <= ORIGIN_SHIFT_M:
+            return self._render(bounds, width, height)
+        step = (xmax - xmin) / width
+        centres = xmin + (np.arange(width) + 0.5) * step
+        copy = np.floor((centres + ORIGIN_SHIFT_M) / WORLD_WIDTH_M).astype(np.int64)  # 0: the map itself
+        starts = np.flatnonzero(np.r_[True, copy[1:] != copy[:-1]])
+        ends = np.r_[starts[1:], width]
+        rgb = np.zeros((height, width, 3), np.uint8)
+        mask = np.zeros((height, width), bool)
+        for a, b in zip(starts.tolist(), ends.tolist()):
+            shift = float(copy[a]) * WORLD_WIDTH_M
+            part = self._render((xmin + a * step - shift, ymin, xmin + b * step - shift, ymax), b - a, height)
+            rgb[:, a:b] = part.rgb
+            mask[:, a:b] = part.mask
+        return Rendered(rgb, mask)
+
+    @abstractmethod
+    def _render(self, bounds: BoundsMercator, width: int, height: int) -> Rendered:
+        """:meth:`render` for a checked box within the map's x range (give or take a pixel)."""
 
     def read_window(self, window: Window, tile_size: int = TILE_SIZE) -> Rendered:
         """A database window at its native resolution: (size_tiles*tile_size)^2 pixels."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..files import atomic_output
 from ..geometry.mercator import TILE_SIZE, mercator_to_pixel, pixel_to_mercator, resolution_m
-from .base import BoundsMercator, Rendered, TileSource, check_render_args
+from .base import BoundsMercator, Rendered, TileSource
 from .xyz import _decode_tile, _encode, paste_tiles
 
 _ALIGN_TOL = 1e-4
@@ -77,8 +77,7 @@ class CachedTileSource(TileSource):
             return None
         return _decode_tile(buf, path, self.tile_size)
 
-    def render(self, bounds: BoundsMercator, width: int, height: int) -> Rendered:
-        bounds, width, height = check_render_args(bounds, width, height)
+    def _render(self, bounds: BoundsMercator, width: int, height: int) -> Rendered:
         aligned = self._aligned(bounds, width, height)
         if aligned is None:
             return self.source.render(bounds, width, height)

@@ -55,7 +55,7 @@ from rasterio.warp import reproject, transform as warp_transform, transform_boun
 from rasterio.windows import Window as RioWindow
 
 from ..geometry.mercator import MAX_LATITUDE, ORIGIN_SHIFT_M, lonlat_to_mercator
-from .base import BoundsMercator, Rendered, TileSource, check_render_args
+from .base import BoundsMercator, Rendered, TileSource
 
 # rasterio.warp.reproject on arrays (which always get a transform here) occasionally reports
 # a "no geotransform" warning when first called from several threads at once; the result is
@@ -414,8 +414,8 @@ class RasterTileSource(TileSource):
             _, ds = handles.popitem()
             ds.close()
 
-    def render(self, bounds: BoundsMercator, width: int, height: int) -> Rendered:
-        (xmin, ymin, xmax, ymax), width, height = check_render_args(bounds, width, height)
+    def _render(self, bounds: BoundsMercator, width: int, height: int) -> Rendered:
+        xmin, ymin, xmax, ymax = bounds
         rgb = np.zeros((height, width, 3), np.uint8)
         mask = np.zeros((height, width), bool)
         resx, resy = (xmax - xmin) / width, (ymax - ymin) / height

@@ -37,7 +37,7 @@ from ..geometry.mercator import (
     tile_bounds_mercator,
 )
 from ..files import atomic_output
-from .base import BoundsMercator, Rendered, TileSource, check_render_args
+from .base import BoundsMercator, Rendered, TileSource
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +241,8 @@ class XYZTileSource(TileSource):
                  for ty in range(py0 // ts, (py1 - 1) // ts + 1) for tx in range(px0 // ts, (px1 - 1) // ts + 1)}
         return paste_tiles(tiles, px0, py0, px1, py1, ts)
 
-    def render(self, bounds: BoundsMercator, width: int, height: int) -> Rendered:
-        (xmin, ymin, xmax, ymax), width, height = check_render_args(bounds, width, height)
+    def _render(self, bounds: BoundsMercator, width: int, height: int) -> Rendered:
+        xmin, ymin, xmax, ymax = bounds
         out_rgb = np.zeros((height, width, 3), np.uint8)
         out_mask = np.zeros((height, width), bool)
         b = self._bounds

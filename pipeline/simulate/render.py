@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..geometry.mercator import MAX_LATITUDE, lonlat_to_mercator
+from ..geometry.mercator import MAX_LATITUDE, ORIGIN_SHIFT_M, lonlat_to_mercator
 from ..imagery.base import TileSource
 from .camera import Camera, GroundHits
 
@@ -63,7 +63,11 @@ def render_view(camera: Camera, source: TileSource, max_render_side: int = MAX_R
     hits = camera.cast(u, v)
     h, w = camera.height, camera.width
     lat = np.clip(hits.lat, -MAX_LATITUDE, MAX_LATITUDE)
-    x, y = lonlat_to_mercator(np.where(hits.hit, hits.lon, 0.0), np.where(hits.hit, lat, 0.0))
+    # longitudes continuous across the antimeridian (unwrapped about the first hit), so a view
+    # across lon 180 is one box; the source reads its far side from the other end of the map
+    lon0 = float(hits.lon[hits.hit][0]) if hits.hit.any() else 0.0
+    lon = lon0 + (hits.lon - lon0 + 180.0) % 360.0 - 180.0
+    x, y = lonlat_to_mercator(np.where(hits.hit, lon, 0.0), np.where(hits.hit, lat, 0.0))
     x = np.where(hits.hit, x, np.nan)
     y = np.where(hits.hit, y, np.nan)
     rgb = np.zeros((h, w, 3), np.uint8)
@@ -78,8 +82,9 @@ def render_view(camera: Camera, source: TileSource, max_render_side: int = MAX_R
     scale = np.clip(scale, fine, coarse)
     sxmin, symin, sxmax, symax = source.bounds_mercator
     pad = 2.0 * coarse
-    xmin = max(float(np.nanmin(x)) - pad, sxmin)
-    xmax = min(float(np.nanmax(x)) + pad, sxmax)
+    xmin, xmax = float(np.nanmin(x)) - pad, float(np.nanmax(x)) + pad
+    if -ORIGIN_SHIFT_M <= xmin and xmax <= ORIGIN_SHIFT_M:  # not across lon 180: only where the source has data
+        xmin, xmax = max(xmin, sxmin), min(xmax, sxmax)
     ymin = max(float(np.nanmin(y)) - pad, symin)
     ymax = min(float(np.nanmax(y)) + pad, symax)
     if not (xmax > xmin and ymax > ymin):

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..geometry.mercator import lonlat_to_mercator
-from ..imagery.base import BoundsMercator, Rendered, TileSource, check_render_args
+from ..imagery.base import BoundsMercator, Rendered, TileSource
 from .noise import Grid, fbm, hash_u32, hash_unit, value_noise
 
 F = np.float32
@@ -139,8 +139,9 @@ def _rotated(xs: np.ndarray, ys: np.ndarray, angle: float, cell: float):
 class ProceduralWorld(TileSource):
     """A seeded procedural Earth over ``region_lonlat`` = (west, south, east, north) degrees.
 
-    ``render`` works for any EPSG:3857 box at any size; ``mask`` is True at pixel centres
-    inside the region. The object keeps only plain parameters and pickles cheaply.
+    ``render`` works for any EPSG:3857 box at any size (across lon 180 it wraps, as every
+    tile source does); ``mask`` is True at pixel centres inside the region. The object keeps
+    only plain parameters and pickles cheaply.
     """
 
     def __init__(
@@ -187,8 +188,7 @@ class ProceduralWorld(TileSource):
         return ProceduralWorld(self.region_lonlat, self.seed, year, self._cache_bytes)
 
     # -- rendering ---------------------------------------------------------------------------
-    def render(self, bounds: BoundsMercator, width: int, height: int) -> Rendered:
-        bounds, width, height = check_render_args(bounds, width, height)
+    def _render(self, bounds: BoundsMercator, width: int, height: int) -> Rendered:
         full = Grid.from_box(bounds, width, height, pad=1)
         rxmin, rymin, rxmax, rymax = self._bounds
         xin = (full.x[1:-1] >= rxmin) & (full.x[1:-1] < rxmax)
