@@ -57,8 +57,7 @@ def seam_tiles(folder: Path, res: float, seed: int) -> list[Path]:
     for name, xa in (("east", ORIGIN_SHIFT_M - WORLD_M / 360), ("west", ORIGIN_SHIFT_M)):
         xb = xa + WORLD_M / 360
         nx = int(round((xb - xa) / res))
-        # the world's own renderer, before the wrap at lon 180 every tile source applies
-        r = world._render((xa, north - ny * res, xb, north), nx, ny)
+        r = world.render((xa, north - ny * res, xb, north), nx, ny)  # its frame is lon 176..184 (its region)
         left = xa if name == "east" else xa - WORLD_M
         path = folder / f"{name}.tif"
         with rasterio.open(path, "w", driver="GTiff", width=nx, height=ny, count=3, dtype="uint8", crs="EPSG:3857",

@@ -227,6 +227,19 @@ def test_other_seed_other_photos(tiny, tmp_path):
     assert len(a) == 3 and not np.allclose(a["target_lat"], b["target_lat"][:3])
 
 
+def test_preview_panel_of_a_footprint_across_lon_180_is_the_footprint_not_the_world():
+    from types import SimpleNamespace
+
+    from pipeline.simulate.preview import _truth_panel
+
+    world = ProceduralWorld((-180.0, -18.0, 180.0, -16.0), seed=25)
+    row = SimpleNamespace(tl_lon=179.8, tl_lat=-16.8, tr_lon=-179.8, tr_lat=-16.8, br_lon=-179.8, br_lat=-17.2,
+                          bl_lon=179.8, bl_lat=-17.2, center_lon=179.99, center_lat=-17.0)
+    panel = _truth_panel(world, row, 100)
+    assert panel.shape[0] == 100 and panel.shape[1] < 150  # 0.4 x 0.4 deg and the margin, not 2.6 worlds
+    assert panel.std() > 5
+
+
 def test_preview_contact_sheet(tiny, tmp_path):
     png = tmp_path / "sheet.png"
     assert main(["run", "sample", "--size", "tiny", "--workdir", str(tiny), "--preview", str(png), "-q"]) == 0

@@ -119,6 +119,19 @@ def test_mask_false_outside_region():
     assert not out.mask.any() and not out.rgb.any()
 
 
+def test_a_region_past_lon_180_is_read_in_its_own_frame():
+    """A world over lon 176..184 has data at lon 181, which is lon -179 too: both boxes give its pixels, and
+    a box across lon 180 is continuous (the map's frame would send lon 181 to -179, outside the region)."""
+    seam = ProceduralWorld((176.0, -18.0, 184.0, -16.0), seed=25)
+    _, y0 = lonlat_to_mercator(0.0, -17.1)
+    _, y1 = lonlat_to_mercator(0.0, -17.0)
+    beyond = seam.render((lonlat_to_mercator(181.0, 0)[0], y0, lonlat_to_mercator(181.1, 0)[0], y1), 32, 32)
+    wrapped = seam.render((lonlat_to_mercator(-179.0, 0)[0], y0, lonlat_to_mercator(-178.9, 0)[0], y1), 32, 32)
+    assert beyond.mask.all() and np.abs(beyond.rgb.astype(int) - wrapped.rgb).max() <= 1
+    across = seam.render((lonlat_to_mercator(179.95, 0)[0], y0, lonlat_to_mercator(180.05, 0)[0], y1), 32, 32)
+    assert across.mask.all()
+
+
 def test_years_differ_in_radiometry_but_not_in_structure(world):
     box = _box(*CENTRE, 11, 256)
     renders = [world.with_year(y).render(box, 256, 256).rgb for y in range(len(YEARS))]

@@ -72,17 +72,21 @@ class TileSource(ABC):
 
         Pixel (0, 0) is the top-left (xmin, ymax) corner; pixel centres sit at half-pixel
         offsets. Areas without data come back with ``mask`` False (and rgb 0), never an error.
-        The box may reach past the antimeridian (x beyond +-ORIGIN_SHIFT_M, as the surroundings
-        of a footprint straddling lon 180 do): those columns are read from the other side of the
-        map, each column from the copy of the map its centre falls in.
+        x is periodic, one world (``WORLD_WIDTH_M``) long: a box reaching past lon 180 (or -180),
+        as the surroundings of a footprint straddling it do, has those columns read from the
+        other end of the source's frame, each column from the copy its centre falls in. The
+        frame is the map, x in [-ORIGIN_SHIFT_M, ORIGIN_SHIFT_M), unless the source's data
+        reach past an edge of it (a procedural region to lon 184): then the world-long frame
+        that ends (or starts) with the data.
         """
         bounds, width, height = check_render_args(bounds, width, height)
         xmin, ymin, xmax, ymax = bounds
-        if -ORIGIN_SHIFT_M <= xmin and xmax <= ORIGIN_SHIFT_M:
+        left = self._frame_left()
+        if left <= xmin and xmax <= left + WORLD_WIDTH_M:
             return self._render(bounds, width, height)
         step = (xmax - xmin) / width
         centres = xmin + (np.arange(width) + 0.5) * step
-        copy = np.floor((centres + ORIGIN_SHIFT_M) / WORLD_WIDTH_M).astype(np.int64)  # 0: the map itself
+        copy = np.floor((centres - left) / WORLD_WIDTH_M).astype(np.int64)  # 0: the frame itself
         starts = np.flatnonzero(np.r_[True, copy[1:] != copy[:-1]])
         ends = np.r_[starts[1:], width]
         rgb = np.zeros((height, width, 3), np.uint8)
@@ -94,9 +98,16 @@ class TileSource(ABC):
             mask[:, a:b] = part.mask
         return Rendered(rgb, mask)
 
+    def _frame_left(self) -> float:
+        """Western edge (EPSG:3857 metres) of the world-long x range this source's data are read in."""
+        dxmin, _, dxmax, _ = self.bounds_mercator
+        if dxmax > ORIGIN_SHIFT_M:
+            return float(dxmax) - WORLD_WIDTH_M
+        return min(float(dxmin), -ORIGIN_SHIFT_M)
+
     @abstractmethod
     def _render(self, bounds: BoundsMercator, width: int, height: int) -> Rendered:
-        """:meth:`render` for a checked box within the map's x range (give or take a pixel)."""
+        """:meth:`render` for a checked box within the source's frame (give or take a pixel)."""
 
     def read_window(self, window: Window, tile_size: int = TILE_SIZE) -> Rendered:
         """A database window at its native resolution: (size_tiles*tile_size)^2 pixels."""
