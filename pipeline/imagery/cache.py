@@ -36,6 +36,7 @@ class CachedTileSource(TileSource):
         self.folder = os.fspath(folder)
         self.tile_size = int(tile_size)
         self.year = source.year
+        self._bounds = tuple(source.bounds_mercator)  # asked by every render (its frame): kept, not delegated
 
     def __getstate__(self):
         return {"source": self.source, "folder": self.folder, "tile_size": self.tile_size,
@@ -49,7 +50,7 @@ class CachedTileSource(TileSource):
 
     @property
     def bounds_mercator(self) -> BoundsMercator:
-        return self.source.bounds_mercator
+        return self._bounds
 
     def _aligned(self, bounds: BoundsMercator, width: int, height: int) -> tuple[int, int, int] | None:
         """(zoom, left px, top px) when the box is on a zoom's pixel grid at its resolution."""
