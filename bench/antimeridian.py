@@ -29,7 +29,7 @@ from rasterio.transform import from_origin
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.footprint.search import FootprintSearch  # noqa: E402
-from pipeline.geometry.geodesy import footprint_polygon, iou  # noqa: E402
+from pipeline.geometry.geodesy import footprint_polygon, iou, wrap_lon  # noqa: E402
 from pipeline.geometry.mercator import ORIGIN_SHIFT_M, lonlat_to_mercator  # noqa: E402
 from pipeline.imagery import RasterTileSource  # noqa: E402
 from pipeline.imagery.base import check_render_args  # noqa: E402
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
                     continue
                 got = np.asarray(r.corners_lonlat)
                 d = got - truth
-                d[:, 0] = (d[:, 0] + 180.0) % 360.0 - 180.0
+                d[:, 0] = wrap_lon(d[:, 0])
                 err = float(np.max(np.hypot(d[:, 0] * 111320 * np.cos(np.radians(17.0)), d[:, 1] * 110574)))
                 score = iou(footprint_polygon(got), footprint_polygon(truth))
                 print(f"{head} {score:7.4f} {err:12.0f} {dt:5.1f}")

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ..files import atomic_output
+from ..geometry.geodesy import wrap_lon
 from ..geometry.mercator import lonlat_to_mercator
 from ..imagery import open_tile_source
 
@@ -37,7 +38,7 @@ def _truth_panel(source, row, height: int) -> np.ndarray:
     else:  # limb: no footprint, show 100 km around the label
         lons = np.array([row.center_lon - 0.6, row.center_lon + 0.6])
         lats = np.array([row.center_lat - 0.45, row.center_lat + 0.45])
-    lons = row.center_lon + (lons - row.center_lon + 180.0) % 360.0 - 180.0  # one side of lon 180, the label's
+    lons = row.center_lon + wrap_lon(lons - row.center_lon)  # on the label's side of lon 180
     x, y = lonlat_to_mercator(lons, lats)
     lx, ly = lonlat_to_mercator(row.center_lon, row.center_lat)
     xmin, xmax = min(x.min(), lx), max(x.max(), lx)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..geometry.geodesy import wrap_lon
 from ..geometry.mercator import MAX_LATITUDE, ORIGIN_SHIFT_M, lonlat_to_mercator
 from ..imagery.base import TileSource
 from .camera import Camera, GroundHits
@@ -66,7 +67,8 @@ def render_view(camera: Camera, source: TileSource, max_render_side: int = MAX_R
     # longitudes continuous across the antimeridian (unwrapped about the first hit), so a view
     # across lon 180 is one box; the source reads its far side from the other end of the map
     lon0 = float(hits.lon[hits.hit][0]) if hits.hit.any() else 0.0
-    lon = lon0 + (hits.lon - lon0 + 180.0) % 360.0 - 180.0
+    d = hits.lon - lon0
+    lon = hits.lon + (wrap_lon(d) - d)  # + 0 exactly where no wrap is needed: ordinary views unchanged bit for bit
     x, y = lonlat_to_mercator(np.where(hits.hit, lon, 0.0), np.where(hits.hit, lat, 0.0))
     x = np.where(hits.hit, x, np.nan)
     y = np.where(hits.hit, y, np.nan)
