@@ -66,3 +66,15 @@ def test_known_points():
 def test_latitude_beyond_mercator_is_a_clear_error(lat):
     with pytest.raises(LatitudeError, match="outside the Web Mercator range"):
         lonlat_to_mercator(10.0, lat)
+
+
+@pytest.mark.parametrize("zoom", [0, 11, 24])
+def test_tile_edges_have_exact_longitudes(zoom):
+    """The map's west and east edges are lon -180 and 180 exactly (a window's corner at 180 + 1 ulp would be
+    stored as -180 once wrapped), and so is every tile edge between them."""
+    n = 1 << zoom
+    x = np.array([0.0, n / 2, n, 1.5 * n])  # the last: past the east edge (a window across lon 180)
+    lon, _ = pixel_to_lonlat(x, np.zeros(4), zoom, 1)
+    assert lon.tolist() == [-180.0, 0.0, 180.0, 360.0]
+    lon, _ = pixel_to_lonlat(x * 256 + 256, np.zeros(4), zoom)
+    np.testing.assert_array_equal(lon, [-180.0 + 360.0 / n, 360.0 / n, 180.0 + 360.0 / n, 360.0 + 360.0 / n])

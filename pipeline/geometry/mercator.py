@@ -102,8 +102,13 @@ def lonlat_to_pixel(lon, lat, zoom: int, tile_size: int = TILE_SIZE):
 
 
 def pixel_to_lonlat(px, py, zoom: int, tile_size: int = TILE_SIZE):
-    """Global pixel coordinates at ``zoom`` -> lon/lat (degrees)."""
-    return mercator_to_lonlat(*pixel_to_mercator(px, py, zoom, tile_size))
+    """Global pixel coordinates at ``zoom`` -> lon/lat (degrees), longitude not wrapped.
+
+    The longitude is a multiple of 360 / world_size_px(zoom) degrees (a power-of-two fraction), so
+    tile edges get it exactly: pixel 0 is lon -180 and the world's width lon 180, never 180 +- 1 ulp."""
+    _, lat = mercator_to_lonlat(*pixel_to_mercator(px, py, zoom, tile_size))
+    lon = np.asarray(px, dtype=np.float64) * (360.0 / world_size_px(zoom, tile_size)) - 180.0
+    return _out(lon), lat
 
 
 def lonlat_to_tile(lon, lat, zoom: int):
