@@ -16,7 +16,7 @@ import shapely
 
 from manifests.schemas import CORNER_COLUMNS
 
-from .geometry.geodesy import box_area_km2
+from .geometry.geodesy import box_area_km2, to_crs84
 from .geometry.mercator import TILE_SIZE, pixel_to_lonlat, pixel_to_mercator
 from .geometry.windows import window_origins
 from .imagery.base import TileSource
@@ -27,7 +27,9 @@ def window_rows(zoom: int, xs: np.ndarray, ys: np.ndarray, size_tiles: int, year
 
     Corners are exact (north-up: top-left, top-right, bottom-right, bottom-left), the
     geometry is the lon/lat rectangle (Mercator windows are bounded by meridians and
-    parallels), the area is the exact ellipsoidal area of that rectangle in km2.
+    parallels), the area is the exact ellipsoidal area of that rectangle in km2. A window
+    across the antimeridian has its east corners wrapped (e.g. -178.6) and a MultiPolygon of
+    its two sides.
     """
     xs = np.asarray(xs, dtype=np.int64)
     ys = np.asarray(ys, dtype=np.int64)
@@ -38,7 +40,12 @@ def window_rows(zoom: int, xs: np.ndarray, ys: np.ndarray, size_tiles: int, year
         [np.stack([west, south], -1), np.stack([east, south], -1), np.stack([east, north], -1),
          np.stack([west, north], -1), np.stack([west, south], -1)], axis=1)  # (N, 5, 2), counter-clockwise
     geoms = shapely.polygons(ring)
-    corners = dict(zip(CORNER_COLUMNS, (north, west, north, east, south, east, south, west)))
+    across = east > 180.0
+    if across.any():
+        geoms = geoms.astype(object)
+        geoms[across] = [to_crs84(g) for g in geoms[across]]
+    east_stored = np.where(across, east - 360.0, east)
+    corners = dict(zip(CORNER_COLUMNS, (north, west, north, east_stored, south, east_stored, south, west)))
     return pd.DataFrame(
         {
             "tile_id": [f"{zoom}_{x}_{y}" for x, y in zip(xs.tolist(), ys.tolist())],
@@ -83,22 +90,23 @@ def iter_database_windows(
     xs, ys = window_origins(source.bounds_mercator, zoom, size_tiles)
     if not len(xs) or not len(ys):
         return
-    bx0, bx1 = xs[0] // stride, xs[-1] // stride + 2  # block columns [bx0, bx1)
+    # block columns [bx0, bx0 + nbx): consecutive from the first window's, past the map's east edge for
+    # windows across the antimeridian (the source reads that part from the map's west end)
+    bx0, nbx = int(xs[0]) // stride, len(xs) + 1
     by0, by1 = ys[0] // stride, ys[-1] // stride + 2
-    nbx = int(bx1 - bx0)
     # Window rows are block rows r (window covers block rows r and r+1); process bands of them.
     for r0 in range(int(by0), int(by1) - 1, band_rows):
         r1 = min(r0 + band_rows, int(by1) - 1)  # window block rows [r0, r1)
         nby = r1 - r0 + 1  # block rows needed
         left, top = pixel_to_mercator(bx0 * stride, r0 * stride, zoom, 1)
-        right, bottom = pixel_to_mercator(bx1 * stride, (r0 + nby) * stride, zoom, 1)
+        right, bottom = pixel_to_mercator((bx0 + nbx) * stride, (r0 + nby) * stride, zoom, 1)
         mask = source.render((left, bottom, right, top), nbx * block_px, nby * block_px).mask
         blocks = mask.reshape(nby, block_px, nbx, block_px).mean(axis=(1, 3))  # (nby, nbx)
         win = (blocks[:-1, :-1] + blocks[1:, :-1] + blocks[:-1, 1:] + blocks[1:, 1:]) / 4.0  # (nby-1, nbx-1)
         keep_r, keep_c = np.nonzero(win >= min_valid)
         examined = win.size
         if len(keep_r):
-            wx = (bx0 + keep_c) * stride
+            wx = xs[keep_c]
             wy = (r0 + keep_r) * stride
             yield window_rows(zoom, wx, wy, size_tiles, year), examined
         else:

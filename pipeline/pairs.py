@@ -15,8 +15,8 @@ reach the threshold and vectorizes the rest (:func:`join`):
 4. **Exact IoU.** The rest are clipped (Sutherland-Hodgman, vectorized over pairs) and
    measured on the WGS84 ellipsoid (:mod:`pipeline.geometry.overlap`).
 
-Footprints crossing the antimeridian are unwrapped; windows beyond it are found modulo the
-world's width. Footprint edges are straight in lon/lat (the manifests' convention); large
+Footprints crossing the antimeridian are unwrapped; windows beyond it, and the windows across
+it, are found modulo the world's width and measured in the footprint's frame. Footprint edges are straight in lon/lat (the manifests' convention); large
 footprints are densified so their Mercator rings follow those edges.
 """
 
@@ -157,8 +157,8 @@ def join(rings: Rings, db: Database, iou_min: float, zooms: list[int] | None = N
         if not len(f):
             continue
         n_tiles = 1 << zoom
-        xw = x0 % n_tiles  # the window's own origin, for a footprint unwrapped past +-180
-        keep = (xw <= n_tiles - size) & db.contains(_key(zoom, xw, y0))
+        xw = x0 % n_tiles  # the window's own origin, for a footprint unwrapped past +-180 (or a window across it)
+        keep = db.contains(_key(zoom, xw, y0))
         f, x0, y0, xw = f[keep], x0[keep], y0[keep], xw[keep]
         tile_m = WORLD_M / n_tiles
         bx0 = x0 * tile_m - HALF_WORLD_M

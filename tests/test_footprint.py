@@ -64,6 +64,22 @@ def test_a_footprint_beyond_the_mercator_map_is_rejected_not_an_error():
     assert why is None and np.abs(ok - corners).max() < 1e-6
 
 
+@pytest.mark.parametrize("label_lon, inside", [(-179.95, True), (179.9, True), (180.1, True), (-179.0, False)])
+def test_a_footprint_matched_across_lon_180_contains_a_label_on_either_side(label_lon, inside):
+    """A footprint found in the window across the antimeridian has unwrapped corners (here 179.8 .. 180.2);
+    a label at -179.95 is the same place as 180.05 and lies in it."""
+    from types import SimpleNamespace
+
+    from pipeline.footprint.search import FootprintSearch, validate_conf
+
+    corners = np.array([[179.8, -16.8], [180.2, -16.8], [180.2, -17.2], [179.8, -17.2]])
+    search = SimpleNamespace(conf=validate_conf({}))
+    got, why = FootprintSearch.check(search, hg.photo_to_mercator(corners, 600, 600), 600, 600, lon=label_lon,
+                                     lat=-17.0)
+    assert (why is None) is inside, why
+    assert inside or "does not contain the weak label" in why
+
+
 def test_refine_iterations_must_be_at_least_one():
     from pipeline.footprint.search import validate_conf
 

@@ -64,6 +64,30 @@ def test_kept_windows_are_those_at_least_half_valid(half_raster, tmp_path):
     assert row.geometry.exterior.is_ccw
 
 
+def test_imagery_across_lon_180_gets_the_window_across_it(tmp_path):
+    """Two rasters meeting at lon 180 (64 km each side, 64 km tall, on the equator): at zoom 11 (windows of
+    78 km, stride 39 km) the window centred on the seam is whole imagery, the two either side of it two thirds."""
+    try:
+        from imagery_fixtures import seam_rasters
+    except ImportError:  # tests collected as a package
+        from tests.imagery_fixtures import seam_rasters
+    (tmp_path / "tif").mkdir()
+    seam_rasters(tmp_path / "tif", 1000.0, 64, 64)
+    stage, conf = _conf(tmp_path / "tif", tmp_path / "db.parquet", zooms=[11])
+    stage.execute(conf)
+    df = gpd.read_parquet(tmp_path / "db.parquet").set_index("tile_id")
+    assert sorted(df.index) == ["11_0_1022", "11_2044_1022", "11_2046_1022"]
+    across = df.loc["11_2046_1022"]
+    assert (across.tl_lon, across.tr_lon, across.br_lon, across.bl_lon) == (179.6484375, -179.6484375,
+                                                                           -179.6484375, 179.6484375)
+    assert df.loc["11_2044_1022"].tr_lon == 180.0 and df.loc["11_0_1022"].tl_lon == -180.0  # exact edges
+    assert across.geometry.geom_type == "MultiPolygon" and len(across.geometry.geoms) == 2
+    assert sorted(p.bounds[0] for p in across.geometry.geoms) == [-180.0, 179.6484375]
+    expected = area_km2(window_polygon(Window(11, 2046, 1022)))
+    assert across.area_km2 == pytest.approx(expected, rel=1e-6)
+    assert df.area_km2.max() - df.area_km2.min() < 1e-6  # one band of latitude: one area
+
+
 def test_rerun_skips_changed_config_refuses_overwrite_redoes(half_raster, tmp_path):
     out = tmp_path / "db.parquet"
     stage, conf = _conf(half_raster, out, zooms=[11])

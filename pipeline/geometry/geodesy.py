@@ -351,11 +351,12 @@ def footprint_polygon(corners_lonlat) -> Polygon | MultiPolygon:
     return to_crs84(poly)
 
 
-def window_polygon(window) -> Polygon:
+def window_polygon(window) -> Polygon | MultiPolygon:
     """Footprint of a database window (:class:`pipeline.geometry.windows.Window`).
 
-    North-up rectangle in lon/lat from ``window.corners_lonlat()`` (windows never cross the
-    antimeridian), counter-clockwise, longitudes within [-180, 180].
+    North-up rectangle in lon/lat from ``window.corners_lonlat()``, counter-clockwise,
+    longitudes within [-180, 180]; a MultiPolygon of its two sides for the window across the
+    antimeridian.
     """
     return footprint_polygon(window.corners_lonlat())
 

@@ -2,8 +2,11 @@
 
 A window is named by its zoom and its top-left tile (x, y); with N = ``size_tiles`` even,
 window origins are multiples of N/2 tiles, so every point of the world lies in four windows
-(two along each axis). Windows never wrap around the antimeridian or leave the world: near
-the world's edges a point lies in fewer windows.
+(two along each axis). Windows wrap around the antimeridian, as the map does: the window whose
+origin is N/2 tiles short of the map's east edge covers its last N/2 columns of tiles and the
+first N/2 (its corners, bounds and pixel box are unwrapped: they run past lon 180 / the world's
+width, and tile sources read such boxes from both ends of the map). They never leave the map's
+north or south edge, so a point within half a window of lat +-85.05 lies in two windows.
 """
 
 from __future__ import annotations
@@ -35,7 +38,11 @@ def _check_size(size_tiles: int) -> int:
 
 @dataclass(frozen=True, order=True)
 class Window:
-    """A database window: ``size_tiles`` x ``size_tiles`` tiles whose top-left tile is (x, y)."""
+    """A database window: ``size_tiles`` x ``size_tiles`` tiles whose top-left tile is (x, y).
+
+    ``x`` is in [0, 2**zoom - size_tiles / 2]; the last origin, 2**zoom - size_tiles / 2, is the
+    window across the antimeridian, whose right half is the map's first columns of tiles.
+    """
 
     zoom: int
     x: int
@@ -47,20 +54,29 @@ class Window:
         """``z_x_y`` of the top-left tile, as in the database manifest."""
         return f"{self.zoom}_{self.x}_{self.y}"
 
+    @property
+    def wraps(self) -> bool:
+        """Whether the window reaches past lon 180 (its right part is the map's west end)."""
+        return self.x + self.size_tiles > 1 << self.zoom
+
     def pixel_box(self, tile_size: int = TILE_SIZE) -> tuple[int, int, int, int]:
-        """(left, top, right, bottom) in global pixel coordinates of ``zoom``."""
+        """(left, top, right, bottom) in global pixel coordinates of ``zoom``; unwrapped (right past the
+        world's width) for a window across the antimeridian."""
         n = self.size_tiles * tile_size
         return self.x * tile_size, self.y * tile_size, self.x * tile_size + n, self.y * tile_size + n
 
     def bounds_mercator(self) -> tuple[float, float, float, float]:
-        """(xmin, ymin, xmax, ymax) in EPSG:3857 metres."""
+        """(xmin, ymin, xmax, ymax) in EPSG:3857 metres; xmax past 20037508.34 m when the window wraps."""
         left, top, right, bottom = self.pixel_box(1)
         xmin, ymax = pixel_to_mercator(left, top, self.zoom, 1)
         xmax, ymin = pixel_to_mercator(right, bottom, self.zoom, 1)
         return xmin, ymin, xmax, ymax
 
     def corners_lonlat(self) -> np.ndarray:
-        """(4, 2) array of (lon, lat) degrees: top-left, top-right, bottom-right, bottom-left."""
+        """(4, 2) array of (lon, lat) degrees: top-left, top-right, bottom-right, bottom-left.
+
+        Unwrapped: the east corners of a window across the antimeridian are past lon 180
+        (``pipeline.geometry.geodesy.corners_columns`` and ``window_polygon`` store them wrapped)."""
         left, top, right, bottom = self.pixel_box(1)
         lon, lat = pixel_to_lonlat(
             np.array([left, right, right, left], dtype=np.float64),
@@ -80,20 +96,22 @@ class Window:
 
 
 def windows_containing(lon: float, lat: float, zoom: int, size_tiles: int = DEFAULT_SIZE_TILES) -> list[Window]:
-    """The (up to four) windows at ``zoom`` that contain the point (lon, lat) in degrees."""
+    """The windows at ``zoom`` that contain the point (lon, lat) in degrees: four, two within half a
+    window of the map's north or south edge. Longitudes wrap: lon 180 and -180 are one meridian,
+    and a point near it lies in the window across it."""
     size_tiles = _check_size(size_tiles)
     stride = size_tiles // 2
     px, py = lonlat_to_pixel(lon, lat, zoom, 1)  # in tiles
     n_tiles = 1 << int(zoom)
-    # lon 180 (and lat -85.05) lie on the map's far edge: take the windows just inside it, as for lon 179.9999
-    edge = float(np.nextafter(n_tiles, 0))
-    px, py = min(float(px), edge), min(float(py), edge)
+    # lat -85.05 lies on the map's south edge: take the windows just inside it
+    py = min(float(py), float(np.nextafter(n_tiles, 0)))
+    px = float(px) % n_tiles
     out = []
     for ky in (int(np.floor(py / stride)) - 1, int(np.floor(py / stride))):
         for kx in (int(np.floor(px / stride)) - 1, int(np.floor(px / stride))):
-            x0, y0 = kx * stride, ky * stride
-            if 0 <= x0 and x0 + size_tiles <= n_tiles and 0 <= y0 and y0 + size_tiles <= n_tiles:
-                out.append(Window(int(zoom), x0, y0, size_tiles))
+            y0 = ky * stride
+            if 0 <= y0 and y0 + size_tiles <= n_tiles:
+                out.append(Window(int(zoom), (kx * stride) % n_tiles, y0, size_tiles))
     return out
 
 
@@ -102,8 +120,14 @@ def window_origins(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Origins of every window at ``zoom`` that overlaps the EPSG:3857 box.
 
+    The box may reach past +-20037508.34 m (a source whose data run past lon 180 in its own
+    frame): windows are found modulo the world's width.
+
     Returns:
-        xs: (nx,) int64 top-left tile x of the window columns, ascending.
+        xs: (nx,) int64 top-left tile x of the window columns, in [0, 2**zoom - size_tiles / 2],
+            from the box's west end eastwards: each column is one stride (half a window) east of
+            the one before, modulo the world (a box across lon 180 gives e.g. [.., 2**zoom - 2, 0, ..]).
+            Every column of the world, from 0, when the box is as wide as the map.
         ys: (ny,) int64 top-left tile y of the window rows, ascending (north to south).
         The windows are the outer product: ``Window(zoom, x, y)`` for x in xs, y in ys.
     """
@@ -113,13 +137,17 @@ def window_origins(
     left, top = mercator_to_pixel(xmin, ymax, zoom, 1)
     right, bottom = mercator_to_pixel(xmax, ymin, zoom, 1)
     n_tiles = 1 << int(zoom)
-    last = n_tiles - size_tiles  # last valid origin
+    if size_tiles > n_tiles:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
 
-    def axis(lo: float, hi: float) -> np.ndarray:
+    def ks(lo: float, hi: float) -> np.ndarray:
         # window [k*stride, k*stride + size) overlaps (lo, hi) when k*stride < hi and k*stride + size > lo
-        k0 = int(np.floor((lo - size_tiles) / stride)) + 1
-        k1 = int(np.ceil(hi / stride)) - 1
-        ks = np.arange(max(k0, 0), k1 + 1, dtype=np.int64) * stride
-        return ks[(ks >= 0) & (ks <= last)]
+        return np.arange(int(np.floor((lo - size_tiles) / stride)) + 1, int(np.ceil(hi / stride)), dtype=np.int64)
 
-    return axis(left, right), axis(top, bottom)
+    kx = ks(left, right)
+    if len(kx) >= n_tiles // stride:  # the box goes round the world: every column once
+        xs = np.arange(0, n_tiles, stride, dtype=np.int64)
+    else:
+        xs = (kx * stride) % n_tiles
+    ys = ks(top, bottom) * stride
+    return xs, ys[(ys >= 0) & (ys <= n_tiles - size_tiles)]
