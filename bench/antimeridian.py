@@ -2,15 +2,16 @@
 
     python bench/antimeridian.py [--workdir DIR] [--res 100] [--seed 25]
 
-Database windows end at the map's edges (lon -180 and 180), so a photo across the antimeridian is
-first matched against a window on its weak label's side only; the refinement's surroundings (three
-times the footprint) then reach across, and tile sources read what lies beyond lon 180 from the
-other end of the map. This builds one continuous procedural world cut into two EPSG:3857 GeoTIFFs at
-the seam (lon 179..180 and -180..-179, ``--res`` m per pixel), a 640 x 480 photo of it looking at lon
-``--look-at`` (179.9; 200 mm, turned), and localizes it from labels at several longitudes, printing for each the
-share of the photo on the label's side of lon 180, the outcome, the inliers, the IoU against the
-camera's true footprint and the largest corner error, for tile sources that wrap (``wrapped``) and,
-side by side, for the same rasters read as before the wrap (``one side``: nothing beyond lon 180).
+Database windows wrap as the map does: a weak label near lon 180 lies in four windows, two of them
+across it, so a photo straddling the antimeridian is first matched against windows that hold all of
+it, whichever side its label is on. Tile sources read what lies beyond lon 180 from the other end of
+the map. This builds one continuous procedural world cut into two EPSG:3857 GeoTIFFs at the seam
+(lon 179..180 and -180..-179, ``--res`` m per pixel), a 640 x 480 photo of it looking at lon
+``--look-at`` (179.9; 200 mm, turned), and localizes it from labels at several longitudes, printing
+for each the share of the photo on the label's side of lon 180, the outcome, the inliers, the IoU
+against the camera's true footprint and the largest corner error, with windows across lon 180
+(``across``) and, side by side on the same tile source, with the windows the search had before
+(``edge``: windows end at the map's edges, so only those on the label's side are matched).
 No Dask, one process.
 """
 
@@ -28,11 +29,12 @@ from rasterio.transform import from_origin
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import pipeline.footprint.search as search_module  # noqa: E402
 from pipeline.footprint.search import FootprintSearch  # noqa: E402
 from pipeline.geometry.geodesy import footprint_polygon, iou, wrap_lon  # noqa: E402
 from pipeline.geometry.mercator import ORIGIN_SHIFT_M, lonlat_to_mercator  # noqa: E402
+from pipeline.geometry.windows import windows_containing  # noqa: E402
 from pipeline.imagery import RasterTileSource  # noqa: E402
-from pipeline.imagery.base import check_render_args  # noqa: E402
 from pipeline.simulate.camera import camera_looking_at  # noqa: E402
 from pipeline.simulate.render import render_view  # noqa: E402
 from pipeline.world import ProceduralWorld  # noqa: E402
@@ -40,11 +42,9 @@ from pipeline.world import ProceduralWorld  # noqa: E402
 WORLD_M = 2 * ORIGIN_SHIFT_M
 
 
-class OneSide(RasterTileSource):
-    """The rasters as tile sources read them before the wrap: nothing beyond lon +-180 (the old path)."""
-
-    def render(self, bounds, width, height):
-        return self._render(*check_render_args(bounds, width, height))
+def edge_windows(lon: float, lat: float, zoom: int, size_tiles: int = 4) -> list:
+    """The windows the search had before they wrapped: those across lon 180 left out (the old path)."""
+    return [w for w in windows_containing(lon, lat, zoom, size_tiles) if not w.wraps]
 
 
 def seam_tiles(folder: Path, res: float, seed: int) -> list[Path]:
@@ -91,16 +91,20 @@ def main(argv=None) -> int:
         print(f"photo: {photo.shape[1]}x{photo.shape[0]} px, {view.valid.mean():.1%} with imagery, "
               f"{east_share:.0%} of it east of lon 180; true corners (lon, lat): "
               + " ".join(f"({a:.4f}, {b:.4f})" for a, b in truth))
-        searches = {"wrapped": FootprintSearch(source), "one side": FootprintSearch(OneSide(tiles))}
-        print(f"{'label lon':>10} {'side':>5} {'share':>6} {'imagery':>9} {'status':>14} {'inliers':>8} {'IoU':>7} "
+        # one search and one tile source per path: neither reuses the other's features or reads
+        paths = {"across": (FootprintSearch(RasterTileSource(tiles)), windows_containing),
+                 "edge": (FootprintSearch(RasterTileSource(tiles)), edge_windows)}
+        print(f"{'label lon':>10} {'side':>5} {'share':>6} {'windows':>9} {'status':>14} {'inliers':>8} {'IoU':>7} "
               f"{'corner err m':>12} {'s':>5}")
         for lon in (float(v) for v in args.labels.split(",")):
             side = "east" if lon < 0 else "west"
             share = east_share if lon < 0 else 1 - east_share
-            for name, search in searches.items():
+            for name, (search, windows) in paths.items():
+                search_module.windows_containing = windows
                 t0 = time.perf_counter()
                 r = search.localize(photo, lon, -17.0, 200.0)
                 dt = time.perf_counter() - t0
+                search_module.windows_containing = windows_containing
                 head = f"{lon:10.2f} {side:>5} {share:6.0%} {name:>9} {r.status:>14} {r.inliers or 0:8d}"
                 if r.status != "localized":
                     print(f"{head} {'':>7} {'':>12} {dt:5.1f}  {r.reason}")
@@ -110,7 +114,7 @@ def main(argv=None) -> int:
                 d[:, 0] = wrap_lon(d[:, 0])
                 err = float(np.max(np.hypot(d[:, 0] * 111320 * np.cos(np.radians(17.0)), d[:, 1] * 110574)))
                 score = iou(footprint_polygon(got), footprint_polygon(truth))
-                print(f"{head} {score:7.4f} {err:12.0f} {dt:5.1f}")
+                print(f"{head} {score:7.4f} {err:12.0f} {dt:5.1f}  {r.candidate_id}")
     return 0
 
 
