@@ -77,7 +77,7 @@ DATABASE = ManifestKind(
     ),
     required=("tile_id", "zoom", "x", "y", "size_tiles", "geometry", *CORNER_COLUMNS, "area_km2"),
     geometry="geometry",
-    geometry_types=("Polygon",),
+    geometry_types=("Polygon", "MultiPolygon"),
     produced_by="`python -m pipeline run index`",
 )
 

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -86,6 +87,8 @@ def test_imagery_across_lon_180_gets_the_window_across_it(tmp_path):
     expected = area_km2(window_polygon(Window(11, 2046, 1022)))
     assert across.area_km2 == pytest.approx(expected, rel=1e-6)
     assert df.area_km2.max() - df.area_km2.min() < 1e-6  # one band of latitude: one area
+    geo = json.loads(pq.read_schema(tmp_path / "db.parquet").metadata[b"geo"])
+    assert "MultiPolygon" in geo["columns"]["geometry"]["geometry_types"]  # what GeoParquet readers are told
 
 
 def test_rerun_skips_changed_config_refuses_overwrite_redoes(half_raster, tmp_path):

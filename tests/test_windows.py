@@ -81,6 +81,17 @@ def test_window_origins_of_the_whole_map_are_every_column_once():
     np.testing.assert_array_equal(ys, np.arange(0, 13, 2))
 
 
+@pytest.mark.parametrize("zoom, size", [(2, 4), (1, 2)])
+def test_a_window_as_wide_as_the_map_is_not_repeated_across_lon_180(zoom, size):
+    """At the zoom where a window is the map's width, the window 'across lon 180' would be the one at x = 0."""
+    edge = lonlat_to_mercator(180.0, 0.0)[0]
+    xs, _ = window_origins((-edge, -edge, edge, edge), zoom, size)
+    assert xs.tolist() == [0]
+    for lon in (-179.9, -1.0, 1.0, 179.9):
+        wins = windows_containing(lon, 0.0, zoom, size)
+        assert [w.x for w in wins] == [0] and not wins[0].wraps
+
+
 def test_odd_window_size_is_rejected():
     with pytest.raises(ValueError, match="even"):
         windows_containing(0, 0, 5, size_tiles=3)

@@ -41,7 +41,8 @@ class Window:
     """A database window: ``size_tiles`` x ``size_tiles`` tiles whose top-left tile is (x, y).
 
     ``x`` is in [0, 2**zoom - size_tiles / 2]; the last origin, 2**zoom - size_tiles / 2, is the
-    window across the antimeridian, whose right half is the map's first columns of tiles.
+    window across the antimeridian, whose right half is the map's first columns of tiles (none at
+    the zoom where a window is as wide as the map: it would be the window at x = 0 again).
     """
 
     zoom: int
@@ -110,8 +111,9 @@ def windows_containing(lon: float, lat: float, zoom: int, size_tiles: int = DEFA
     for ky in (int(np.floor(py / stride)) - 1, int(np.floor(py / stride))):
         for kx in (int(np.floor(px / stride)) - 1, int(np.floor(px / stride))):
             y0 = ky * stride
-            if 0 <= y0 and y0 + size_tiles <= n_tiles:
-                out.append(Window(int(zoom), (kx * stride) % n_tiles, y0, size_tiles))
+            x0 = (kx * stride) % n_tiles
+            if 0 <= y0 and y0 + size_tiles <= n_tiles and (size_tiles < n_tiles or x0 == 0):
+                out.append(Window(int(zoom), x0, y0, size_tiles))
     return out
 
 
@@ -145,7 +147,9 @@ def window_origins(
         return np.arange(int(np.floor((lo - size_tiles) / stride)) + 1, int(np.ceil(hi / stride)), dtype=np.int64)
 
     kx = ks(left, right)
-    if len(kx) >= n_tiles // stride:  # the box goes round the world: every column once
+    if size_tiles == n_tiles:  # a window is the map's width: the one across lon 180 would be x = 0 again
+        xs = np.zeros(1, np.int64)
+    elif len(kx) >= n_tiles // stride:  # the box goes round the world: every column once
         xs = np.arange(0, n_tiles, stride, dtype=np.int64)
     else:
         xs = (kx * stride) % n_tiles
