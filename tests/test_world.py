@@ -132,6 +132,21 @@ def test_a_region_past_lon_180_is_read_in_its_own_frame():
     assert across.mask.all()
 
 
+@pytest.mark.parametrize("region", [(176.0, -18.0, 184.0, -16.0), (-184.0, -18.0, -176.0, -16.0)])
+def test_a_cached_region_past_lon_180_serves_the_window_across_it_whole(tmp_path, region):
+    """The tile cache reads a world that runs past lon 180 in its own frame: the window across lon 180 (whose
+    aligned reads the cache serves) is whole imagery, as the world itself renders it, and the tiles beyond
+    lon 180 go to the map's columns 0, 1, ..."""
+    from pipeline.imagery import CachedTileSource
+
+    seam = ProceduralWorld(region, seed=25)
+    cached = CachedTileSource(seam, tmp_path / "cache")
+    across = Window(9, 510, 280, 4)  # lon 178.6 .. 181.4, lat -16.6 .. -19.3
+    direct, got = seam.read_window(across), cached.read_window(across)
+    assert direct.mask[:80].all() and np.array_equal(got.mask, direct.mask) and np.array_equal(got.rgb, direct.rgb)
+    assert sorted(int(p.name) for p in (tmp_path / "cache" / "9").iterdir()) == [0, 1, 510, 511]
+
+
 def test_years_differ_in_radiometry_but_not_in_structure(world):
     box = _box(*CENTRE, 11, 256)
     renders = [world.with_year(y).render(box, 256, 256).rgb for y in range(len(YEARS))]

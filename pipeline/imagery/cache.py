@@ -86,16 +86,19 @@ class CachedTileSource(TileSource):
         ts = self.tile_size
         px1, py1 = px0 + width, py0 + height
         n = 1 << z
-        txs = range(max(0, px0 // ts), min(n, (px1 - 1) // ts + 1))
+        # columns in the source's frame, which runs past lon 180 for a region that does: a column's tile is
+        # the map's column x mod 2**z (the box is at most a world wide, so no tile is read twice)
+        txs = range(px0 // ts, (px1 - 1) // ts + 1)
         tys = range(max(0, py0 // ts), min(n, (py1 - 1) // ts + 1))
-        tiles = {(x, y): self._read(z, x, y) for x in txs for y in tys}
+        tiles = {(x, y): self._read(z, x % n, y) for x in txs for y in tys}
         missing = [k for k, v in tiles.items() if v is None]
         if missing:
             tiles.update(self._fill(z, missing))
         return Rendered(*paste_tiles(tiles, px0, py0, px1, py1, ts))
 
     def _fill(self, z: int, missing: list[tuple[int, int]]) -> dict:
-        """Render the block of tiles covering ``missing`` in one call; write the valid ones."""
+        """Render the block of tiles covering ``missing`` (columns in the source's frame) in one call; write the
+        valid ones (as the map's column x mod 2**z)."""
         ts = self.tile_size
         x0, x1 = min(k[0] for k in missing), max(k[0] for k in missing) + 1
         y0, y1 = min(k[1] for k in missing), max(k[1] for k in missing) + 1
@@ -109,7 +112,7 @@ class CachedTileSource(TileSource):
             if not mask.any():
                 out[(tx, ty)] = None
                 continue
-            with atomic_output(self._path(z, tx, ty)) as tmp:
+            with atomic_output(self._path(z, tx % (1 << z), ty)) as tmp:
                 tmp.write_bytes(_encode(rgb, mask, "png"))
             out[(tx, ty)] = (rgb, mask)
         return out
