@@ -278,6 +278,21 @@ def test_write_xyz_round_trip_is_exact(tmp_path):
     assert np.abs(a.rgb.astype(float) - b.rgb).mean() < 4.0
 
 
+def test_write_xyz_of_a_region_past_lon_180_writes_the_map_columns_beyond_it(tmp_path):
+    """A world over lon 179..181 (its own frame runs past 180): its tiles east of 180 are the map's columns 0 and
+    1, and the XYZ folder serves the window across lon 180 as the world does."""
+    from pipeline.world import ProceduralWorld
+
+    world = ProceduralWorld((179.0, -18.0, 181.0, -16.0), seed=25)
+    root = tmp_path / "xyz"
+    write_xyz(world, root, zooms=9)
+    assert sorted(int(p.name) for p in (root / "9").iterdir()) == [0, 1, 510, 511]
+    across = Window(9, 510, 280, 4)
+    got, ref = XYZTileSource(root).read_window(across), world.read_window(across)
+    assert ref.mask.mean() > 0.2 and np.array_equal(got.mask, ref.mask)
+    assert np.abs(got.rgb.astype(int) - ref.rgb)[ref.mask].max() <= 1
+
+
 def test_write_xyz_from_utm_raster(utm_with_overviews, tmp_path):
     src = RasterTileSource(utm_with_overviews)
     root = tmp_path / "xyz"

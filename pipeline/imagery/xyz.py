@@ -348,11 +348,11 @@ def resample_to_box(
 # -- writing ------------------------------------------------------------------------------
 
 
-def _tile_range(bounds: BoundsMercator, z: int) -> tuple[range, range]:
-    """Tiles of zoom ``z`` whose interior meets the box (clipped to the world)."""
+def _tile_range(bounds: BoundsMercator, z: int) -> tuple[range | list[int], range]:
+    """Tiles of zoom ``z`` whose interior meets the box: columns modulo the world (a source whose data run
+    past lon 180 in its own frame has them in the map's first columns), rows clipped to the map."""
     lim = ORIGIN_SHIFT_M
     xmin, ymin, xmax, ymax = bounds
-    xmin, xmax = max(xmin, -lim), min(xmax, lim)
     ymin, ymax = max(ymin, -lim), min(ymax, lim)
     if not (xmax > xmin and ymax > ymin):
         return range(0), range(0)
@@ -360,9 +360,10 @@ def _tile_range(bounds: BoundsMercator, z: int) -> tuple[range, range]:
     right, bottom = mercator_to_pixel(xmax, ymin, z, 1)
     n = 1 << z
     eps = 1e-9
-    tx0, ty0 = max(0, int(math.floor(left + eps))), max(0, int(math.floor(top + eps)))
-    tx1, ty1 = min(n, int(math.ceil(right - eps))), min(n, int(math.ceil(bottom - eps)))
-    return range(tx0, tx1), range(ty0, ty1)
+    tx0, ty0 = int(math.floor(left + eps)), max(0, int(math.floor(top + eps)))
+    tx1, ty1 = int(math.ceil(right - eps)), min(n, int(math.ceil(bottom - eps)))
+    xs = range(n) if tx1 - tx0 >= n else (range(tx0, tx1) if 0 <= tx0 and tx1 <= n else [t % n for t in range(tx0, tx1)])
+    return xs, range(ty0, ty1)
 
 
 def _encode(rgb: np.ndarray, mask: np.ndarray, fmt: str) -> bytes:
