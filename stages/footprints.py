@@ -378,7 +378,11 @@ class FootprintsStage(Stage):
         lat = queries["center_lat"].to_numpy(float).clip(-MAX_LATITUDE, MAX_LATITUDE)
         x, y = lonlat_to_mercator(queries["center_lon"].to_numpy(float), lat)
         xmin, ymin, xmax, ymax = bounds
-        if np.any((x >= xmin - pad) & (x <= xmax + pad) & (y >= ymin - pad) & (y <= ymax + pad)):
+        world = 2.0 * ORIGIN_SHIFT_M  # a label at lon -179.9 is next to imagery at 179.9 (windows wrap)
+        near_x = np.zeros(len(x), bool)
+        for shift in (-world, 0.0, world):
+            near_x |= (x + shift >= xmin - pad) & (x + shift <= xmax + pad)
+        if np.any(near_x & (y >= ymin - pad) & (y <= ymax + pad)):
             return
         from pipeline.geometry.mercator import mercator_to_lonlat
 

@@ -99,6 +99,26 @@ def test_every_photo_is_accounted_for_and_bad_ones_are_errors(stage_inputs, tiny
     assert (d / "fp.geojson").is_file()
 
 
+@pytest.mark.parametrize("label_lon, near", [(179.5, True), (-179.95, True), (-170.0, False)])
+def test_labels_across_lon_180_from_the_imagery_are_next_to_it(tmp_path, label_lon, near):
+    """Imagery over lon 179..180 and a 10 km margin: a label at -179.95 is 0.05 deg (5 km) from it (its windows
+    wrap), not 360."""
+    from pipeline.geometry.mercator import lonlat_to_mercator
+    from stages import get_stage
+    from stages.base import StageError
+
+    pd.DataFrame([{"photo_id": "p", "image_path": "p.jpg", "center_lat": -17.0,
+                   "center_lon": label_lon}]).to_csv(tmp_path / "q.csv", index=False)
+    x0, y0 = lonlat_to_mercator(179.0, -18.0)
+    x1, y1 = lonlat_to_mercator(180.0, -16.0)
+    check = get_stage("footprints")._check_coverage
+    if near:
+        check(tmp_path / "q.csv", "tiles", (x0, y0, x1, y1), 1e4)
+    else:
+        with pytest.raises(StageError, match="none of the 1 weak labels"):
+            check(tmp_path / "q.csv", "tiles", (x0, y0, x1, y1), 1e4)
+
+
 def test_inputs_that_cannot_work_are_refused_before_any_work(stage_inputs, tiny, tmp_path, capsys):
     """A wrong --tiles, --device or --workers would make every photo an error row (or hang); a typo in
     --queries beside an existing output was reported as "changed settings". Each is one line now."""
