@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -67,9 +68,11 @@ def _file_metadata(kind: ManifestKind) -> dict[bytes, bytes]:
     return meta
 
 
-def write_manifest(df: pd.DataFrame, path: str | os.PathLike, kind: ManifestKind) -> Path:
-    """Write a whole manifest atomically (GeoParquet 1.1 when ``kind`` has a geometry)."""
-    with ManifestWriter(path, kind) as writer:
+def write_manifest(df: pd.DataFrame, path: str | os.PathLike, kind: ManifestKind,
+                   before_replace: Callable[[Path], None] | None = None) -> Path:
+    """Write a whole manifest atomically (GeoParquet 1.1 when ``kind`` has a geometry); ``before_replace``: see
+    :class:`ManifestWriter`."""
+    with ManifestWriter(path, kind, before_replace=before_replace) as writer:
         writer.write(df)
     return Path(path)
 
@@ -78,15 +81,20 @@ class ManifestWriter:
     """Stream a manifest to Parquet batch by batch; the file appears only on :meth:`close`.
 
     Use as a context manager: leaving it with an exception discards everything written.
+    ``before_replace(tmp)`` is called with the finished file just before it is renamed onto
+    ``path`` (a stage saves the config that will describe it then); if it raises, nothing is
+    replaced.
     """
 
-    def __init__(self, path: str | os.PathLike, kind: ManifestKind, row_group_size: int = 64_000):
+    def __init__(self, path: str | os.PathLike, kind: ManifestKind, row_group_size: int = 64_000,
+                 before_replace: Callable[[Path], None] | None = None):
         self.path = Path(path)
         self.kind = kind
         self.rows = 0
         self._row_group_size = row_group_size
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
+        self._before_replace = before_replace
         self._ctx = atomic_output(self.path)
         self._tmp = self._ctx.__enter__()
         self._schema = kind.schema.with_metadata(_file_metadata(kind))
@@ -111,6 +119,12 @@ class ManifestWriter:
     def close(self) -> Path:
         self._flush()
         self._writer.close()
+        if self._before_replace is not None:
+            try:
+                self._before_replace(self._tmp)
+            except BaseException as e:
+                self._ctx.__exit__(type(e), e, e.__traceback__)  # the temporary file goes, ``path`` stays
+                raise
         self._ctx.__exit__(None, None, None)
         return self.path
 

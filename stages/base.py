@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import glob
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -144,11 +145,14 @@ class Stage:
 
         The config is saved beside the output only once the output is written, with the output's identity
         (:func:`pipeline.config.output_identity`): a run that fails (with or without ``overwrite``) leaves the
-        previous output and its config as they were, and one stopped between writing the two leaves an output
-        its config does not describe, which is refused like changed settings."""
+        previous output and its config as they were. A stage whose writer calls :meth:`before_replace` has the
+        new config saved as ``<config>.pending`` just before its output is replaced: a run stopped between the
+        two leaves it to be taken by the next (:meth:`take_pending_config`). Any other output its config does
+        not describe is refused like changed settings."""
         out = self.output(conf)
         cfg = config_path(out)
         check_output_path(out)
+        self.take_pending_config(out)
         self.prepare(conf)
         self.check(conf)
         if any(out.resolve() == f.resolve() for f in self.input_files(conf)):
@@ -167,14 +171,63 @@ class Stage:
                              "--overwrite to replace it, or --out to write elsewhere")
         parts = self.parts_root(conf)  # with --overwrite too: parts for this very work stay valid
         start = time.perf_counter()
-        summary = self.run(conf)  # replaces ``out`` atomically
-        saved = {**record, "output": output_identity(out)} if out.is_file() else record
-        with atomic_output(cfg) as tmp:  # a stop before this leaves the new output beside the old config: the
-            # output's identity in the config tells them apart (changed_settings)
-            tmp.write_text("".join(dumps_toml(v, k) + "\n" for k, v in saved.items()), encoding="utf-8")
+        self._running = (out, record)
+        try:
+            summary = self.run(conf)  # replaces ``out`` atomically
+        finally:
+            self._running = None
+        if not self.take_pending_config(out):
+            with atomic_output(cfg) as tmp:  # a stop before this leaves the new output beside the old config: the
+                # output's identity in the config tells them apart (changed_settings)
+                tmp.write_text(_config_text(record, out), encoding="utf-8")
         if parts.exists() and out.exists():
             shutil.rmtree(parts, ignore_errors=True)
         return summary + f"\n  config: {cfg}\n  time: {time.perf_counter() - start:.1f} s"
+
+
+    _running: tuple[Path, dict[str, Any]] | None = None
+
+    def before_replace(self, tmp: Path) -> None:
+        """Give to the writer of the stage's output (``ManifestWriter(out, kind, before_replace=self.before_replace)``):
+        ``tmp`` is the finished output about to replace ``out``. Saves the config that describes it, with its
+        identity, as ``<config>.pending`` beside it."""
+        if self._running is None:  # run() called on its own, not by execute()
+            return
+        out, record = self._running
+        with atomic_output(_pending_path(config_path(out))) as t:
+            t.write_text(_config_text(record, tmp), encoding="utf-8")
+
+    def take_pending_config(self, out: Path) -> bool:
+        """Make ``<config>.pending`` the config of ``out`` if it describes the output there now (a run replaced
+        the output, then stopped or finished); drop it if not (a run stopped before replacing the output).
+        Returns whether it was taken."""
+        cfg = config_path(out)
+        pending = _pending_path(cfg)
+        if not pending.is_file():
+            return False
+        try:
+            with open(pending, "rb") as f:
+                saved = tomllib.load(f)
+            taken = out.is_file() and saved.get("output") == output_identity(out)
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+            taken = False
+        if taken:
+            os.replace(pending, cfg)
+            log.info("%s: %s describes %s (its run stopped before saving it): kept as %s", self.name, pending.name,
+                     out.name, cfg.name)
+        else:
+            pending.unlink(missing_ok=True)
+        return taken
+
+
+def _pending_path(cfg: Path) -> Path:
+    return cfg.with_name(cfg.name + ".pending")
+
+
+def _config_text(record: dict[str, Any], output: Path) -> str:
+    """The config file's text: the settings and input fingerprint, and the identity of ``output`` (a file)."""
+    saved = {**record, "output": output_identity(output)} if output.is_file() else record
+    return "".join(dumps_toml(v, k) + "\n" for k, v in saved.items())
 
 
 def source_files(path: str | Path, image_folder: bool = False) -> list[Path]:

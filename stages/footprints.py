@@ -414,6 +414,7 @@ class FootprintsStage(Stage):
             raise StageError("--retry-errors keeps the output's other rows, --overwrite redoes them all: pass one")
         out = self.output(conf)
         cfg = config_path(out)
+        self.take_pending_config(out)
         if not (out.is_file() and cfg.is_file()):
             raise StageError(f"--retry-errors needs an existing output and its config ({out}, {cfg.name}); "
                              "run without --retry-errors first")
@@ -490,7 +491,8 @@ class FootprintsStage(Stage):
         if todo:
             self._run_dask(conf, search, batches, todo, parts)
         part_files = [parts / f"batch{k:05d}.parquet" for k in range(len(batches))]
-        with ManifestWriter(out, FOOTPRINTS) as writer:  # in the file's order, bad rows where they are
+        # in the file's order, bad rows where they are
+        with ManifestWriter(out, FOOTPRINTS, before_replace=self.before_replace) as writer:
             for table in _in_file_order(queries, rejected, part_files, bs, kept, file_rows):
                 writer.write(table)
         table = pq.read_table(out, columns=["status", "reason", "elapsed_s"]).to_pandas()

@@ -134,7 +134,7 @@ class IndexStage(Stage):
                     bar.update(n)
             per_zoom[zoom] = (writer.rows, examined)
         out = Path(conf["out"])
-        with ManifestWriter(out, DATABASE) as writer:
+        with ManifestWriter(out, DATABASE, before_replace=self.before_replace) as writer:
             for zoom in conf["zooms"]:
                 pf = pq.ParquetFile(parts / f"zoom{zoom:02d}.parquet")
                 for i in range(pf.num_row_groups):

@@ -271,7 +271,8 @@ class PairsStage(Stage):
         if todo:
             self._run_dask(conf, ids, lon, lat, chunks, todo, parts)
         out = Path(conf["out"])
-        with ManifestWriter(out, PAIRS) as writer:  # streamed: one part in memory at a time
+        # streamed: one part in memory at a time
+        with ManifestWriter(out, PAIRS, before_replace=self.before_replace) as writer:
             for k in range(len(chunks)):
                 writer.write(pq.read_table(parts / f"chunk{k:05d}.parquet"))
         lines += self._summary(out, ids, time.perf_counter() - t0)

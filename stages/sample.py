@@ -164,7 +164,7 @@ class SampleStage(Stage):
         index_summary = index.execute(iconf, overwrite=True)
         write_manifest(truth, out / "truth.parquet", TRUTH)
         self._write_regions(out / "regions.geojson", size.region, size.eval_fraction)
-        write_manifest(queries, self.output(conf), QUERIES)
+        write_manifest(queries, self.output(conf), QUERIES, before_replace=self.before_replace)
         return self._summary(conf, truth, index_summary)
 
     @staticmethod

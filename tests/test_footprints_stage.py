@@ -173,9 +173,19 @@ def test_retry_errors_redoes_only_the_error_rows(stage_inputs, tiny, tmp_path, c
     good = read_queries(queries, check_images=False, on_error="collect")[0].set_index("photo_id").loc[
         "SIM-E-00000", "image_path"]
     (tmp_path / "missing.jpg").write_bytes(Path(good).read_bytes())  # the photo is back
+    cfg = out.with_name(out.name + ".config.toml")
+    first_cfg = cfg.read_text()
     capsys.readouterr()
     assert main(args + ["--retry-errors"]) == 0
     assert "retry: 6 photos searched again, 4 rows kept" in capsys.readouterr().out
+    # as a retry killed after replacing the output leaves it: its config still .pending, the first run's beside
+    # the output. The next retry takes the pending one (it describes the output there) and goes on
+    pending = cfg.with_name(cfg.name + ".pending")
+    pending.write_text(cfg.read_text())
+    cfg.write_text(first_cfg)
+    assert main(args + ["--retry-errors"]) == 0
+    assert "retry: 5 photos searched again, 5 rows kept" in capsys.readouterr().out
+    assert not pending.exists()
     after = read_manifest(out, "footprints", geometry=False).set_index("photo_id").sort_index()
     assert list(after.index) == list(before.index)
     order = read_manifest(out, "footprints", geometry=False)["photo_id"].tolist()
@@ -187,7 +197,6 @@ def test_retry_errors_redoes_only_the_error_rows(stage_inputs, tiny, tmp_path, c
     assert main(args + ["--retry-errors", "--min-inliers", "5"]) == 1
     assert "made with different settings (changed: min_inliers)" in capsys.readouterr().err
     # a damaged config beside the output, then a damaged output: one line each, no traceback
-    cfg = out.with_name(out.name + ".config.toml")
     good_cfg = cfg.read_text()
     cfg.write_text("not [ toml")
     assert main(args) == 1

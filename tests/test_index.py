@@ -91,6 +91,44 @@ def test_imagery_across_lon_180_gets_the_window_across_it(tmp_path):
     assert "MultiPolygon" in geo["columns"]["geometry"]["geometry_types"]  # what GeoParquet readers are told
 
 
+def test_a_run_stopped_between_its_output_and_its_config_is_found_up_to_date(half_raster, tmp_path, monkeypatch):
+    """--overwrite with new settings, killed after the new database replaced the old but before its config did:
+    the config saved as .pending just before the replacement describes the database there, so the same command
+    takes it and finds the database up to date, and the old settings are refused (before, both were refused and
+    only --overwrite, redoing all the work, got out of it)."""
+    import stages.base as base
+
+    out = tmp_path / "db.parquet"
+    cfg = tmp_path / "db.parquet.config.toml"
+    stage, conf = _conf(half_raster, out, zooms=[11])
+    stage.execute(conf)
+    old_db, old_cfg = out.read_bytes(), cfg.read_text()
+    real = base.Stage.take_pending_config
+    calls = []
+
+    def killed_after_the_output(self, path):
+        calls.append(path)
+        if len(calls) == 2:  # the first call is the check before the run, the second comes after the output
+            raise KeyboardInterrupt
+        return real(self, path)
+
+    monkeypatch.setattr(base.Stage, "take_pending_config", killed_after_the_output)
+    stage, new = _conf(half_raster, out, zooms=[11], min_valid=0.9)
+    with pytest.raises(KeyboardInterrupt):
+        stage.execute(new, overwrite=True)
+    monkeypatch.setattr(base.Stage, "take_pending_config", real)
+    assert out.read_bytes() != old_db and cfg.read_text() == old_cfg  # the new database beside the old config
+    assert (tmp_path / "db.parquet.config.toml.pending").is_file()
+    assert "up to date" in stage.execute(new)
+    assert "min_valid = 0.9" in cfg.read_text() and not (tmp_path / "db.parquet.config.toml.pending").exists()
+    with pytest.raises(StageError, match=r"changed: min_valid"):
+        stage.execute(conf)
+    # killed before the output was replaced: the pending config describes nothing there and is dropped
+    (tmp_path / "db.parquet.config.toml.pending").write_text(old_cfg)
+    assert "up to date" in stage.execute(new) and not (tmp_path / "db.parquet.config.toml.pending").exists()
+    assert "min_valid = 0.9" in cfg.read_text()
+
+
 def test_rerun_skips_changed_config_refuses_overwrite_redoes(half_raster, tmp_path):
     out = tmp_path / "db.parquet"
     stage, conf = _conf(half_raster, out, zooms=[11])

@@ -115,6 +115,24 @@ def test_failed_write_keeps_previous_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["f.parquet"]
 
 
+def test_before_replace_sees_the_finished_file_and_its_failure_replaces_nothing(tmp_path):
+    path = write_manifest(_footprints(), tmp_path / "f.parquet", FOOTPRINTS)
+    seen = []
+
+    def check(tmp):
+        seen.append((len(pq.read_table(tmp)), len(pq.read_table(path))))  # the new file whole, the old in place
+        if len(seen) == 2:
+            raise OSError("disk full")
+
+    write_manifest(_footprints().head(1), path, FOOTPRINTS, before_replace=check)
+    assert seen == [(1, 3)] and len(pq.read_table(path)) == 1
+    after = path.read_bytes()
+    with pytest.raises(OSError, match="disk full"):
+        write_manifest(_footprints(), path, FOOTPRINTS, before_replace=check)
+    assert seen[1] == (3, 1)
+    assert path.read_bytes() == after and [p.name for p in tmp_path.iterdir()] == ["f.parquet"]
+
+
 def test_inspect_footprints_shows_statuses_inliers_and_exports_geojson(tmp_path):
     from manifests.inspect import inspect_manifest
 
