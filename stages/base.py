@@ -152,7 +152,8 @@ class Stage:
         out = self.output(conf)
         cfg = config_path(out)
         check_output_path(out)
-        self.take_pending_config(out)
+        if self.take_pending_config(out):
+            log.info("%s: kept the config a run saved for %s before it stopped", self.name, out)
         self.prepare(conf)
         self.check(conf)
         if any(out.resolve() == f.resolve() for f in self.input_files(conf)):
@@ -184,7 +185,6 @@ class Stage:
             shutil.rmtree(parts, ignore_errors=True)
         return summary + f"\n  config: {cfg}\n  time: {time.perf_counter() - start:.1f} s"
 
-
     _running: tuple[Path, dict[str, Any]] | None = None
 
     def before_replace(self, tmp: Path) -> None:
@@ -213,8 +213,6 @@ class Stage:
             taken = False
         if taken:
             os.replace(pending, cfg)
-            log.info("%s: %s describes %s (its run stopped before saving it): kept as %s", self.name, pending.name,
-                     out.name, cfg.name)
         else:
             pending.unlink(missing_ok=True)
         return taken
