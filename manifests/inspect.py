@@ -137,5 +137,8 @@ def export_geojson(path: str | os.PathLike, out: str | os.PathLike) -> int:
             gdf[c] = gdf[c].map(lambda v: v if v is None or isinstance(v, str) else json.dumps(
                 v.tolist() if hasattr(v, "tolist") else v))
     with atomic_output(out) as tmp:
-        gdf.to_file(tmp, driver="GeoJSON", layer=Path(out).stem)  # the layer name QGIS shows
+        # RFC 7946: WGS84 lon/lat without a "crs" member (GDAL's older form keeps one), counter-clockwise
+        # exterior rings; coordinates with 15 decimals as the manifests have them (RFC 7946 mode would cut them
+        # to 7); the layer name is the one QGIS shows
+        gdf.to_file(tmp, driver="GeoJSON", layer=Path(out).stem, RFC7946="YES", COORDINATE_PRECISION=15)
     return len(gdf)

@@ -142,8 +142,10 @@ def test_inspect_footprints_shows_statuses_inliers_and_exports_geojson(tmp_path)
     assert "localized             2  (66.7 %)" in text and "not_localized         1  (33.3 %)" in text
     assert "inliers histogram:" in text and "too few inliers" in text
     back = gpd.read_file(tmp_path / "f.geojson")
-    assert len(back) == 2 and back.crs.to_string() == "OGC:CRS84"
+    assert len(back) == 2 and back.crs.to_epsg() == 4326  # RFC 7946: always WGS84 lon/lat
     assert back.geometry.iloc[0].equals(gpd.read_parquet(path).geometry.iloc[0])
+    assert back.geometry.iloc[1].geom_type == "MultiPolygon"  # split at lon 180, as stored
+    assert "crs" not in json.loads((tmp_path / "f.geojson").read_text())  # RFC 7946 removed the member
 
 
 def test_geojson_of_queries_is_their_weak_labels_and_pairs_are_refused(tmp_path):
@@ -157,7 +159,7 @@ def test_geojson_of_queries_is_their_weak_labels_and_pairs_are_refused(tmp_path)
     text = inspect_manifest(q, tmp_path / "q.geojson")
     assert "wrote 2 features" in text
     back = gpd.read_file(tmp_path / "q.geojson")
-    assert back.crs.to_string() == "OGC:CRS84" and list(back.photo_id) == ["a", "b"]
+    assert back.crs.to_epsg() == 4326 and list(back.photo_id) == ["a", "b"]
     assert back.geometry.iloc[1].equals(shapely.Point(40.25, -10.5))
     assert json.loads((tmp_path / "q.geojson").read_text())["name"] == "q"  # not the temporary file's name
     p = write_manifest(pd.DataFrame({"photo_id": ["a"], "tile_id": ["1_0_0"], "iou": [0.5], "zoom": [1],
@@ -191,5 +193,5 @@ def test_geojson_of_a_footprints_file_resaved_without_geoparquet_metadata(tmp_pa
     assert b"geo" not in (pq.read_schema(plain).metadata or {})
     assert "wrote 2 features" in inspect_manifest(plain, tmp_path / "p.geojson")
     back = gpd.read_file(tmp_path / "p.geojson")
-    assert back.crs.to_string() == "OGC:CRS84"
+    assert back.crs.to_epsg() == 4326
     assert back.geometry.iloc[0].equals(gpd.read_parquet(path).geometry.iloc[0])
