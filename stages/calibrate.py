@@ -262,7 +262,7 @@ class CalibrateStage(Stage):
                             float(conf["iou"]))
         except ValueError as e:
             raise StageError(f"{path}: {e}") from None
-        cal.save(conf["out"])
+        cal.save(conf["out"], before_replace=self.before_replace)
         wrong = scored[~correct]["inliers"]
         lines += [
             f"calibrate: {cal.footprints} photos with inliers of {len(footprints)} ({cal.correct} correct at IoU >= "

@@ -52,6 +52,19 @@ def test_too_few_correct_or_wrong_footprints_are_refused():
             calibrate(inliers, correct)
 
 
+def test_a_calibration_file_is_finished_before_it_replaces_the_old_one(tmp_path):
+    from pipeline.footprint.calibration import Calibration, calibrate
+
+    rng = np.random.default_rng(0)
+    inliers = np.r_[rng.integers(5, 30, 40), rng.integers(40, 200, 40)]
+    cal = calibrate(inliers, np.r_[np.zeros(40, bool), np.ones(40, bool)])
+    path = tmp_path / "cal.json"
+    path.write_text("old")
+    seen = []
+    cal.save(path, before_replace=lambda tmp: seen.append((Calibration.load(tmp).min_inliers, path.read_text())))
+    assert seen == [(cal.min_inliers, "old")] and Calibration.load(path) == cal
+
+
 def test_packaged_calibration_loads():
     cal = Calibration.load(PACKAGED)
     assert cal.extractor == "aliked" and cal.min_inliers > 0 and cal.precision == 0.999
@@ -97,6 +110,10 @@ def test_calibrate_stage_fits_footprints_against_truth(tiny, tmp_path):
     assert cal["footprints"] == len(rows) and cal["correct"] == 12
     # with 27 footprints the fit is conservative: it asks for more inliers than separate them
     assert cal["min_inliers"] > 60
+    # the config is saved as .pending before the calibration replaces the old one, then kept as the config
+    cfg = tmp_path / "cal.json.config.toml"
+    assert cfg.is_file() and not (tmp_path / "cal.json.config.toml.pending").exists()
+    assert "[output]" in cfg.read_text()
 
 
 @pytest.mark.parametrize("case, message", [

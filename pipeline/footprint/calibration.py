@@ -19,6 +19,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -90,9 +91,13 @@ class Calibration:
         z = self.intercept + self.slope * np.asarray(inliers, np.float64)
         return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, before_replace: Callable[[Path], None] | None = None) -> None:
+        """Write the calibration as JSON, atomically; ``before_replace(tmp)`` is called with the finished file just
+        before it replaces ``path`` (see :class:`manifests.ManifestWriter`)."""
         with atomic_output(path) as tmp:
             Path(tmp).write_text(json.dumps(asdict(self), indent=2) + "\n")
+            if before_replace is not None:
+                before_replace(Path(tmp))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Calibration":
