@@ -16,8 +16,9 @@ reach the threshold and vectorizes the rest (:func:`join`):
    measured on the WGS84 ellipsoid (:mod:`pipeline.geometry.overlap`).
 
 Footprints crossing the antimeridian are unwrapped; windows beyond it, and the windows across
-it, are found modulo the world's width and measured in the footprint's frame. Footprint edges are straight in lon/lat (the manifests' convention); large
-footprints are densified so their Mercator rings follow those edges.
+it, are found modulo the world's width and measured in the footprint's frame. Footprint edges
+are straight in lon/lat (the manifests' convention); large footprints are densified so their
+Mercator rings follow those edges.
 """
 
 from __future__ import annotations

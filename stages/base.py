@@ -53,6 +53,8 @@ class Stage:
     partition_keys: tuple[str, ...] = ()
     """Runtime keys that decide how the work is cut into part files (batch size, chunk): parts of an
     interrupted run are reused only under the same ones."""
+    _running: tuple[Path, dict[str, Any]] | None = None
+    """While :meth:`execute` runs the stage: (its output, the settings record), for :meth:`before_replace`."""
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Add the stage's options; each option's ``dest`` is a config key and its default None."""
@@ -184,8 +186,6 @@ class Stage:
         if parts.exists() and out.exists():
             shutil.rmtree(parts, ignore_errors=True)
         return summary + f"\n  config: {cfg}\n  time: {time.perf_counter() - start:.1f} s"
-
-    _running: tuple[Path, dict[str, Any]] | None = None
 
     def before_replace(self, tmp: Path) -> None:
         """Give to the writer of the stage's output (``ManifestWriter(out, kind, before_replace=self.before_replace)``):

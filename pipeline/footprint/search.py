@@ -60,8 +60,8 @@ from shapely.geometry import Point, Polygon
 
 from ..config import fingerprint
 from ..files import atomic_output
-from ..geometry.geodesy import area_km2, footprint_polygon
-from ..geometry.mercator import MAX_LATITUDE, ORIGIN_SHIFT_M, TILE_SIZE, lonlat_to_mercator, resolution_m
+from ..geometry.geodesy import area_km2, footprint_polygon, wrap_lon
+from ..geometry.mercator import MAX_LATITUDE, TILE_SIZE, lonlat_to_mercator, resolution_m
 from ..geometry.windows import Window, windows_containing
 from ..imagery.base import TileSource
 from ..matching import build_extractor, build_matcher, estimate_homography
@@ -500,9 +500,9 @@ class FootprintSearch:
             return None, f"implausible area {area:.0f} km2 (allowed {c['min_area_km2']:g}-{c['max_area_km2']:g})"
         # the weak label must lie in the footprint scaled by label_scale about its centroid (Web Mercator)
         xy = np.column_stack(lonlat_to_mercator(corners[:, 0], corners[:, 1]))
-        lx, ly = lonlat_to_mercator(lon, lat)
-        # in the footprint's frame: one matched in a window across lon 180 may lie a world's width from the label
-        lx += 2.0 * ORIGIN_SHIFT_M * round((float(xy[:, 0].mean()) - lx) / (2.0 * ORIGIN_SHIFT_M))
+        # the label in the footprint's frame: one matched in a window across lon 180 has corners past it
+        mid = float(corners[:, 0].mean())
+        lx, ly = lonlat_to_mercator(mid + wrap_lon(lon - mid), lat)
         if not label_inside(xy, float(lx), float(ly), c["label_scale"]):
             return None, (f"the footprint does not contain the weak label (scaled {c['label_scale']:g}x about its "
                           "centroid; label_scale sets this)")

@@ -362,8 +362,7 @@ def _tile_range(bounds: BoundsMercator, z: int) -> tuple[range | list[int], rang
     eps = 1e-9
     tx0, ty0 = int(math.floor(left + eps)), max(0, int(math.floor(top + eps)))
     tx1, ty1 = int(math.ceil(right - eps)), min(n, int(math.ceil(bottom - eps)))
-    xs = range(n) if tx1 - tx0 >= n else (range(tx0, tx1) if 0 <= tx0 and tx1 <= n else [t % n for t in range(tx0, tx1)])
-    return xs, range(ty0, ty1)
+    return (range(n) if tx1 - tx0 >= n else [t % n for t in range(tx0, tx1)]), range(ty0, ty1)
 
 
 def _encode(rgb: np.ndarray, mask: np.ndarray, fmt: str) -> bytes:
