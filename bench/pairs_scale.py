@@ -2,17 +2,17 @@
 
 Synthesizes the workload (seeded):
 
-* database: every window (4 x 4 tiles, half-window stride) at zooms 8-12 whose centre lies on
-  a land-like mask (smooth noise, thresholded so that 5.2M windows remain: at zooms 8-12 the
-  whole Mercator world has 5.59M windows);
+* database: every window (4 x 4 tiles, half-window stride, with the windows across lon 180)
+  at zooms 8-12 whose centre lies on a land-like mask (smooth noise, thresholded so that 5.2M
+  windows remain: at zooms 8-12 the whole Mercator world has 5.59M windows);
 * footprints: photo-like quads (aspect ~1.5, rotated, slightly trapezoidal) centred on the
   mask within +-60 deg latitude, areas log-normal with AstroLoc's 5th/95th percentiles (239
   and 39,729 km2), clipped to 40-1.36M km2.
 
 Then times :func:`pipeline.pairs.join` over all footprints (chunks of ``--chunk``, in
-``--workers`` processes), and, on ``--naive`` of the same footprints, the plain approach
+``--workers`` processes), and, on ``--naive`` of the same footprints and on as many near lon 180, the plain approach
 (shapely STRtree query of the windows' lon/lat boxes, polygon intersection, geodesic areas)
-against the fast path on the same subset, and prints throughput, the ratio, pairs and the peak
+against the fast path on the same subsets, and prints throughput, the ratio, pairs and the peak
 memory.
 
     python bench/pairs_scale.py                      # the full workload
@@ -48,15 +48,16 @@ def field(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _origins(z: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Window origins (tiles) and centres (metres, wrapped): columns wrap (x = n - 2 straddles lon 180), rows do not."""
     n = 1 << z
-    o = np.arange(0, n - 4 + 1, 2)
-    ox, oy = (a.ravel() for a in np.meshgrid(o, o))
-    return ox, oy, (ox + 2) / n * WORLD_M - WORLD_M / 2, WORLD_M / 2 - (oy + 2) / n * WORLD_M
+    ox, oy = (a.ravel() for a in np.meshgrid(np.arange(0, n, 2), np.arange(0, n - 4 + 1, 2)))
+    cx = ((ox + 2) % n) / n * WORLD_M - WORLD_M / 2
+    return ox, oy, cx, WORLD_M / 2 - (oy + 2) / n * WORLD_M
 
 
 def database(seed: int, zooms=range(8, 13), target: int = 5_200_000, fraction: float = 1.0) -> Database:
     """Windows whose centre is on land; the land level keeps ``target * fraction`` of them."""
-    total = sum(((1 << z) // 2 - 1) ** 2 for z in zooms)
+    total = sum((1 << z) // 2 * ((1 << z) // 2 - 1) for z in zooms)
     _, _, cx, cy = _origins(10)
     level = float(np.quantile(field(cx, cy, seed), 1 - min(1.0, target * fraction / total)))
     zs, xs, ys = [], [], []
@@ -108,7 +109,10 @@ def _chunk(args) -> tuple[int, int, float]:
 
 
 def naive(lon: np.ndarray, lat: np.ndarray, db: Database, iou_min: float) -> int:
-    """STRtree over the windows' lon/lat boxes near the footprints, shapely intersections, geodesic areas."""
+    """STRtree over the windows' lon/lat boxes near the footprints, shapely intersections, geodesic areas.
+
+    A window across lon 180 is a MultiPolygon of its halves on either side, as a footprint across it is
+    (:func:`footprint_polygon`)."""
     import shapely
     from pipeline.geometry.geodesy import area_km2, footprint_polygon
 
@@ -118,8 +122,13 @@ def naive(lon: np.ndarray, lat: np.ndarray, db: Database, iou_min: float) -> int
     n = (1 << z).astype(np.float64)
     west, north = mercator_to_lonlat(x / n * WORLD_M - WORLD_M / 2, WORLD_M / 2 - y / n * WORLD_M)
     east, south = mercator_to_lonlat((x + 4) / n * WORLD_M - WORLD_M / 2, WORLD_M / 2 - (y + 4) / n * WORLD_M)
-    near = ((west <= lon.max() + 1) & (east >= lon.min() - 1) & (south <= lat.max() + 1) & (north >= lat.min() - 1))
-    boxes = shapely.box(west[near], south[near], east[near], north[near])
+    across = east > 180.0
+    near = (((west <= lon.max() + 1) & (east >= lon.min() - 1)) | across) & (south <= lat.max() + 1) & (
+        north >= lat.min() - 1)
+    boxes = shapely.box(west[near], south[near], np.minimum(east[near], 180.0), north[near])
+    for j in np.flatnonzero(across[near]):
+        b = boxes[j].bounds
+        boxes[j] = shapely.MultiPolygon([boxes[j], shapely.box(-180.0, b[1], east[near][j] - 360.0, b[3])])
     tree = shapely.STRtree(boxes)
     box_area = {}
     found = 0
@@ -172,16 +181,20 @@ def main() -> None:
           f"{t_ready:.1f} s)", flush=True)
 
     if args.naive:
-        k = args.naive
-        sub = slice(0, k)
-        t = time.perf_counter()
-        fast_pairs = len(join(footprint_rings(lon[sub], lat[sub]), db, args.iou))
-        fast = time.perf_counter() - t
-        t = time.perf_counter()
-        slow_pairs = naive(lon[sub], lat[sub], db, args.iou)
-        slow = time.perf_counter() - t
-        print(f"same {k} footprints, one process: fast {fast:.2f} s ({k / fast:,.0f}/s, {fast_pairs} pairs), naive "
-              f"{slow:.1f} s ({k / slow:,.1f}/s, {slow_pairs} pairs): {slow / fast:,.0f}x")
+        seam = np.flatnonzero((np.abs(lon) > 178.0).any(1))[:args.naive]
+        for what, sub in ((f"the first {args.naive} footprints", np.arange(min(args.naive, len(lon)))),
+                          (f"{len(seam)} footprints within 2 deg of lon 180", seam)):
+            k = len(sub)
+            t = time.perf_counter()
+            found = join(footprint_rings(lon[sub], lat[sub]), db, args.iou)
+            fast = time.perf_counter() - t
+            t = time.perf_counter()
+            slow_pairs = naive(lon[sub], lat[sub], db, args.iou)
+            slow = time.perf_counter() - t
+            across = int((found["x"].to_numpy() == (1 << found["zoom"].to_numpy()) - 2).sum())
+            print(f"{what}, one process: fast {fast:.2f} s ({k / fast:,.0f}/s, {len(found)} pairs, {across} with "
+                  f"windows across lon 180), naive {slow:.1f} s ({k / slow:,.1f}/s, {slow_pairs} pairs): "
+                  f"{slow / fast:,.0f}x")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     print(f"peak memory: this process {rss:.2f} GB, largest worker {kids:.2f} GB", flush=True)
