@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from concurrent.futures import CancelledError
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -165,13 +167,22 @@ def gather(futures: list, total: int, desc: str, postfix: str) -> None:
         for f in as_completed(futures):
             res = f.result()
             done += res[postfix]
-            bar.update(res["photos"])
-            bar.set_postfix({postfix: done})  # a running total, not the last task's
+            bar.set_postfix({postfix: done}, refresh=False)  # a running total, not the last task's; drawn by
+            bar.update(res["photos"])  # update, at the bar's interval (refresh=True would draw a line per task)
+
+
+def in_flight_batches(client: Any) -> int:
+    """How many batches to keep submitted at once: four per worker thread of the cluster now (at least 8).
+
+    Enough that no worker waits for its next task between two gathers; few enough that the client and the
+    scheduler hold a bounded number of tasks (submitting 75k batches at once took 30 s before the first
+    result and grew the client by about 15 KB per batch: 17-25 GB for a 5M-photo backlog)."""
+    return max(8, 4 * sum(client.nthreads().values()))
 
 
 def gather_isolating(client: Any, work: list[tuple[str, list]], submit: Callable[[list, str, str], Any],
                      failed_rows: Callable[[Any, BaseException], Any], assemble: Callable[[str, list], None],
-                     desc: str, postfix: str) -> list[str]:
+                     desc: str, postfix: str, in_flight: int | None = None) -> list[str]:
     """Run batches as Dask tasks with a progress bar; a batch that fails for good is run again item by item.
 
     Args:
@@ -181,6 +192,12 @@ def gather_isolating(client: Any, work: list[tuple[str, list]], submit: Callable
         failed_rows: rows (a DataFrame) saying why ``item`` failed, given the exception.
         assemble: ``assemble(part, pieces)`` writes ``part`` (atomically) from pieces, each a finished
             single-item part's path or ``failed_rows``' rows, in the batch's order.
+        in_flight: tasks submitted and not yet gathered, at most (None: :func:`in_flight_batches`, looked up
+            again every minute, so a cluster that grows gets more); batches are submitted in ``work``'s order.
+
+    Raises:
+        StageError: a task was cancelled (the connection to the scheduler was lost, or someone cancelled it):
+            its batch did not fail, so it is not run item by item; the finished parts stay for a resume.
 
     A task that fails for good (its worker died in every try: out of memory, or a crash in native code;
     or it raised) does not stop the others. Its batch's items run again one per task (into
@@ -196,6 +213,13 @@ def gather_isolating(client: Any, work: list[tuple[str, list]], submit: Callable
     failed: list[str] = []
     suspects: list[tuple[int, int | None]] = []
     done = 0
+
+    def cancelled(part: str, e: BaseException) -> None:
+        from stages.base import StageError
+
+        raise StageError(f"{Path(part).name}'s task was cancelled ({type(e).__name__}: {e}): the connection to the "
+                         "Dask scheduler was lost, or the task was cancelled on the cluster. The finished batches are "
+                         "kept: run the same command again to go on from them") from None
 
     def single_part(b: int, j: int | None) -> str:
         return work[b][0] if j is None else f"{work[b][0]}.{j:03d}"
@@ -216,16 +240,35 @@ def gather_isolating(client: Any, work: list[tuple[str, list]], submit: Callable
         def count(res: dict) -> None:
             nonlocal done
             done += res[postfix]
+            bar.set_postfix({postfix: done}, refresh=False)  # drawn by update, at the bar's interval
             bar.update(res["photos"])
-            bar.set_postfix({postfix: done})
 
-        pending = {submit(items, part, str(b)): (b, None) for b, (part, items) in enumerate(work)}
-        running = as_completed(list(pending))
+        pending: dict[Any, tuple[int, int | None]] = {}
+        running = as_completed()
+        queued = iter(enumerate(work))
+        window, looked = in_flight, time.monotonic()
+
+        def top_up() -> None:
+            nonlocal window, looked
+            if in_flight is None and (window is None or time.monotonic() - looked > 60.0):
+                window, looked = in_flight_batches(client), time.monotonic()
+            while len(pending) < window:
+                nxt = next(queued, None)
+                if nxt is None:
+                    return
+                b, (part, items) = nxt
+                f = submit(items, part, str(b))
+                pending[f] = (b, None)
+                running.add(f)
+
+        top_up()
         for f in running:
             b, j = pending.pop(f)
             part, items = work[b]
             try:
                 res = f.result()
+            except CancelledError as e:
+                cancelled(part, e)
             except Exception as e:  # noqa: BLE001 - whatever it was, the other batches go on
                 if j is None and len(items) > 1:
                     log.warning("%s: the task failed for good (%s: %s); running its %d items one by one",
@@ -237,15 +280,18 @@ def gather_isolating(client: Any, work: list[tuple[str, list]], submit: Callable
                         running.add(g)
                 else:
                     suspects.append((b, j))
-                continue
-            count(res)
-            if j is not None:
-                finish_piece(b, j, single_part(b, j))
+            else:
+                count(res)
+                if j is not None:
+                    finish_piece(b, j, single_part(b, j))
+            top_up()
         for b, j in suspects:  # one at a time, nothing else running
             item = work[b][1][0 if j is None else j]
             try:
                 res = submit([item], single_part(b, j), f"{b}-{0 if j is None else j}-alone").result()
                 finish_piece(b, j, single_part(b, j))
+            except CancelledError as e:
+                cancelled(work[b][0], e)
             except Exception as e:  # noqa: BLE001
                 name = item.get("photo_id", item) if isinstance(item, dict) else item
                 failed.append(f"{name}: {type(e).__name__}: {e}")

@@ -138,6 +138,71 @@ def test_a_batch_that_fails_for_good_is_rerun_item_by_item(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["batch0.parquet", "batch1.parquet", "batch2.parquet"]
 
 
+def _sleep_and_write(items: list, part: str) -> dict:
+    import time
+
+    time.sleep(0.02)
+    return _write_items(items, part)
+
+
+def test_batches_are_submitted_a_window_at_a_time_and_the_bar_draws_per_interval(tmp_path, capsys):
+    """At most ``in_flight`` tasks wait at once (not every batch of a 300k-photo run), all batches still
+    run in order of submission, and the progress bar's running total does not draw a line per task."""
+    import logging
+
+    import pandas as pd
+    from dask.distributed import Client, LocalCluster
+
+    from stages.cluster import gather_isolating
+
+    work = [(str(tmp_path / f"batch{k}.parquet"), [f"i{k}"]) for k in range(40)]
+    submitted, waiting = [], []
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)  # the bar shows at INFO
+    try:
+        with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster, \
+                Client(cluster) as client:
+            def submit(items, part, suffix):
+                waiting.append(sum(not f.done() for f in submitted))
+                f = client.submit(_sleep_and_write, items, part, key=f"w-{suffix}", pure=False)
+                submitted.append(f)
+                return f
+
+            failed = gather_isolating(client, work, submit, lambda item, e: None, lambda part, pieces: None,
+                                      "test", "ok", in_flight=3)
+    finally:
+        root.setLevel(level)
+    assert failed == [] and len(submitted) == 40
+    assert max(waiting) <= 2  # a fourth is submitted only once one of three is gathered
+    assert [pd.read_parquet(p)["item"].tolist() for p, _ in work] == [[f"i{k}"] for k in range(40)]
+    drawn = capsys.readouterr().err.count("test:")
+    assert 1 <= drawn <= 3, drawn  # not on stderr's terminal: the first and last lines, not one per task
+
+
+def test_a_cancelled_task_stops_the_run_for_a_resume_and_is_not_run_item_by_item(tmp_path):
+    """A lost scheduler connection cancels every future: that is no batch's fault, so no batch is rerun
+    item by item (which sent 190k tasks to a dead connection); the run stops with how to go on."""
+    from dask.distributed import Client, LocalCluster
+
+    from stages.cluster import gather_isolating
+
+    work = [(str(tmp_path / f"batch{k}.parquet"), items) for k, items in enumerate([["a"], ["b", "c"], ["d"]])]
+    submitted = []
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        def submit(items, part, suffix):
+            f = client.submit(_sleep_and_write, items, part, key=f"c-{suffix}", pure=False)
+            if "b" in items:
+                client.cancel(f)
+            submitted.append(items)
+            return f
+
+        with pytest.raises(StageError, match="batch1.parquet's task was cancelled .*run the same command again"):
+            gather_isolating(client, work, submit, lambda item, e: None, lambda part, pieces: None, "test", "ok")
+    assert ["b"] not in submitted and ["c"] not in submitted  # not rerun one by one
+
+
 def test_an_unwritable_output_is_refused_before_any_work(tmp_path):
     stage = Copy()
     (tmp_path / "a_file").write_text("")
