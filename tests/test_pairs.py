@@ -115,8 +115,8 @@ def test_join_agrees_with_brute_force(name, seed):
     if name == "antimeridian":  # the windows across lon 180 are in the database and pair with the footprint
         assert any(x == (1 << z) - 2 for z, x, _ in set(ref) - near), sorted(ref)
     for k in set(mine) & set(ref):
-        assert mine[k] == pytest.approx(ref[k], rel=0.005), (name, k)
-    assert rings.area_km2[0] == pytest.approx(area_km2(poly), rel=0.001)
+        assert mine[k] == pytest.approx(ref[k], rel=1.5e-4), (name, k)  # the README: at most 0.015 %
+    assert rings.area_km2[0] == pytest.approx(area_km2(poly), rel=1e-4)
 
 
 def _true_footprints(tiny, path) -> list[dict]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import os
 import struct
-import time
 import zlib
 from pathlib import Path
 
@@ -72,7 +71,6 @@ def test_bad_files_are_named(tmp_path):
 
 # --- damaged JPEGs: libjpeg decodes them with grey areas, read_photo refuses them ------------
 
-REAL_SAMPLE = Path("/work/shared/real-sample")
 _FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
 _VARIANTS = {
     "baseline": [],
@@ -160,28 +158,16 @@ def test_overwritten_bytes_in_the_scan_are_refused_as_corrupt(tmp_path, variant)
         read_photo(path)
 
 
-def _real_sample_jpegs() -> list[Path]:
-    if not (REAL_SAMPLE / "queries.csv").is_file():
-        pytest.skip(f"no real sample at {REAL_SAMPLE}")
-    with open(REAL_SAMPLE / "queries.csv", newline="") as f:
-        paths = [REAL_SAMPLE / row["image_path"] for row in csv.DictReader(f)]
+def test_real_photos_pass_the_check_and_read_as_cv2_imread_does(real_sample):
+    """The real sample's eight JPEGs (from ../shared, as every real-sample test reads it) are undamaged and read
+    as OpenCV reads them (its cost: bench/jpeg_check.py)."""
+    with open(real_sample / "queries.csv", newline="") as f:
+        paths = [real_sample / row["image_path"] for row in csv.DictReader(f)]
     paths = [p for p in paths if p.suffix.lower() in (".jpg", ".jpeg")]
     assert len(paths) == 8 and all(p.is_file() for p in paths)
-    return paths
-
-
-def test_real_photos_pass_the_check_and_read_as_cv2_imread_does():
-    paths = _real_sample_jpegs()
     for path in paths:
         assert jpeg_damage(np.fromfile(path, np.uint8)) is None, path
         np.testing.assert_array_equal(read_photo(path), cv2.imread(str(path), _FLAGS)[..., ::-1])
-    largest = max(paths, key=lambda p: p.stat().st_size)
-    data = np.fromfile(largest, np.uint8)
-    t0 = time.perf_counter()
-    for _ in range(20):
-        jpeg_damage(data)
-    ms = (time.perf_counter() - t0) / 20 * 1e3
-    print(f"\njpeg_damage on {largest.name} ({data.size} bytes): {ms:.3f} ms")
 
 
 def _unreadable_file(tmp_path: Path) -> Path | None:
