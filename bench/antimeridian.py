@@ -30,6 +30,7 @@ from rasterio.transform import from_origin
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pipeline.footprint.search as search_module  # noqa: E402
+from pipeline.footprint.evidence import Catalogue
 from pipeline.footprint.search import FootprintSearch  # noqa: E402
 from pipeline.geometry.geodesy import footprint_polygon, iou, wrap_lon  # noqa: E402
 from pipeline.geometry.mercator import ORIGIN_SHIFT_M, lonlat_to_mercator  # noqa: E402
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
             for name, (search, windows) in paths.items():
                 search_module.windows_containing = windows
                 t0 = time.perf_counter()
-                r = search.localize(photo, lon, -17.0, 200.0)
+                r = search.localize(photo, lon, -17.0, Catalogue(focal_mm=200.0))
                 dt = time.perf_counter() - t0
                 search_module.windows_containing = windows_containing
                 head = f"{lon:10.2f} {side:>5} {share:6.0%} {name:>9} {r.status:>14} {r.inliers or 0:8d}"

@@ -29,7 +29,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from pipeline.footprint.calibration import calibrate
+from pipeline.footprint.evidence import Catalogue
 from pipeline.footprint.search import FootprintSearch
 from pipeline.geometry.geodesy import footprint_polygon, iou
 from pipeline.imagery.photos import read_photo
@@ -49,7 +49,7 @@ def run(search: FootprintSearch, q: pd.DataFrame, truth: pd.DataFrame, label: st
     rows = []
     for r in q.itertuples():
         t = truth.loc[r.photo_id]
-        res = search.localize(read_photo(r.image_path), r.center_lon, r.center_lat, r.focal_length_mm)
+        res = search.localize(read_photo(r.image_path), r.center_lon, r.center_lat, Catalogue.from_row(r))
         kind = t["reason"] if "reason" in t else ("ok" if t["localizable"] else "negative")
         score = float("nan")
         if res.corners_lonlat is not None:
@@ -60,9 +60,11 @@ def run(search: FootprintSearch, q: pd.DataFrame, truth: pd.DataFrame, label: st
                 score = iou(footprint_polygon(res.corners_lonlat), footprint_polygon(true))
         rows.append({"photo_id": r.photo_id, "kind": kind, "status": res.status, "inliers": res.inliers,
                      "zoom": res.zoom, "rotation_deg": res.rotation_deg, "iterations": res.iterations,
-                     "pairs": res.pairs_matched, "iou": score, "seconds": res.elapsed_s, "reason": res.reason})
+                     "pairs": res.pairs_matched, "iou": score, "confidence": res.confidence, "seconds": res.elapsed_s,
+                     "reason": res.reason})
         print(f"  [{label}] {r.photo_id:<16} {kind:<12} {res.status:<13} inliers {res.inliers:>4d}  zoom {res.zoom}  "
-              f"rot {res.rotation_deg}  {res.elapsed_s:5.1f} s  pairs {res.pairs_matched:>2d}  IoU {score:.3f}  "
+              f"rot {res.rotation_deg}  P {res.confidence if res.confidence is not None else float('nan'):.4f}  "
+              f"{res.elapsed_s:5.1f} s  pairs {res.pairs_matched:>2d}  IoU {score:.3f}  "
               f"{res.reason or ''}", flush=True)
     return pd.DataFrame(rows)
 
@@ -85,11 +87,9 @@ def main() -> None:
     ap.add_argument("--skip", type=int, default=0, help="skip the first N photos (e.g. to calibrate on others)")
     ap.add_argument("--set", action="append", default=[], help="search option key=JSON value")
     ap.add_argument("--negatives", action="store_true", help="of the selected photos, only the negatives (with "
-                    "--set candidate_min_inliers=0 --set min_inliers=0: the inliers refinement gives wrong candidates)")
+                    "--set candidate_min_inliers=0 --set calibration=null: the inliers refinement gives wrong candidates)")
     ap.add_argument("--exhaustive", type=int, default=0, help="also run the exhaustive path on the first N photos")
     ap.add_argument("--csv", help="write the per-photo rows here")
-    ap.add_argument("--fit-calibration", metavar="OUT", help="fit the decision threshold on these photos (run "
-                    "with --set min_inliers=0) and write it as a calibration JSON")
     args = ap.parse_args()
     q, truth, source = open_photo_set(args)
     q = q.iloc[args.skip:].head(args.photos)
@@ -114,13 +114,6 @@ def main() -> None:
         df = pd.concat([df.assign(path="default"), ex.assign(path="exhaustive")])
     if args.csv:
         df.to_csv(args.csv, index=False)
-    if args.fit_calibration:
-        d = df[df["path"] == "default"] if "path" in df else df
-        correct = d["iou"].fillna(0).to_numpy() >= 0.5  # no footprint: wrong at the inliers the decision saw
-        cal = calibrate(d["inliers"].to_numpy(), correct, extractor=conf.get("extractor", "aliked"))
-        cal.save(args.fit_calibration)
-        print(f"\ncalibration: min_inliers {cal.min_inliers} (P = 1/(1+exp(-({cal.intercept:.3f} + {cal.slope:.4f} n))); "
-              f"{cal.footprints} photos, {cal.correct} right) -> {args.fit_calibration}")
 
 
 if __name__ == "__main__":

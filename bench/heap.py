@@ -25,6 +25,7 @@ import ctypes, json, os, resource, sys, time
 sys.path[:0] = [os.getcwd(), os.path.join(os.getcwd(), "bench")]
 import argparse
 from photo_set import open_photo_set
+from pipeline.footprint.evidence import Catalogue
 from pipeline.footprint.search import FootprintSearch
 from pipeline.imagery.photos import read_photo
 from pipeline.runtime import release_heap, resident_mb
@@ -44,7 +45,7 @@ libc.mallinfo2.restype = Mallinfo2
 seconds, rss, statuses = [], [], []
 for r in q.head(photos).itertuples():
     t = time.perf_counter()
-    res = search.localize(read_photo(r.image_path), r.center_lon, r.center_lat, r.focal_length_mm)
+    res = search.localize(read_photo(r.image_path), r.center_lon, r.center_lat, Catalogue.from_row(r))
     if mode == "release":
         release_heap()
     seconds.append(time.perf_counter() - t)

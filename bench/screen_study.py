@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.footprint import homography as hg
-from pipeline.footprint.search import FootprintSearch
+from pipeline.footprint.search import FootprintSearch, Match
 from pipeline.imagery.photos import read_photo
 from pipeline.matching import estimate_homography
 
@@ -61,7 +61,7 @@ class RecordingSearch(FootprintSearch):
         if screen:
             self.at_screen.append(seen[0] if seen else None)
         h, mask = estimate_homography(m0, m1, threshold_px=self.conf["ransac_px"])
-        return (None, 0) if h is None else (hg.from_centres(h), int(mask.sum()))
+        return Match(None, 0, len(m0)) if h is None else Match(hg.from_centres(h), int(mask.sum()), len(m0))
 
 
 def table(d: pd.DataFrame, thresholds: list[int]) -> str:

@@ -93,6 +93,15 @@ FOOTPRINTS = ManifestKind(
             pa.field("area_km2", pa.float64()),
             pa.field("inliers", pa.int32()),
             pa.field("confidence", pa.float64()),
+            # the decision's evidence (pipeline.footprint.evidence): of the localized footprint, or of the strongest
+            # one turned down
+            pa.field("candidate_inliers", pa.int32()),
+            pa.field("inlier_ratio", pa.float64()),
+            pa.field("coverage", pa.float64()),
+            pa.field("shift", pa.float64()),
+            pa.field("area_ratio", pa.float64()),
+            pa.field("keystone", pa.float64()),
+            pa.field("aspect", pa.float64()),
             pa.field("zoom", pa.int32()),
             pa.field("rotation_deg", pa.int32()),
             pa.field("candidate_id", pa.string()),
@@ -172,6 +181,47 @@ the footprints manifest's corner convention), whether the photo is localizable a
 and the camera (aimed at ``target`` from ``nadir``; ``tilt_deg`` off nadir towards
 ``azimuth_deg``; ``roll_deg`` about the optical axis; see pipeline.simulate.camera)."""
 
-KINDS = {k.name: k for k in (QUERIES, DATABASE, FOOTPRINTS, PAIRS, TRUTH)}
+DECISIONS = ManifestKind(
+    name="decisions",
+    schema=pa.schema(
+        [
+            pa.field("photo_id", pa.string(), nullable=False),
+            pa.field("source", pa.string()),
+            pa.field("role", pa.string()),  # fit or validation, in a calibration's decisions
+            pa.field("status", pa.string(), nullable=False),
+            pa.field("refined", pa.bool_()),
+            pa.field("survived", pa.bool_()),
+            pa.field("reason", pa.string()),
+            pa.field("confidence", pa.float64()),
+            pa.field("zoom", pa.int32()),
+            pa.field("rotation_deg", pa.int32()),
+            pa.field("candidate_id", pa.string()),
+            pa.field("iterations", pa.int32()),
+            pa.field("trace", pa.list_(pa.int32())),
+            pa.field("inliers", pa.int32()),
+            pa.field("inlier_ratio", pa.float64()),
+            pa.field("coverage", pa.float64()),
+            pa.field("candidate_inliers", pa.int32()),
+            pa.field("shift", pa.float64()),
+            pa.field("area_ratio", pa.float64()),
+            pa.field("keystone", pa.float64()),
+            pa.field("aspect", pa.float64()),
+            *_corners(nullable=True),
+            pa.field("iou", pa.float64()),
+            pa.field("right", pa.bool_()),
+            pa.field("pairs", pa.int32()),
+            pa.field("matcher", pa.string()),
+            pa.field("elapsed_s", pa.float64()),
+        ]
+    ),
+    required=("photo_id", "status"),
+    produced_by="`python -m pipeline run calibrate` (WORKDIR/calibration/)",
+)
+"""The calibration's data: one row per refined candidate of each photo (its evidence, see
+pipeline.footprint.evidence, and its footprint's corners when it kept one), one row per photo
+with no candidate to refine, one error row per photo that could not be searched; ``iou``
+and ``right`` once scored against the truth."""
+
+KINDS = {k.name: k for k in (QUERIES, DATABASE, FOOTPRINTS, PAIRS, TRUTH, DECISIONS)}
 
 

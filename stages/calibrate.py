@@ -1,40 +1,57 @@
-"""``run calibrate``: fit the footprint decision threshold on a workspace with truth.
+"""``run calibrate``: fit the footprint decision on photos with truth (synthetic, real, or both).
 
-Footprints of the workspace's photos are computed with no inlier threshold (``run footprints
---min-inliers 0``, into ``WORKDIR/calibration/footprints.parquet``, resumable like any
-footprints run) unless ``--footprints`` names such a manifest; each footprint is scored
-against the truth (correct at IoU >= ``--iou``; any footprint of a negative photo is wrong,
-and so is a photo left without one, at the inliers its decision saw); a logistic regression of correctness on inliers gives the smallest inlier count at the target
-precision (:mod:`pipeline.footprint.calibration`). The result, ``WORKDIR/calibration.json``,
-is what ``run footprints`` then uses for its threshold and its ``confidence`` column.
+For every source of truth (``--truth``, fitted on; ``--validation``, only scored) the photos are
+searched as ``run footprints`` would, except that every pair is matched and the ``--top`` best
+candidates of each photo are refined and weighed, whatever they give: one row per refined candidate,
+with its evidence (:mod:`pipeline.footprint.evidence`) and its footprint, into
+``WORKDIR/calibration/decisions-<source>-<key>.parquet`` (resumable like any footprints run; reused
+while the search settings and the source's files are the same). Each footprint is scored against the
+truth (right at IoU >= ``--iou``; any footprint of a photo whose imagery does not contain it is wrong);
+a logistic regression of rightness on ``--features`` of the evidence is fitted on the decisions of the
+``--truth`` sources that kept a plausible footprint (:mod:`pipeline.footprint.calibration`). The
+result, ``calibration.json``, holds the model, its operating point (``--precision``) and, per source,
+the right and wrong decisions and the precision and recall at the operating point with 95 % intervals.
+``run footprints`` then decides with it and writes its probability as ``confidence``.
 
-Refused, with what to do: footprints made with an inlier threshold (their ``.config.toml`` says
-so) or with other features than ``--extractor`` (their ``matcher`` column says so), footprints
-and truth with no photo in common, and fewer than 10 correct or 10 wrong footprints
-(:data:`pipeline.footprint.calibration.MIN_EXAMPLES`).
+A source is a truth file (the sample's ``truth.parquet`` or a CSV such as the real sample's
+``truth.csv``) with its queries and tiles beside it (``queries.parquet`` or ``queries.csv``, ``tiles/``),
+or elsewhere: ``TRUTH,queries=Q,tiles=T`` (and ``decisions=D`` to score a decisions manifest made
+before instead of searching). Refused, with what to do: a source with no photo in common with its
+truth, and fewer than 10 right or 10 wrong decisions (:data:`pipeline.footprint.calibration.MIN_EXAMPLES`).
 """
 
 from __future__ import annotations
 
 import argparse
-import re
-import tomllib
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from manifests import ManifestError, Problem, read_manifest
-from pipeline.config import config_path
-from pipeline.footprint.calibration import DEFAULT_PRECISION, calibrate
-from pipeline.footprint.search import BELOW_THRESHOLD
-from pipeline.geometry.geodesy import footprint_polygon, iou
+from manifests import DECISIONS, ManifestError, ManifestWriter, Problem, read_manifest, read_queries, write_manifest
+from pipeline.config import files_fingerprint, fingerprint
+from pipeline.footprint.batch import CATALOGUE, matcher_name
+from pipeline.footprint.calibration import (
+    DEFAULT_FEATURES,
+    CORNERS,
+    DEFAULT_PRECISION,
+    EVIDENCE_SETTINGS,
+    Calibration,
+    SourceReport,
+    fit_model,
+    score_decisions,
+    weighed,
+)
+from pipeline.footprint.evidence import FEATURES
+from pipeline.footprint.search import EXTRACTORS, default_conf as search_conf, validate_conf
 
-from .base import Stage, StageError
-from .footprints import FootprintsStage, matcher_name
+from .base import Stage, StageError, source_files
+from .cluster import check_cluster_options, dask_client, gather_isolating
+from .footprints import WORKER_MEMORY_BYTES, run_batch
 
-CORNERS = ("tl", "tr", "br", "bl")
 
 
 def read_truth(path: str | Path) -> pd.DataFrame:
@@ -98,179 +115,259 @@ def check_truth_path(path: Path) -> None:
                          "(`python -m pipeline run sample`), or pass --truth FILE")
 
 
-def made_with_min_inliers(path: str | Path) -> int | None:
-    """The ``min_inliers`` a footprints manifest was made with, from the config saved beside it by
-    ``run footprints`` (None when there is none, or it does not say)."""
-    cfg = config_path(path)
-    try:
-        with open(cfg, "rb") as f:
-            value = tomllib.load(f).get("footprints", {}).get("min_inliers")
-    except (OSError, tomllib.TOMLDecodeError):
-        return None
-    return value if isinstance(value, int) else None
+@dataclass(frozen=True)
+class Source:
+    """One source of truth: the truth file, the photos' queries and tiles, and decisions made before (or None)."""
+
+    truth: str
+    queries: str
+    tiles: str
+    decisions: str | None = None
+
+    @property
+    def name(self) -> str:
+        p = Path(self.truth)
+        return f"{p.parent.name}/{p.name}"
+
+    @classmethod
+    def parse(cls, spec: str) -> "Source":
+        """``TRUTH[,queries=Q][,tiles=T][,decisions=D]``; queries and tiles default to the files beside the truth."""
+        head, *rest = [s.strip() for s in str(spec).split(",")]
+        truth = Path(head).resolve()
+        opts: dict[str, str] = {}
+        for item in rest:
+            key, eq, value = item.partition("=")
+            if not eq or key not in ("queries", "tiles", "decisions") or not value:
+                raise StageError(f"source {spec!r}: {item!r} is not queries=PATH, tiles=PATH or decisions=PATH; a "
+                                 "source is TRUTH[,queries=Q][,tiles=T][,decisions=D]")
+            opts[key] = str(Path(value).resolve())
+        if "queries" not in opts:
+            found = [truth.parent / n for n in ("queries.parquet", "queries.csv") if (truth.parent / n).is_file()]
+            opts["queries"] = str(found[0] if found else truth.parent / "queries.parquet")
+        opts.setdefault("tiles", str(truth.parent / "tiles"))
+        return cls(str(truth), opts["queries"], opts["tiles"], opts.get("decisions"))
 
 
-def check_footprints(path: str | Path, footprints: pd.DataFrame, extractor: str) -> None:
-    """Refuse footprints that would give a wrong threshold: made with an inlier threshold (their config
-    beside them says so, or without it their rows "too few inliers after refinement (n < threshold)": photos
-    under it lost their footprints, and would all count as wrong), or by
-    other features than ``extractor`` (their ``matcher`` column says so)."""
-    threshold = made_with_min_inliers(path)
-    said = f"says {config_path(path).name}"
-    if not threshold and "reason" in footprints:  # without its config (a copy): the rows the threshold turned down
-        cut = footprints["reason"].dropna().astype(str).str.extract(rf"^{re.escape(BELOW_THRESHOLD)} \(\d+ < (\d+)\)")[0]
-        if cut.notna().any():
-            threshold, said = int(cut.dropna().astype(int).max()), "say its rows' reasons"
-    if threshold:
-        raise StageError(f"{path} was made with min_inliers = {threshold} ({said}): photos "
-                         f"under {threshold} inliers lost their footprints and would all count as wrong; make the "
-                         "footprints with `python -m pipeline run footprints --min-inliers 0`, or leave out "
-                         "--footprints and calibrate computes them")
-    matchers = sorted(footprints["matcher"].dropna().unique()) if "matcher" in footprints else []
-    expected = matcher_name(extractor)
-    others = [m for m in matchers if m != expected]
-    if others:
-        raise StageError(f"{path} holds footprints matched with {', '.join(matchers)} (its matcher column), not "
-                         f"{expected} (--extractor {extractor}); pass --extractor {others[0].split('+')[0]}, or "
-                         f"footprints made with {extractor}")
-
-
-def check_common_photos(footprints: pd.DataFrame, truth: pd.DataFrame, fp_path: str | Path,
-                        truth_path: str | Path) -> None:
-    """Refuse footprints and truth that share no photo: nothing could be scored."""
-    if not footprints["photo_id"].isin(truth.index).any():
-        raise StageError(f"no photo_id in common between FOOTPRINTS {fp_path} (e.g. "
-                         f"{', '.join(footprints['photo_id'].astype(str).head(2)) or 'none'}) and TRUTH {truth_path} "
-                         f"(e.g. {', '.join(truth.index.astype(str)[:2]) or 'none'}); pass the truth of these "
-                         "photos (--truth), or footprints of the truth's photos (--footprints)")
-
-
-def score_footprints(footprints: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
-    """IoU of every footprint with its true footprint (0 for photos that are not localizable).
-
-    Returns photo_id, inliers, iou for the rows with an inlier count and a truth row; a row
-    without a footprint (too few inliers, lost in refinement, implausible) scores IoU 0 at its
-    best inliers: the decision saw those inliers and there was nothing right to accept."""
-    rows = []
-    for r in footprints.itertuples():
-        if r.photo_id not in truth.index or pd.isna(r.inliers):
-            continue
-        if r.status != "localized":
-            rows.append({"photo_id": r.photo_id, "inliers": int(r.inliers), "iou": 0.0})
-            continue
-        t = truth.loc[r.photo_id]
-        est = np.array([[getattr(r, f"{c}_lon"), getattr(r, f"{c}_lat")] for c in CORNERS])
-        score = 0.0
-        if bool(t["localizable"]):
-            true = np.array([[t[f"{c}_lon"], t[f"{c}_lat"]] for c in CORNERS])
-            score = iou(footprint_polygon(est), footprint_polygon(true))
-        rows.append({"photo_id": r.photo_id, "inliers": int(r.inliers), "iou": score})
-    return pd.DataFrame(rows, columns=["photo_id", "inliers", "iou"])
+def decisions_path(calibration: str | Path) -> Path:
+    """Where a calibration's scored decisions are written: ``calibration-decisions.parquet`` beside
+    ``calibration.json``."""
+    p = Path(calibration)
+    return p.with_name(f"{p.stem}-decisions.parquet")
 
 
 class CalibrateStage(Stage):
     name = "calibrate"
-    help = "fit the footprint decision threshold (inliers at 99.9 %% precision) on a workspace with truth"
+    help = "fit the footprint decision (a calibrated model of the evidence) on photos with truth"
     default_conf = {
-        "footprints": "",
-        "truth": "",
+        "truth": [],  # sources fitted on (default: WORKDIR/truth.parquet)
+        "validation": [],  # sources only scored
         "out": "",
+        "features": list(DEFAULT_FEATURES),
         "precision": DEFAULT_PRECISION,
         "iou": 0.5,
-        "extractor": "aliked",
+        "top": 3,
         "limit": None,
+        "batch_size": 4,
         "workers": None,
+        # the search that makes the evidence (`--set key=value`, or a config file's [calibrate] table): the
+        # footprint search's settings, without its decision
+        **{k: v for k, v in search_conf.items() if k not in ("calibration", "min_inliers")},
     }
-    runtime_keys = ("workers",)
-    option_types = {"limit": int, "workers": int}
+    runtime_keys = ("workers", "batch_size", "feature_dir", "feature_cache")
+    option_types = {"limit": int, "workers": int, "weights_dir": str, "feature_dir": str, "offset_zooms": int,
+                    "contrast": str}
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--footprints", help="a footprints manifest made with --min-inliers 0 (default: computed "
-                                            "into WORKDIR/calibration/footprints.parquet)")
-        p.add_argument("--truth", help="truth.parquet or a truth CSV (default: WORKDIR/truth.parquet)")
+        p.add_argument("--truth", action="append", metavar="SOURCE",
+                       help="photos with truth to fit on: TRUTH[,queries=Q][,tiles=T][,decisions=D] (queries and "
+                            "tiles default to queries.parquet/.csv and tiles/ beside the truth); repeat for more "
+                            "sources (default: WORKDIR/truth.parquet)")
+        p.add_argument("--validation", action="append", metavar="SOURCE",
+                       help="photos with truth to score but not fit on (same form); repeat for more")
         p.add_argument("--out", help="the calibration (default: WORKDIR/calibration.json)")
-        p.add_argument("--precision", type=float, help="target precision of localized footprints (default 0.999)")
-        p.add_argument("--iou", type=float, help="a footprint is correct from this IoU with the truth (default 0.5)")
-        p.add_argument("--extractor", choices=["aliked", "disk", "superpoint", "sift"],
-                       help="features the footprints are computed with (default aliked)")
-        p.add_argument("--limit", type=int, help="only the first N photos")
-        p.add_argument("--workers", type=int, help="local Dask worker processes for the footprints")
+        p.add_argument("--features", type=lambda s: [f.strip() for f in s.split(",") if f.strip()],
+                       help=f"evidence the model weighs, of {', '.join(FEATURES)} (default "
+                            f"{','.join(DEFAULT_FEATURES)})")
+        p.add_argument("--precision", type=float, help="the operating point: a footprint is localized from this "
+                                                       "probability of being right (default 0.999)")
+        p.add_argument("--iou", type=float, help="a footprint is right from this IoU with the truth (default 0.5)")
+        p.add_argument("--extractor", choices=list(EXTRACTORS), help="features of the search (default aliked)")
+        p.add_argument("--top", type=int, help="distinct candidates refined per photo (default 3)")
+        p.add_argument("--limit", type=int, help="only the first N photos of each source")
+        p.add_argument("--batch-size", dest="batch_size", type=int, help="photos per Dask task (default 4)")
+        p.add_argument("--workers", type=int, help="local Dask worker processes")
 
     def resolve(self, conf: dict[str, Any], workdir: Path) -> dict[str, Any]:
         conf = dict(conf)
-        self._workdir = Path(workdir)
-        conf["truth"] = str(Path(conf["truth"] or workdir / "truth.parquet").resolve())
-        conf["out"] = str(Path(conf["out"] or workdir / "calibration.json").resolve())
+        conf["workdir"] = str(Path(workdir).resolve())
+        truth = [str(t) for t in conf["truth"]] or [str(Path(workdir) / "truth.parquet")]
+        conf["truth"] = [_spec(Source.parse(t)) for t in truth]
+        conf["validation"] = [_spec(Source.parse(t)) for t in conf["validation"]]
+        conf["out"] = str(Path(conf["out"] or Path(workdir) / "calibration.json").resolve())
         if not 0.5 <= float(conf["precision"]) < 1.0:
             raise StageError(f"--precision must be in [0.5, 1), got {conf['precision']}")
         if not 0.0 < float(conf["iou"]) <= 1.0:
-            raise StageError(f"--iou must be in (0, 1] (a footprint is correct from this IoU with the truth), got "
+            raise StageError(f"--iou must be in (0, 1] (a footprint is right from this IoU with the truth), got "
                              f"{conf['iou']}; leave it out for 0.5")
+        unknown = [f for f in conf["features"] if f not in FEATURES]
+        if unknown or not conf["features"]:
+            raise StageError(f"--features {','.join(conf['features'])}: choose one or more of {', '.join(FEATURES)}")
+        if int(conf["top"]) < 1:
+            raise StageError(f"--top must be at least 1 (candidates refined per photo), got {conf['top']}")
+        for key in ("limit", "batch_size"):
+            if conf[key] is not None and int(conf[key]) < 1:
+                raise StageError(f"--{key.replace('_', '-')} must be at least 1, got {conf[key]}")
+        try:
+            validate_conf(self.search_settings(conf))
+        except ValueError as e:
+            raise StageError(f"{e} (in --config or --set)") from None
         return conf
+
+    @staticmethod
+    def search_settings(conf: dict[str, Any]) -> dict[str, Any]:
+        """The search that makes the evidence: the footprint search's settings of ``conf`` with no decision (every
+        footprint is weighed)."""
+        return {**{k: conf[k] for k in search_conf if k in conf}, "calibration": None, "min_inliers": 0}
 
     def output(self, conf: dict[str, Any]) -> Path:
         return Path(conf["out"])
 
+    def sources(self, conf: dict[str, Any]) -> list[tuple[Source, str]]:
+        return ([(Source.parse(s), "fit") for s in conf["truth"]]
+                + [(Source.parse(s), "validation") for s in conf["validation"]])
+
     def input_files(self, conf: dict[str, Any]) -> list[Path]:
-        return [Path(p) for p in (conf["truth"], conf["footprints"]) if p and Path(p).is_file()]
+        files = []
+        for src, _ in self.sources(conf):
+            files += [Path(p) for p in (src.truth, src.decisions) if p and Path(p).is_file()]
+            if not src.decisions:
+                files += source_files(src.queries, image_folder=True) + source_files(src.tiles)
+        return files
 
     def prepare(self, conf: dict[str, Any]) -> None:
-        truth = Path(conf["truth"])
-        if not conf["footprints"] and not truth.exists() and truth == (self._workdir / "truth.parquet").resolve():
+        default = Path(conf["workdir"]) / "truth.parquet"
+        if any(Path(src.truth) == default for src, _ in self.sources(conf)) and not default.exists():
             from .sample import ensure_sample
 
-            ensure_sample(self._workdir)
+            ensure_sample(conf["workdir"])
 
     def check(self, conf: dict[str, Any]) -> None:
-        check_truth_path(Path(conf["truth"]))
-
-    def execute(self, conf: dict[str, Any], overwrite: bool = False) -> str:
-        self._overwrite = overwrite  # also for the footprints it makes, when their settings changed
-        return super().execute(conf, overwrite)
-
-    def _footprints(self, conf: dict[str, Any]) -> tuple[str, str]:
-        """Localize the workspace's photos with no threshold (``calibration/footprints.parquet``): reused when
-        up to date, redone under ``--overwrite`` when made with other settings. (summary, path)"""
-        fp = FootprintsStage()
-        fconf = fp.resolve({**fp.default_conf, "min_inliers": 0, "extractor": conf["extractor"],
-                            "limit": conf["limit"], "workers": conf["workers"],
-                            "out": str(self._workdir / "calibration" / "footprints.parquet"),
-                            "calibration": "none"}, self._workdir)
-        redo = False
-        out = fp.output(fconf)
-        if getattr(self, "_overwrite", False) and out.exists():
-            try:
-                redo = not config_path(out).exists() or bool(fp.changed_settings(fconf, fp._record(fconf)))
-            except StageError:  # its config is unreadable
-                redo = True
-        return fp.execute(fconf, overwrite=redo), fconf["out"]
+        for src, _ in self.sources(conf):
+            check_truth_path(Path(src.truth))
+            if src.decisions:
+                if not Path(src.decisions).is_file():
+                    raise StageError(f"decisions not found: {src.decisions} (source {src.truth})")
+                continue
+            if not Path(src.queries).exists():
+                raise StageError(f"queries not found: {src.queries} (source {src.truth}); give them as "
+                                 f"{src.truth},queries=PATH")
+            if not Path(src.tiles).exists():
+                raise StageError(f"tiles not found: {src.tiles} (source {src.truth}); give them as "
+                                 f"{src.truth},tiles=PATH")
+        check_cluster_options(None, conf["workers"])
 
     def run(self, conf: dict[str, Any]) -> str:
         lines = []
-        truth = read_truth(conf["truth"])  # before the footprints, which may take hours
-        path = conf["footprints"]
-        if not path:
-            summary, path = self._footprints(conf)
-            lines.append(summary)
-        footprints = read_manifest(path, "footprints", geometry=False)
-        check_footprints(path, footprints, conf["extractor"])
-        check_common_photos(footprints, truth, path, conf["truth"])
-        scored = score_footprints(footprints, truth)
-        correct = scored["iou"].to_numpy() >= float(conf["iou"])
+        scored: list[tuple[Source, str, pd.DataFrame, int]] = []
+        for src, role in self.sources(conf):
+            truth = read_truth(src.truth)  # before the search, which may take hours
+            path, summary = (src.decisions, "") if src.decisions else self._decisions(conf, src)
+            if summary:
+                lines.append(summary)
+            d = score_decisions(read_manifest(path, DECISIONS), truth, float(conf["iou"])).assign(source=src.name)
+            if d.empty:
+                raise StageError(f"no photo_id in common between the decisions {path} and the truth {src.truth}; "
+                                 "pass the truth of these photos, or their queries")
+            scored.append((src, role, d, int(d["photo_id"].nunique())))
+        fit = pd.concat([weighed(d) for _, role, d, _ in scored if role == "fit"], ignore_index=True)
         try:
-            cal = calibrate(scored["inliers"].to_numpy(), correct, float(conf["precision"]), conf["extractor"],
-                            float(conf["iou"]))
+            model = fit_model(fit[list(FEATURES)].to_numpy(np.float64), fit["right"].to_numpy(bool),
+                              conf["features"], float(conf["precision"]))
         except ValueError as e:
-            raise StageError(f"{path}: {e}") from None
+            raise StageError(f"{', '.join(s.truth for s, role, _, _ in scored if role == 'fit')}: {e}") from None
+        reports = []
+        for src, role, d, photos in scored:
+            w = weighed(d)
+            p = model.probabilities(w[list(FEATURES)].to_numpy(np.float64))
+            reports.append(SourceReport.of(src.name, role, photos, p, w["right"].to_numpy(bool), model.operating_point))
+        search = {k: v for k, v in self.search_settings(conf).items() if k in EVIDENCE_SETTINGS}
+        cal = Calibration(model, conf["extractor"], float(conf["iou"]), search, reports)
+        decisions_out = decisions_path(conf["out"])
+        write_manifest(pd.concat([d.assign(role=role) for _, role, d, _ in scored], ignore_index=True), decisions_out,
+                       DECISIONS)
         cal.save(conf["out"], before_replace=self.before_replace)
-        wrong = scored[~correct]["inliers"]
-        lines += [
-            f"calibrate: {cal.footprints} photos with inliers of {len(footprints)} ({cal.correct} correct at IoU >= "
-            f"{cal.iou:g}; wrong ones have at most {int(wrong.max()) if len(wrong) else 0} inliers)",
-            f"  P(correct) = 1 / (1 + exp(-({cal.intercept:.3f} + {cal.slope:.4f} * inliers)))",
-            f"  threshold at {cal.precision:.1%} precision: min_inliers = {cal.min_inliers}",
-            f"  on these footprints: precision {cal.precision_measured:.3f}, recall {cal.recall_measured:.3f}",
-            "  P(correct) at " + ", ".join(f"{n}: {cal.probability(n):.3f}" for n in (10, 20, 30, 40, 60, 100)),
-            f"  wrote {conf['out']} (run footprints uses it from WORKDIR, or pass --calibration FILE)",
-        ]
+        terms = " + ".join(f"{w:+.3f} z({f})" for f, w in zip(model.features, model.weights))
+        lines += [f"calibrate: fitted on {len(fit)} decisions ({int(fit['right'].sum())} right, "
+                  f"{int((~fit['right']).sum())} wrong) of {len([r for r in reports if r.role == 'fit'])} sources",
+                  f"  P(right) = 1 / (1 + exp(-({model.intercept:.3f} {terms})))",
+                  f"  operating point: localized at P >= {model.operating_point:g}"]
+        lines += ["  " + line for r in reports for line in r.lines()]
+        lines.append(f"  wrote {conf['out']} (run footprints uses it from WORKDIR, or pass --calibration FILE) and the "
+                     f"scored decisions {decisions_out.name}")
         return "\n".join(lines)
+
+    def _decisions(self, conf: dict[str, Any], src: Source) -> tuple[str, str]:
+        """The decisions of a source's photos (searched now, or found from an earlier run with the same search and
+        files); resumable from its parts. (path, summary)"""
+        search = self.search_settings(conf)
+        key = fingerprint({"search": search, "top": conf["top"], "limit": conf["limit"], "floor": 0,
+                           "files": files_fingerprint(source_files(src.queries, image_folder=True)
+                                                      + source_files(src.tiles)), "queries": src.queries,
+                           "tiles": src.tiles})
+        out = Path(conf["workdir"]) / "calibration" / f"decisions-{Path(src.truth).parent.name}-{key}.parquet"
+        if out.is_file():
+            return str(out), f"calibrate: {src.name}: decisions found in {out}"
+        queries, rejected = read_queries(src.queries, check_images=False, on_error="collect")
+        if conf["limit"] is not None:
+            queries = queries.head(int(conf["limit"]))
+        queries = queries.assign(source=src.name)
+        records = queries[["photo_id", "image_path", "center_lat", "center_lon", *CATALOGUE]].to_dict("records")
+        bs = int(conf["batch_size"])
+        parts = out.with_name(out.name + ".parts")
+        parts.mkdir(parents=True, exist_ok=True)
+        work = [(str(parts / f"batch{k:05d}.parquet"), records[i : i + bs])
+                for k, i in enumerate(range(0, len(records), bs))]
+        todo = [(part, rows) for part, rows in work if not Path(part).exists()]
+        t0 = time.perf_counter()
+        if todo:
+            self._run_dask(conf, search, src, todo, key)
+        with ManifestWriter(out, DECISIONS) as writer:
+            for part, _ in work:
+                writer.write(read_manifest(part, DECISIONS).assign(source=src.name))
+        for part, _ in work:
+            Path(part).unlink(missing_ok=True)
+        parts.rmdir()
+        n_bad = len(rejected)
+        return str(out), (f"calibrate: {src.name}: {len(records)} photos searched in {time.perf_counter() - t0:.0f} s"
+                          + (f" ({n_bad} bad queries rows left out)" if n_bad else "") + f" -> {out}")
+
+    def _run_dask(self, conf: dict[str, Any], search: dict[str, Any], src: Source, todo: list[tuple[str, list]],
+                  key: str) -> None:
+        matcher = matcher_name(conf["extractor"])
+        with dask_client(None, conf["workers"], False, _worker_environ(), WORKER_MEMORY_BYTES) as (client, threads):
+            def submit(rows: list[dict], part: str, suffix: str):
+                return client.submit(run_batch, rows, src.tiles, search, "cpu", part, threads,
+                                     int(conf["top"]), key=f"decisions-{key}-{suffix}", retries=2, pure=False)
+
+            def failed_rows(row: dict, e: BaseException) -> pd.DataFrame:
+                return pd.DataFrame([{"photo_id": row["photo_id"], "status": "error", "matcher": matcher,
+                                      "reason": f"its task failed each time it ran ({type(e).__name__}: {e})"}])
+
+            def assemble(part: str, pieces: list) -> None:
+                with ManifestWriter(part, DECISIONS) as writer:
+                    for piece in pieces:
+                        writer.write(read_manifest(piece, DECISIONS) if isinstance(piece, str) else piece)
+
+            gather_isolating(client, todo, submit, failed_rows, assemble, f"decisions {src.name}", "localized")
+
+
+def _spec(src: Source) -> str:
+    """A source as a string with absolute paths (the config file records it so)."""
+    return ",".join([src.truth, f"queries={src.queries}", f"tiles={src.tiles}"]
+                    + ([f"decisions={src.decisions}"] if src.decisions else []))
+
+
+def _worker_environ() -> dict[str, str]:
+    from pipeline.runtime import worker_environ
+
+    return worker_environ()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from manifests import FOOTPRINTS, ManifestWriter, read_queries, to_table, write_manifest
+from manifests import DECISIONS, FOOTPRINTS, ManifestWriter, read_queries, to_table, write_manifest
 from pipeline.config import config_path, files_fingerprint, fingerprint
-from pipeline.footprint.search import default_conf as search_conf, validate_conf
-from pipeline.geometry.geodesy import area_km2, corners_columns, footprint_polygon
+from pipeline.footprint.batch import CATALOGUE, decision_rows, footprint_row, matcher_name
+from pipeline.footprint.search import NO_MODEL_MIN_INLIERS, default_conf as search_conf, validate_conf
 from pipeline.geometry.mercator import MAX_LATITUDE, ORIGIN_SHIFT_M
-from pipeline.imagery.photos import PhotoError, read_photo
 from pipeline.runtime import release_heap_over, worker_device, worker_memory_limit
 
 from .base import Stage, StageError, source_files
@@ -46,7 +44,9 @@ _SEARCHERS: dict[str, Any] = {}
 
 
 def _searcher(tiles: str, conf: dict, device: str):
-    key = fingerprint({"tiles": tiles, "device": device, **conf})
+    cal = conf.get("calibration")  # a calibration refitted in place is another decision
+    cal_id = files_fingerprint([Path(cal)]) if cal and cal != "packaged" and Path(cal).is_file() else None
+    key = fingerprint({"tiles": tiles, "device": device, "calibration_file": cal_id, **conf})
     if key not in _SEARCHERS:
         from pipeline.footprint.search import FootprintSearch
         from pipeline.imagery import open_tile_source
@@ -101,56 +101,26 @@ def cluster_device(device: str, client: Any, scheduler: str) -> str:
     return device
 
 
-def matcher_name(extractor: str) -> str:
-    """The manifest's ``matcher`` value for an extractor."""
-    return f"{extractor}+lightglue" if extractor != "sift" else "sift+nn"
+def _decision_line(conf: dict[str, Any]) -> str:
+    """How this run decides, for its summary."""
+    from pipeline.footprint.calibration import PACKAGED, Calibration
 
-
-def _error(photo_id: str, reason: str, t0: float, matcher: str) -> dict:
-    return {"photo_id": photo_id, "status": "error", "reason": reason, "geometry": None, "homography": None,
-            "matcher": matcher, "elapsed_s": time.perf_counter() - t0}
-
-
-def localize_one(search, row: dict, matcher: str, confidence_model: list[float] | None = None) -> dict:
-    """One photo -> one footprints row; never raises for a bad photo.
-
-    ``confidence_model``: (intercept, slope) of the calibration's logistic model; a localized
-    row's ``confidence`` is its modelled probability of being right (null without one)."""
-    t0 = time.perf_counter()
-    pid = row["photo_id"]
-    lat, lon = float(row["center_lat"]), float(row["center_lon"])
-    if abs(lat) > MAX_LATITUDE:
-        return _error(pid, f"weak label latitude {lat:g} is beyond the Web Mercator map (|lat| <= "
-                           f"{MAX_LATITUDE:.4f}); no imagery to match", t0, matcher)
-    focal = row.get("focal_length_mm")
-    focal = float(focal) if focal is not None and not pd.isna(focal) else None
-    try:
-        photo = read_photo(row["image_path"])
-        r = search.localize(photo, lon, lat, focal)
-    except PhotoError as e:
-        return _error(pid, str(e), t0, matcher)
-    except Exception as e:  # one photo never stops the others
-        log.exception("photo %s failed", pid)
-        return _error(pid, f"{type(e).__name__}: {e}", t0, matcher)
-    out = {"photo_id": pid, "status": r.status, "reason": r.reason, "inliers": r.inliers, "zoom": r.zoom,
-           "rotation_deg": r.rotation_deg, "candidate_id": r.candidate_id, "iterations": r.iterations,
-           "geometry": None, "homography": None, "matcher": matcher, "elapsed_s": time.perf_counter() - t0}
-    if r.status == "localized":
-        poly = footprint_polygon(r.corners_lonlat)
-        out.update(corners_columns(r.corners_lonlat), geometry=poly, area_km2=area_km2(poly),
-                   homography=[float(v) for v in r.homography.ravel()])
-        if confidence_model:
-            a, b = confidence_model
-            out["confidence"] = 1.0 / (1.0 + math.exp(-min(500.0, max(-500.0, a + b * r.inliers))))
-    return out
+    cal = conf["calibration"]
+    if not cal:
+        return f"{conf['min_inliers']} inliers after refinement (no calibration)"
+    model = Calibration.load(PACKAGED if cal == "packaged" else cal).model
+    floor = f", and {conf['min_inliers']} inliers" if conf["min_inliers"] else ""
+    return (f"P(right | {', '.join(model.features)}) >= {model.operating_point:.3g}{floor} "
+            f"({'the packaged calibration' if cal == 'packaged' else cal})")
 
 
 def run_batch(rows: list[dict], tiles: str, conf: dict, device: str, part: str, threads: int = 0,
-              confidence_model: list[float] | None = None) -> dict:
+              decisions: int = 0) -> dict:
     """A Dask task: localize a batch of photos and write their rows to ``part`` (atomically).
 
     ``threads``: torch threads in this worker (Dask sets OMP_NUM_THREADS=1 in its workers;
-    with fewer workers than cores that leaves cores idle)."""
+    with fewer workers than cores that leaves cores idle). ``decisions`` > 0: for calibration, the
+    decisions of that many refined candidates per photo (a decisions manifest) instead of footprints."""
     if threads:
         import torch
 
@@ -161,11 +131,11 @@ def run_batch(rows: list[dict], tiles: str, conf: dict, device: str, part: str, 
     limit = worker_memory_limit()
     out = []
     for r in rows:
-        out.append(localize_one(search, r, matcher, confidence_model))
+        out += decision_rows(search, r, matcher, decisions) if decisions else [footprint_row(search, r, matcher)]
         release_heap_over(limit)  # else a Dask worker paused for memory would never resume
-    write_manifest(pd.DataFrame(out), part, FOOTPRINTS)
-    return {"photos": len(out), "localized": sum(o["status"] == "localized" for o in out),
-            "seconds": sum(o["elapsed_s"] for o in out)}
+    write_manifest(pd.DataFrame(out), part, DECISIONS if decisions else FOOTPRINTS)
+    return {"photos": len(rows), "localized": sum(o["status"] == "localized" for o in out),
+            "seconds": sum(o["elapsed_s"] for o in out if o.get("elapsed_s"))}
 
 
 def _in_file_order(queries: pd.DataFrame, rejected: pd.DataFrame, part_files: list[Path], batch_size: int,
@@ -221,7 +191,7 @@ class FootprintsStage(Stage):
         "scheduler": None,
         "retry_errors": False,
         **{k: v for k, v in search_conf.items()},
-        "min_inliers": None,  # None: from the calibration (else the search's default)
+        "min_inliers": None,  # None: 0 with a calibration, NO_MODEL_MIN_INLIERS without
         "calibration": "",  # "": WORKDIR/calibration.json if present, else the packaged one; "none": no calibration
     }
     runtime_keys = ("workers", "scheduler", "device", "batch_size", "feature_dir", "feature_cache", "retry_errors")
@@ -242,7 +212,8 @@ class FootprintsStage(Stage):
                        help="folder with user-supplied weights: superpoint_v1.pth and superpoint_lightglue.pth")
         p.add_argument("--zooms", type=parse_zooms, help="candidate zooms (default 8-12)")
         p.add_argument("--min-inliers", dest="min_inliers", type=int,
-                       help="decision threshold (default: the calibration's, see `run calibrate`)")
+                       help="inliers a footprint needs besides the calibrated decision (default 0; with --calibration "
+                            f"none it is the decision: default {NO_MODEL_MIN_INLIERS})")
         p.add_argument("--calibration", help="calibration.json from `run calibrate` (default: WORKDIR/calibration.json "
                                              "if present, else the packaged one for aliked; 'none' for no calibration)")
         p.add_argument("--batch-size", dest="batch_size", type=int, help="photos per Dask task (default 4)")
@@ -285,11 +256,9 @@ class FootprintsStage(Stage):
             conf["feature_dir"] = str(Path(conf["feature_dir"]).resolve() / f"tiles-{tiles_id}")
         if conf["device"] == "auto":
             conf["device"] = resolve_device("auto", remote=bool(conf["scheduler"]))
-        cal = self._calibration(conf, workdir)
-        conf["calibration"] = cal[0] if cal else "none"
-        conf["confidence_model"] = [cal[1].intercept, cal[1].slope] if cal else None
+        conf["calibration"], conf["calibration_model"] = self._calibration(conf, workdir)
         if conf["min_inliers"] is None:
-            conf["min_inliers"] = cal[1].min_inliers if cal else search_conf["min_inliers"]
+            conf["min_inliers"] = 0 if conf["calibration"] else NO_MODEL_MIN_INLIERS
         if conf["limit"] is not None and conf["limit"] < 1:
             raise StageError(f"--limit must be at least 1 (the first N rows of the queries), got {conf['limit']}")
         if conf["batch_size"] < 1:
@@ -301,29 +270,39 @@ class FootprintsStage(Stage):
         return conf
 
     @staticmethod
-    def _calibration(conf: dict[str, Any], workdir: Path):
-        """(path, Calibration) that applies to this run, or None."""
+    def _calibration(conf: dict[str, Any], workdir: Path) -> tuple[str | None, str | None]:
+        """The calibration that applies to this run, for the search ("packaged", a file's absolute path, or None)
+        and a fingerprint of its model for the output's record (a refitted file is another decision)."""
         from pipeline.footprint.calibration import PACKAGED, Calibration
 
         given = conf["calibration"]
         if given == "none":
-            return None
+            return None, None
         path = Path(given) if given else workdir / "calibration.json"
         if given and not path.is_file():
             raise StageError(f"calibration file not found: {path}; make one with `python -m pipeline run calibrate`, "
                              "or pass --calibration none")
-        if not path.is_file():
-            path = PACKAGED
+        packaged = not path.is_file()
         try:
-            cal = Calibration.load(path)
+            cal = Calibration.load(PACKAGED if packaged else path)
         except ValueError as e:
             raise StageError(str(e)) from None
         if cal.extractor != conf["extractor"]:
-            if given:
+            if given or not packaged:
                 raise StageError(f"{path} was fitted for {cal.extractor} features, this run uses {conf['extractor']}; "
-                                 "calibrate for them (`run calibrate --extractor ...`) or pass --calibration none")
-            return None
-        return str(path.resolve()), cal
+                                 f"calibrate for them (`run calibrate --extractor {conf['extractor']}`) or pass "
+                                 "--calibration none")
+            log.warning("no calibration for %s features (the packaged one is for %s): footprints are accepted on "
+                        "--min-inliers alone (default %d) and have no confidence; fit one with `python -m pipeline run "
+                        "calibrate --extractor %s`", conf["extractor"], cal.extractor, NO_MODEL_MIN_INLIERS,
+                        conf["extractor"])
+            return None, None
+        differ = [f"{k} = {conf[k]!r} (fitted with {v!r})" for k, v in cal.search.items() if k in conf and conf[k] != v]
+        if differ:
+            log.warning("the calibration %s was fitted on evidence of another search: %s; the confidence of these "
+                        "footprints is not what it was fitted for: fit one with these settings (`python -m pipeline "
+                        "run calibrate`)", "packaged with the pipeline" if packaged else path, ", ".join(differ))
+        return ("packaged" if packaged else str(path.resolve())), fingerprint(cal.model.to_dict())
 
     def output(self, conf: dict[str, Any]) -> Path:
         return Path(conf["out"])
@@ -475,7 +454,7 @@ class FootprintsStage(Stage):
         if conf["retry_errors"]:
             kept, queries, rejected = self._retry_split(out, queries, rejected)
         search = {k: conf[k] for k in search_conf}
-        records = queries[["photo_id", "image_path", "center_lat", "center_lon", "focal_length_mm"]].to_dict("records")
+        records = queries[["photo_id", "image_path", "center_lat", "center_lon", *CATALOGUE]].to_dict("records")
         parts = self.parts_dir(conf)
         # keyed by the photos to do, too: a --retry-errors stopped after replacing the output, run again, cuts its
         # batches from fewer error rows and must not take the stopped run's parts for them
@@ -497,7 +476,7 @@ class FootprintsStage(Stage):
                 writer.write(table)
         table = pq.read_table(out, columns=["status", "reason", "elapsed_s"]).to_pandas()
         counts = table["status"].value_counts()
-        lines = [f"footprints: {len(table)} photos -> {out}"]
+        lines = [f"footprints: {len(table)} photos -> {out}", "  decision: " + _decision_line(conf)]
         for s in ("localized", "not_localized", "error"):
             lines.append(f"  {s:<14} {int(counts.get(s, 0)):>7d}")
         secs = table.loc[table["status"] != "error", "elapsed_s"].dropna()  # searched photos only
@@ -529,8 +508,7 @@ class FootprintsStage(Stage):
             gpu = device.startswith("cuda")
 
             def submit(rows: list[dict], part: str, suffix: str):
-                return client.submit(run_batch, rows, conf["tiles"], search, device, part, threads,
-                                     conf["confidence_model"], key=f"footprints-{parts.name}-{suffix}", retries=2,
+                return client.submit(run_batch, rows, conf["tiles"], search, device, part, threads, key=f"footprints-{parts.name}-{suffix}", retries=2,
                                      resources={"GPU": 1} if gpu else None, pure=False)
 
             def failed_rows(row: dict, e: BaseException) -> pd.DataFrame:

@@ -10,6 +10,7 @@ import torch
 
 from manifests import read_manifest
 from pipeline.footprint import homography as hg
+from pipeline.footprint.evidence import Catalogue
 from pipeline.geometry.geodesy import footprint_polygon, iou
 
 
@@ -88,7 +89,7 @@ def test_refine_iterations_must_be_at_least_one():
 
 
 def test_bad_photos_end_as_errors(tmp_path):
-    from stages.footprints import localize_one
+    from pipeline.footprint.batch import footprint_row
 
     bad = tmp_path / "corrupt.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
@@ -105,7 +106,7 @@ def test_bad_photos_end_as_errors(tmp_path):
         "beyond the Web Mercator": dict(base, image_path=str(tiny), center_lat=89.0),
     }
     for words, row in cases.items():
-        out = localize_one(None, row, "aliked+lightglue")  # fails before any matching
+        out = footprint_row(None, row, "aliked+lightglue")  # fails before any matching
         assert out["status"] == "error" and words in out["reason"], (words, out["reason"])
 
 
@@ -119,7 +120,7 @@ def test_a_sample_photo_is_localized_with_its_true_footprint(tiny):
     assert truth.localizable
     photo = cv2.imread(str(tiny / row.image_path))[..., ::-1]
     result = FootprintSearch(open_tile_source(tiny / "tiles")).localize(
-        np.ascontiguousarray(photo), row.center_lon, row.center_lat, row.focal_length_mm)
+        np.ascontiguousarray(photo), row.center_lon, row.center_lat, Catalogue.from_row(row))
     assert result.status == "localized", result.reason
     true = np.array([[truth.tl_lon, truth.tl_lat], [truth.tr_lon, truth.tr_lat], [truth.br_lon, truth.br_lat],
                      [truth.bl_lon, truth.bl_lat]])
@@ -139,7 +140,8 @@ def test_a_label_without_imagery_says_so(tiny):
     from pipeline.imagery import open_tile_source
 
     photo = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
-    far = FootprintSearch(open_tile_source(tiny / "tiles"), max_keypoints=64).localize(photo, -120.0, 40.0, 400.0)
+    far = FootprintSearch(open_tile_source(tiny / "tiles"), max_keypoints=64).localize(photo, -120.0, 40.0,
+                                                                                     Catalogue(focal_mm=400.0))
     assert far.status == "not_localized" and far.pairs_matched == 0
     assert far.reason.startswith("no imagery around the weak label") and "lat 40.0000, lon -120.0000" in far.reason
 
@@ -207,7 +209,7 @@ def test_candidates_matched_in_mixed_precision_refinement_in_float32(tiny, monke
     assert not plain.half_precision() and plain.half_precision("cuda") and not plain.matcher.conf["mp"]
     monkeypatch.setattr(S, "cpu_has_native_bf16", lambda: True)
     assert not S.FootprintSearch(source, half=False).half_precision()
-    assert not S.FootprintSearch(source, extractor="sift").half_precision()
+    assert not S.FootprintSearch(source, extractor="sift", calibration=None).half_precision()
     search = S.FootprintSearch(source)
     assert search.half_precision() and search.matcher.conf["mp"]
 
@@ -235,7 +237,7 @@ def test_candidates_matched_in_mixed_precision_refinement_in_float32(tiny, monke
     search.matcher, search.refine = spy_match, spy_refine
     row = read_manifest(tiny / "queries.parquet", "queries").iloc[0]
     photo = np.ascontiguousarray(cv2.imread(str(tiny / row.image_path))[..., ::-1])
-    result = search.localize(photo, row.center_lon, row.center_lat, row.focal_length_mm)
+    result = search.localize(photo, row.center_lon, row.center_lat, Catalogue.from_row(row))
     assert result.status == "localized", result.reason
     assert all(full == in_refine for in_refine, full in calls), calls  # float32 exactly when refining
     assert {c for c in calls} == {(False, False), (True, True)}  # both kinds of call happened
@@ -325,3 +327,30 @@ def test_an_overlay_file_stays_in_its_folder_whatever_the_photo_id(photo_id, nam
     got = safe_file_name(photo_id)
     assert got == name if not name.endswith("~") else (got.startswith(name) and len(got) == len(name) + 8)
     assert len({safe_file_name(p) for p in ("ISS/1", "ISS_1", "ISS:1", "a..b", "a__b")}) == 5  # one file each
+
+
+def test_a_footprint_far_from_what_its_catalogue_predicts_is_refused(tiny):
+    """The true footprint of a sample photo, refined and weighed: accepted under its own catalogue; refused as
+    implausible when the catalogue's lens is 4x longer (16x less area predicted than found)."""
+    from dataclasses import replace
+
+    from pipeline.footprint.search import Candidate, FootprintSearch
+    from pipeline.geometry.windows import Window
+    from pipeline.imagery import open_tile_source
+
+    q = read_manifest(tiny / "queries.parquet", "queries")
+    t = read_manifest(tiny / "truth.parquet", "truth", geometry=False).set_index("photo_id")
+    row = q[t.loc[q["photo_id"], "localizable"].to_numpy()].iloc[0]
+    truth = t.loc[row.photo_id]
+    photo = np.ascontiguousarray(cv2.imread(str(tiny / row.image_path))[..., ::-1])
+    h, w = photo.shape[:2]
+    corners = np.array([[truth.tl_lon, truth.tl_lat], [truth.tr_lon, truth.tr_lat], [truth.br_lon, truth.br_lat],
+                        [truth.bl_lon, truth.bl_lat]])
+    cand = Candidate(Window(10, 0, 0, 4), 0, 100, hg.photo_to_mercator(corners, w, h))
+    search = FootprintSearch(open_tile_source(tiny / "tiles"))
+    cat = Catalogue.from_row(row)
+    own = search.decide(photo, cand, row.center_lon, row.center_lat, cat)
+    assert own.accepted and abs(own.evidence.area_ratio) < 0.2, own.reason
+    longer = search.decide(photo, cand, row.center_lon, row.center_lat, replace(cat, focal_mm=cat.focal_mm * 4))
+    assert not longer.accepted and longer.corners_lonlat is None
+    assert longer.reason.startswith("implausible for its catalogue: the footprint's area is 1") and "6x" in longer.reason

@@ -1,15 +1,27 @@
-"""The decision threshold: inliers -> probability that a footprint is right, fitted on truth.
+"""The footprint decision: evidence -> probability that a refined footprint is right, fitted on truth.
 
-As EarthMatch does, a logistic regression models ``P(correct | inliers)`` on footprints whose
-truth is known (a footprint is correct when its IoU with the true one reaches ``iou``; any
-footprint of a negative photo is wrong), and the threshold is the smallest inlier count whose
-modelled probability reaches the target precision (99.9 % by default). The regression is
-one-dimensional and fitted here by Newton's method with a small L2 penalty on the slope, so
-perfectly separated data (common: wrong matches rarely get more than ~20 inliers) still gives
-a finite, conservative slope.
+A :class:`DecisionModel` is a logistic regression of correctness (IoU with the true footprint of at
+least ``iou``; any footprint of a photo whose imagery does not contain it is wrong) on a few of the
+evidence's numbers (:mod:`pipeline.footprint.evidence`), each standardized; counts enter as
+``log(1 + n)`` and the refinement's ``shift`` as ``log(shift + 0.001)``. A number the evidence lacks (no
+focal length in the catalogue) is replaced by its mean over the fitted decisions, so it moves the
+probability neither way. The fit is Newton's method with an L2 penalty on the weights (not on the
+intercept), so perfectly separated data (common: wrong candidates rarely survive refinement with many
+inliers) still give finite, conservative weights.
 
-A :class:`Calibration` is stored as JSON (``calibration.json``) and carries the fitted model,
-the threshold and the figures it was fitted on.
+A footprint is accepted when its probability reaches the model's ``operating_point``. Where the fitted
+decisions are separated (every right one likelier than every wrong one: wrong candidates collapse when
+refined), the probabilities between them are the penalty's guess, not the data's, and no nominal target
+such as 99.9 % can be read off them: the operating point is then the middle of the gap, in log-odds
+(:func:`operating_point`), the widest margin on both sides. Where they overlap, it is the lowest
+probability at which the fitted decisions reach the target precision (``--precision``). What precision
+the data support is in :class:`SourceReport`: per source of truth, the right and wrong decisions fitted
+or validated on and the precision and recall at the operating point, with exact (Clopper-Pearson) 95 %
+intervals. With ``w`` wrong decisions, none of them accepted, the data bound the share of wrong ones
+accepted by about ``3 / w`` and no closer.
+
+A :class:`Calibration` is stored as JSON (``calibration.json``, ``version`` 2): the model, the extractor
+and search settings it was fitted under, and the reports.
 """
 
 from __future__ import annotations
@@ -17,85 +29,289 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
+import pandas as pd
 
 from ..files import atomic_output
+from ..geometry.geodesy import footprint_polygon, iou
+from .evidence import FEATURES, Evidence
 
 DEFAULT_PRECISION = 0.999
+DEFAULT_FEATURES = ("inliers",)
+"""The evidence the stage fits by default; why this alone: docs/decision.md (the other numbers separate the
+sample's decisions too, but real right footprints of hazy or half-clouded photos sit where the sample's wrong
+ones do)."""
 MIN_EXAMPLES = 10
-"""Correct and wrong footprints that a fit needs at the least, of each: the usual ten events per parameter
-of a logistic regression (two here). With fewer, the threshold is the penalty's guess, not the data's: one
-right and one wrong footprint gave 134 inliers."""
+"""Right and wrong decisions that a fit needs at the least, of each (the usual ten events per parameter)."""
+VERSION = 2
 PACKAGED = Path(__file__).with_name("calibration.json")
-"""The calibration shipped with the package: ALIKED, fitted on photos 60-99 of the small sample (30 right
-footprints, wrong ones at <= 15 inliers) with the search of that time (photo at 384 px, refinement context 3).
-Kept for the current search (512 px, context 2): refitting there on photos 60-99 gives perfectly separated data
-(no wrong footprint at all; right ones have >= 69 inliers), whose threshold only the fit's penalty decides (75).
-Wrong candidates forced through refinement keep 0 inliers there and 5 on the real sample; the real sample's right
-footprints have 26 or more. 25 lies between: far above the wrong ones, one inlier below the hardest right one."""
+PACKAGED_DECISIONS = Path(__file__).with_name("calibration-decisions.parquet")
+"""The decisions the packaged calibration was fitted and validated on (``role``: fit or validation)."""
+"""The calibration shipped with the package (ALIKED): how it was fitted is in its ``sources`` and in
+docs/decision.md."""
+EVIDENCE_SETTINGS = ("extractor", "max_keypoints", "contrast", "photo_px", "window_px", "refine_iterations",
+                     "refine_px", "refine_context", "refine_keypoints", "refine_surroundings_keypoints", "refine_crop",
+                     "candidate_min_inliers", "ransac_px", "half")
+"""The search settings that shape the evidence: a calibration records them, and a footprints run whose settings
+differ is warned that its evidence is not what the model was fitted on."""
+_LOG1P = ("inliers", "candidate_inliers")
+CORNERS = ("tl", "tr", "br", "bl")
+_LOG = {"shift": 1e-3}
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iterations: int = 100) -> tuple[float, float]:
-    """Fit ``P(y = 1 | x) = 1 / (1 + exp(-(a + b x)))``; returns ``(a, b)``.
+def transform(features: Sequence[str], x: np.ndarray) -> np.ndarray:
+    """Evidence (N, len(features)) in natural units -> the model's inputs (log counts, log shift)."""
+    x = np.array(x, np.float64, copy=True).reshape(-1, len(features))
+    for j, name in enumerate(features):
+        if name in _LOG1P:
+            x[:, j] = np.log1p(np.maximum(x[:, j], 0.0))
+        elif name in _LOG:
+            x[:, j] = np.log(np.maximum(x[:, j], 0.0) + _LOG[name])
+    return x
 
-    x: (N,) feature (inliers); y: (N,) 0/1 labels. ``l2`` penalizes ``b**2 / 2`` (not ``a``).
-    """
+
+def columns(evidence: np.ndarray, features: Sequence[str]) -> np.ndarray:
+    """The columns of ``features`` from evidence vectors (N, len(FEATURES)) in :data:`FEATURES` order."""
+    unknown = [f for f in features if f not in FEATURES]
+    if unknown:
+        raise ValueError(f"unknown evidence features {unknown}; choose from {', '.join(FEATURES)}")
+    return np.asarray(evidence, np.float64).reshape(-1, len(FEATURES))[:, [FEATURES.index(f) for f in features]]
+
+
+@dataclass(frozen=True)
+class DecisionModel:
+    """``P(right | evidence) = 1 / (1 + exp(-(intercept + sum_k weights[k] * z_k)))`` with
+    ``z_k = (transform(x_k) - mean[k]) / scale[k]`` (a missing x_k: z_k = 0); accepted at
+    ``P >= operating_point`` (see :func:`operating_point`)."""
+
+    features: tuple[str, ...]
+    weights: tuple[float, ...]
+    intercept: float
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    operating_point: float = DEFAULT_PRECISION
+
+    def __post_init__(self) -> None:
+        n = len(self.features)
+        if not (len(self.weights) == len(self.mean) == len(self.scale) == n) or n == 0:
+            raise ValueError(f"a decision model needs one weight, mean and scale per feature ({n} features)")
+        columns(np.zeros((1, len(FEATURES))), self.features)  # known names
+        if not 0.0 < self.operating_point < 1.0:
+            raise ValueError(f"operating_point must be in (0, 1), got {self.operating_point}")
+
+    def logits(self, evidence: np.ndarray) -> np.ndarray:
+        """(N,) log-odds for evidence vectors (N, len(FEATURES)) in :data:`FEATURES` order."""
+        z = (transform(self.features, columns(evidence, self.features)) - np.array(self.mean)) / np.array(self.scale)
+        z = np.where(np.isfinite(z), z, 0.0)
+        return self.intercept + z @ np.array(self.weights)
+
+    def probabilities(self, evidence: np.ndarray) -> np.ndarray:
+        """(N,) probabilities of being right."""
+        return 1.0 / (1.0 + np.exp(-np.clip(self.logits(evidence), -500.0, 500.0)))
+
+    def probability(self, evidence: Evidence) -> float:
+        return float(self.probabilities(evidence.vector()[None])[0])
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DecisionModel":
+        return cls(tuple(d["features"]), tuple(float(v) for v in d["weights"]), float(d["intercept"]),
+                   tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["scale"]),
+                   float(d.get("operating_point", DEFAULT_PRECISION)))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iterations: int = 100) -> tuple[float, np.ndarray]:
+    """Fit ``P(y = 1 | x) = 1 / (1 + exp(-(a + x @ b)))``; returns ``(a, b)``.
+
+    x: (N, K) inputs (or (N,)); y: (N,) 0/1 labels. ``l2`` penalizes ``|b|**2 / 2`` (not ``a``)."""
     x = np.asarray(x, np.float64)
+    x = x[:, None] if x.ndim == 1 else x
     y = np.asarray(y, np.float64)
-    if x.shape != y.shape or x.ndim != 1 or len(x) == 0:
-        raise ValueError(f"need two (N,) arrays of the same length, got {x.shape} and {y.shape}")
-    X = np.column_stack([np.ones_like(x), x])
-    w = np.zeros(2)
-    penalty = np.diag([0.0, l2])
+    if x.ndim != 2 or y.shape != (len(x),) or len(x) == 0:
+        raise ValueError(f"need (N, K) inputs and (N,) labels, got {x.shape} and {y.shape}")
+    X = np.column_stack([np.ones(len(x)), x])
+    w = np.zeros(X.shape[1])
+    penalty = np.diag([0.0] + [l2] * x.shape[1])
     for _ in range(iterations):
         p = 1.0 / (1.0 + np.exp(-np.clip(X @ w, -500, 500)))
         grad = X.T @ (p - y) + penalty @ w
-        hess = X.T @ (X * (p * (1 - p))[:, None]) + penalty + 1e-9 * np.eye(2)
+        hess = X.T @ (X * (p * (1 - p))[:, None]) + penalty + 1e-9 * np.eye(len(w))
         step = np.linalg.solve(hess, grad)
         w -= step
         if np.abs(step).max() < 1e-10:
             break
-    return float(w[0]), float(w[1])
+    return float(w[0]), w[1:]
 
 
-def threshold_for(intercept: float, slope: float, precision: float) -> int | None:
-    """The smallest whole inlier count whose modelled probability reaches ``precision`` (None: never)."""
-    if not 0.0 < precision < 1.0:
-        raise ValueError(f"precision must be in (0, 1), got {precision}")
-    if slope <= 0:
-        return None
-    return max(0, math.ceil((math.log(precision / (1.0 - precision)) - intercept) / slope))
+def fit_model(evidence: np.ndarray, right: np.ndarray, features: Sequence[str] = DEFAULT_FEATURES,
+              precision: float = DEFAULT_PRECISION, l2: float = 1.0) -> DecisionModel:
+    """Fit a :class:`DecisionModel` on evidence vectors (N, len(FEATURES)) and their rightness (N,), and place its
+    operating point (:func:`operating_point`).
+
+    Raises ValueError with fewer than :data:`MIN_EXAMPLES` right or wrong decisions."""
+    right = np.asarray(right, bool)
+    n_right, n_wrong = int(right.sum()), int((~right).sum())
+    if min(n_right, n_wrong) < MIN_EXAMPLES:
+        raise ValueError(f"calibration needs at least {MIN_EXAMPLES} right and {MIN_EXAMPLES} wrong decisions, got "
+                         f"{n_right} right and {n_wrong} wrong; calibrate on more photos, with negatives (a sample "
+                         "workspace has them: `python -m pipeline run sample --size small`)")
+    features = tuple(features)
+    x = transform(features, columns(evidence, features))
+    mean = np.array([np.nanmean(c) if np.isfinite(c).any() else 0.0 for c in x.T])
+    scale = np.array([np.nanstd(c) if np.isfinite(c).sum() > 1 else 1.0 for c in x.T])
+    scale = np.where(scale > 1e-9, scale, 1.0)
+    z = np.where(np.isfinite(x), (x - mean) / scale, 0.0)
+    a, b = fit_logistic(z, right.astype(np.float64), l2=l2)
+    model = DecisionModel(features, tuple(float(v) for v in b), a, tuple(float(v) for v in mean),
+                          tuple(float(v) for v in scale), 0.5)
+    return replace(model, operating_point=operating_point(model.probabilities(evidence), right, precision))
+
+
+def operating_point(p: np.ndarray, right: np.ndarray, precision: float = DEFAULT_PRECISION) -> float:
+    """Where to accept, from the fitted decisions' probabilities (N,) and rightness (N,).
+
+    Separated (every right decision likelier than every wrong one, the usual case: wrong candidates collapse at
+    refinement): halfway, in log-odds, between the strongest wrong and the weakest right decision, the widest
+    margin on both sides; the data cannot place it more finely, and say how much precision that supports
+    (:class:`SourceReport`). Overlapping: the lowest probability at which the decisions accepted reach
+    ``precision`` (the strongest decisions alone when none does)."""
+    p, right = np.asarray(p, np.float64), np.asarray(right, bool)
+    if p[~right].max() < p[right].min():
+        lo, hi = (np.log(v / (1.0 - v)) for v in np.clip([p[~right].max(), p[right].min()], 1e-12, 1 - 1e-12))
+        return float(1.0 / (1.0 + np.exp(-(lo + hi) / 2.0)))
+    order = np.argsort(-p, kind="stable")
+    ok = np.cumsum(right[order]) / np.arange(1, len(p) + 1) >= precision
+    k = int(np.flatnonzero(ok).max()) if ok.any() else 0
+    return float(np.clip(p[order][k], 1e-12, 1 - 1e-12))
+
+
+def score_decisions(decisions: pd.DataFrame, truth: pd.DataFrame, min_iou: float) -> pd.DataFrame:
+    """``decisions`` with ``iou`` (with the true footprint; 0 for a photo whose imagery does not contain it, NaN
+    without a footprint) and ``right`` (IoU >= ``min_iou``) for the rows whose photo the truth knows."""
+    d = decisions[decisions["photo_id"].isin(truth.index)].copy()
+    ious = np.full(len(d), np.nan)
+    for i, r in enumerate(d.itertuples()):
+        if pd.isna(getattr(r, "tl_lat", np.nan)):
+            continue
+        t = truth.loc[r.photo_id]
+        ious[i] = 0.0
+        if bool(t["localizable"]):
+            est = np.array([[getattr(r, f"{c}_lon"), getattr(r, f"{c}_lat")] for c in CORNERS])
+            true = np.array([[t[f"{c}_lon"], t[f"{c}_lat"]] for c in CORNERS])
+            ious[i] = iou(footprint_polygon(est), footprint_polygon(true))
+    return d.assign(iou=ious, right=np.nan_to_num(ious) >= min_iou)
+
+
+def weighed(decisions: pd.DataFrame) -> pd.DataFrame:
+    """The decisions the model is fitted on and scored with: the refined candidates whose footprint reached the
+    model, and those refinement lost. A lost one is a wrong decision at the evidence of its failed re-match (it
+    gives no footprint), as a candidate the model turns down would be: easy negatives, which make the model more
+    cautious, never less. A footprint the geometric checks refused (outside the map, without the weak label, ...)
+    is refused whatever its evidence, and says nothing about the model: left out."""
+    if "refined" not in decisions:
+        return decisions.iloc[:0]
+    refined = decisions["refined"].fillna(False).astype(bool)
+    lost = decisions["survived"].fillna(True).astype(bool) == False  # noqa: E712 - a nullable column
+    return decisions[refined & (decisions["tl_lat"].notna() | lost)]
+
+
+def binomial_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval of a proportion seen as ``k`` of ``n``; (nan, nan) for n = 0."""
+    if n == 0:
+        return float("nan"), float("nan")
+    alpha = (1.0 - confidence) / 2.0
+
+    def cdf(p: float, upto: int) -> float:  # P(X <= upto), X ~ Binomial(n, p)
+        if p <= 0.0:
+            return 1.0
+        if p >= 1.0:
+            return 0.0 if upto < n else 1.0
+        lp, lq = math.log(p), math.log1p(-p)
+        terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq
+                 for i in range(upto + 1)]
+        m = max(terms)
+        return min(1.0, math.exp(m) * sum(math.exp(t - m) for t in terms))
+
+    def solve(f: Callable[[float], float], target: float) -> float:  # f decreasing in p
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = (lo + hi) / 2.0
+            lo, hi = (mid, hi) if f(mid) > target else (lo, mid)
+        return (lo + hi) / 2.0
+
+    lower = 0.0 if k == 0 else solve(lambda p: cdf(p, k - 1), 1.0 - alpha)
+    upper = 1.0 if k == n else solve(lambda p: cdf(p, k), alpha)
+    return lower, upper
+
+
+@dataclass
+class SourceReport:
+    """One source of truth's decisions under a model: counts, and precision and recall at its operating point
+    with 95 % intervals. ``role``: ``fit`` (the model was fitted on them) or ``validation``."""
+
+    name: str
+    role: str
+    photos: int
+    right: int  # right decisions (refined candidates at IoU >= iou with the truth)
+    wrong: int
+    accepted_right: int
+    accepted_wrong: int
+    precision: list[float] = field(default_factory=list)  # [value, low, high]
+    recall: list[float] = field(default_factory=list)
+    wrong_accepted: list[float] = field(default_factory=list)  # share of wrong decisions accepted
+    strongest_wrong: float = float("nan")  # the highest probability a wrong decision got
+
+    @classmethod
+    def of(cls, name: str, role: str, photos: int, p: np.ndarray, right: np.ndarray,
+           operating_point: float) -> "SourceReport":
+        p, right = np.asarray(p, np.float64), np.asarray(right, bool)
+        acc = p >= operating_point
+        ar, aw = int((acc & right).sum()), int((acc & ~right).sum())
+        nr, nw = int(right.sum()), int((~right).sum())
+
+        def share(k: int, n: int) -> list[float]:
+            lo, hi = binomial_interval(k, n)
+            return [k / n if n else float("nan"), lo, hi]
+
+        return cls(name, role, photos, nr, nw, ar, aw, share(ar, ar + aw), share(ar, nr), share(aw, nw),
+                   float(p[~right].max()) if nw else float("nan"))
+
+    def lines(self) -> list[str]:
+        def iv(v: list[float]) -> str:
+            return "n/a" if not v or math.isnan(v[0]) else f"{v[0]:.4f} [{v[1]:.4f}, {v[2]:.4f}]"
+
+        return [f"{self.name} ({self.role}): {self.photos} photos, {self.right} right and {self.wrong} wrong decisions",
+                f"    precision {iv(self.precision)}, recall {iv(self.recall)}, wrong accepted {self.accepted_wrong}/"
+                f"{self.wrong} (share {iv(self.wrong_accepted)}); strongest wrong P = {self.strongest_wrong:.3g}"]
 
 
 @dataclass
 class Calibration:
-    """A fitted inliers -> P(correct) model and the threshold it gives."""
+    """A fitted :class:`DecisionModel` and what it was fitted and validated on."""
 
-    intercept: float
-    slope: float  # per inlier
-    min_inliers: int
-    precision: float  # the target
+    model: DecisionModel
     extractor: str
-    iou: float  # a footprint counted as correct from this IoU with the truth
-    footprints: int  # fitted on this many footprints,
-    correct: int  # of which this many were correct
-    precision_measured: float  # among fitted footprints with inliers >= min_inliers
-    recall_measured: float  # correct footprints kept at min_inliers
+    iou: float  # a footprint counted as right from this IoU with the truth
+    search: dict = field(default_factory=dict)  # the search settings that made the evidence
+    sources: list[SourceReport] = field(default_factory=list)
 
-    def probability(self, inliers) -> np.ndarray:
-        """P(correct) for inlier counts (any shape)."""
-        z = self.intercept + self.slope * np.asarray(inliers, np.float64)
-        return 1.0 / (1.0 + np.exp(-np.clip(z, -500, 500)))
+    @property
+    def operating_point(self) -> float:
+        return self.model.operating_point
 
     def save(self, path: str | os.PathLike, before_replace: Callable[[Path], None] | None = None) -> None:
         """Write the calibration as JSON, atomically; ``before_replace(tmp)`` is called with the finished file just
         before it replaces ``path`` (see :class:`manifests.ManifestWriter`)."""
+        d = {"version": VERSION, "model": self.model.to_dict(), "extractor": self.extractor, "iou": self.iou,
+             "search": self.search, "sources": [asdict(s) for s in self.sources]}
         with atomic_output(path) as tmp:
-            Path(tmp).write_text(json.dumps(asdict(self), indent=2) + "\n")
+            Path(tmp).write_text(json.dumps(d, indent=2, allow_nan=True) + "\n")
             if before_replace is not None:
                 before_replace(Path(tmp))
 
@@ -103,30 +319,16 @@ class Calibration:
     def load(cls, path: str | os.PathLike) -> "Calibration":
         try:
             d = json.loads(Path(path).read_text())
-            return cls(**d)
-        except (OSError, ValueError, TypeError) as e:
+        except (OSError, ValueError) as e:
             raise ValueError(f"{path}: not a calibration file ({e}); make one with `python -m pipeline run "
                              "calibrate`") from None
-
-
-def calibrate(inliers: np.ndarray, correct: np.ndarray, precision: float = DEFAULT_PRECISION,
-              extractor: str = "aliked", iou: float = 0.5) -> Calibration:
-    """Fit the model on footprints' inliers (N,) and correctness (N,) and derive the threshold.
-
-    Raises ValueError with fewer than :data:`MIN_EXAMPLES` correct or wrong footprints."""
-    inliers = np.asarray(inliers, np.float64)
-    correct = np.asarray(correct, bool)
-    n_correct, n_wrong = int(correct.sum()), int((~correct).sum())
-    if min(n_correct, n_wrong) < MIN_EXAMPLES:
-        raise ValueError(f"calibration needs at least {MIN_EXAMPLES} correct and {MIN_EXAMPLES} wrong footprints, "
-                         f"got {n_correct} correct and {n_wrong} wrong; calibrate on more photos, with negatives "
-                         "(a sample workspace has them: `python -m pipeline run sample --size small`)")
-    a, b = fit_logistic(inliers, correct.astype(np.float64))
-    t = threshold_for(a, b, precision)
-    if t is None:
-        raise ValueError("more inliers do not make a footprint more likely right on this data; check the truth")
-    kept = inliers >= t
-    return Calibration(intercept=a, slope=b, min_inliers=int(t), precision=precision, extractor=extractor, iou=iou,
-                       footprints=int(len(inliers)), correct=int(correct.sum()),
-                       precision_measured=float(correct[kept].mean()) if kept.any() else float("nan"),
-                       recall_measured=float(kept[correct].mean()))
+        if not isinstance(d, dict) or d.get("version") != VERSION:
+            raise ValueError(f"{path}: a calibration of an older search (an inlier threshold fitted before the "
+                             "refinement matched denser keypoints: its inlier counts are not today's); fit a new one "
+                             "with `python -m pipeline run calibrate`, or pass --calibration none")
+        try:
+            return cls(DecisionModel.from_dict(d["model"]), str(d["extractor"]), float(d["iou"]),
+                       dict(d.get("search", {})), [SourceReport(**s) for s in d.get("sources", [])])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: not a calibration file ({type(e).__name__}: {e}); make one with "
+                             "`python -m pipeline run calibrate`") from None

@@ -27,18 +27,21 @@ After AstroLoc (section 3.1) and EarthMatch:
    every localizable photo's best pair had at least 10.
 3. **Refinement**: a candidate with ``early_stop_inliers`` is refined at once and the search
    stops when its footprint is accepted; otherwise the best candidates are refined.
-   Refinement is iterative, as EarthMatch's: the imagery around the current estimate (twice
-   its size: ``refine_context``) is rendered in the photo's own perspective, so the estimate
-   fills its centre; matched again; homographies composed (EarthMatch renders three times the
-   size; twice keeps more of the window's keypoints on the photo: with the photo at 512 px,
-   at the true footprint, 1.0-3.8x the inliers of three times at 384 px on the real sample's
-   six localizable photos). A candidate that loses the match on its first refinement is
+   Refinement is iterative, as EarthMatch's: the imagery around the current estimate
+   (``refine_context``, 1.5 times its size) is rendered in the photo's own perspective, so the
+   estimate fills its centre; matched again (the photo at ``refine_px``, 640); homographies
+   composed. Both sides get about the same keypoint density over the footprint (the
+   surroundings' keypoints are cropped to 1.2 footprint widths): the search before spread 1024
+   keypoints over twice the footprint and right candidates came out with a third of their
+   inliers (docs/decision.md). A candidate that loses the match on its first refinement is
    dropped: a true match survives being re-matched in its own perspective, a chance one
    (repeated texture) rarely does. Refinement stops early once no corner moves more than
    ``refine_converged_px``.
-4. **Decision**: ``localized`` when the final inliers reach ``min_inliers`` (calibrated: see
-   :mod:`pipeline.footprint.calibration`) and the footprint is a plausible one (convex,
-   simple, not degenerate, plausible area, containing the label).
+4. **Decision**: the footprint must be plausible (convex, simple, not degenerate, plausible
+   area, containing the label); then its evidence (:mod:`pipeline.footprint.evidence`: inliers,
+   inlier ratio, the inliers' spread over the photo, ...) is weighed by a calibrated model
+   (:mod:`pipeline.footprint.calibration`), and the footprint is ``localized`` when its
+   probability of being right reaches the model's operating point.
 
 Units: pixels, Web Mercator metres, degrees, km2.
 """
@@ -49,7 +52,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -67,6 +70,8 @@ from ..imagery.base import TileSource
 from ..matching import build_extractor, build_matcher, estimate_homography
 from ..runtime import cpu_has_native_bf16, tune_malloc
 from . import homography as hg
+from .calibration import PACKAGED, Calibration, DecisionModel
+from .evidence import Catalogue, Evidence, catalogue_terms, hull_coverage
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +91,16 @@ default_conf: dict[str, Any] = {
     "min_valid": 0.05,  # windows with less imagery than this are skipped
     "refine_top": 2,  # candidates refined
     "refine_iterations": 4,
-    "refine_px": 512,  # long side of the photo when refining (the surroundings are refine_context x that)
-    "refine_context": 2.0,  # the surroundings rendered around the estimate, in footprint widths
+    "refine_px": 640,  # long side of the photo when refining (the surroundings are refine_context x that)
+    "refine_context": 1.5,  # the surroundings rendered around the estimate, in footprint widths
+    "refine_keypoints": 1536,  # keypoints of the photo at refine_px
+    "refine_surroundings_keypoints": 3072,  # keypoints of the surroundings, before refine_crop
+    "refine_crop": 1.2,  # keep the surroundings' keypoints within this many footprint widths of its centre (0: all)
     "refine_converged_px": 1.0,  # stop refining once no corner moves more than this (pixels at refine_px)
-    "min_inliers": 25,  # decision threshold: the packaged calibration's (`run calibrate` fits one)
+    "calibration": "packaged",  # the decision model: a calibration.json (`run calibrate`), "packaged" (the package's,
+    # for ALIKED) or None (no model: min_inliers alone decides). A footprint is localized when its probability of
+    # being right reaches the model's operating point
+    "min_inliers": 0,  # a footprint also needs this many inliers after refinement (without a model: the decision)
     "candidate_min_inliers": 15,  # below this a candidate is not refined
     "early_stop_inliers": 30,  # refine a candidate with this many at once, stop when accepted (0: try all 80)
     "screen_inliers": 6,  # end a candidate pair after LightGlue's layer `screen_layer` when that layer's matches
@@ -103,6 +114,9 @@ default_conf: dict[str, Any] = {
     # EarthMatch counts a footprint as right when its 3x enlargement contains the label: label_scale = 3
     "min_area_km2": 10.0,
     "max_area_km2": 2_000_000.0,
+    "max_area_ratio": 6.0,  # the footprint's area within this factor of the one the catalogue's lens predicts (0: no
+    # check): right footprints of the real sample are within 1.5x (its photos' lenses are known), a DX body's crop
+    # makes 2.3x, the real sample's one true wrong-row match (ISS062-E-81917 under ISS056-E-153176's) 2.4x
     "half": True,  # the candidate search's LightGlue in mixed precision: float16 autocast on CUDA (as cvg/LightGlue
     # supports), bfloat16 autocast on a CPU that multiplies bfloat16 in hardware (AVX512-BF16, AMX), float32 on any
     # other CPU. Refinement, whose inliers meet the calibrated threshold, and the extractors (sub-pixel keypoints)
@@ -115,6 +129,11 @@ default_conf: dict[str, Any] = {
 
 BELOW_THRESHOLD = "too few inliers after refinement"
 """The start of a not_localized reason whose footprint the ``min_inliers`` threshold turned down: "... (n < min)"."""
+NO_MODEL_MIN_INLIERS = 50
+"""Inliers a footprint needs when no calibration applies (``calibration`` None): the decision is then the
+inlier count alone (docs/decision.md)."""
+NOT_CONFIDENT = "below the decision's operating point"
+"""The start of a not_localized reason whose footprint the decision model turned down: "... (P = p < op; ...)"."""
 
 EXTRACTORS = ("aliked", "disk", "superpoint", "sift")
 """The search's features: ALIKED, DISK and SuperPoint with their LightGlue weights, SIFT with mutual nearest
@@ -152,9 +171,14 @@ def validate_conf(conf: dict[str, Any]) -> dict[str, Any]:
     need(isinstance(c["refine_iterations"], int) and c["refine_iterations"] >= 1, "refine_iterations",
          "an integer of at least 1 (every footprint is refined: its inliers meet the calibrated threshold)")
     for key in ("max_keypoints", "refine_top", "min_inliers", "candidate_min_inliers", "early_stop_inliers",
-                "screen_inliers", "feature_cache"):
+                "screen_inliers", "feature_cache", "refine_keypoints", "refine_surroundings_keypoints"):
         need(isinstance(c[key], int) and c[key] >= 0, key, "an integer of at least 0")
     need(c["refine_context"] >= 1.0, "refine_context", "at least 1 (the surroundings contain the footprint)")
+    need(c["max_area_ratio"] == 0 or c["max_area_ratio"] > 1.0, "max_area_ratio", "0 (no check) or a factor above 1")
+    need(c["refine_crop"] == 0 or c["refine_crop"] >= 1.0, "refine_crop", "0 (keep every keypoint) or at least 1 "
+         "(footprint widths about the surroundings' centre)")
+    need(c["calibration"] is None or isinstance(c["calibration"], str), "calibration",
+         "the path of a calibration.json, 'packaged' or None")
     need(0.0 <= c["min_valid"] <= 1.0, "min_valid", "a fraction in [0, 1]")
     need(0 < c["min_area_km2"] < c["max_area_km2"], "min_area_km2", f"positive and below max_area_km2 = {c['max_area_km2']}")
     need(c["label_scale"] >= 1.0, "label_scale", "at least 1 (1: the footprint itself must contain the label; "
@@ -216,6 +240,47 @@ class Candidate:
 
 
 @dataclass
+class Match:
+    """One matched pair: ``homography`` from the first image's pixels to the second's (continuous; None when
+    there is none), its MAGSAC++ ``inliers`` among LightGlue's ``matches``, and the inliers' keypoints in the
+    first image ``points`` (inliers, 2), continuous pixels."""
+
+    homography: np.ndarray | None
+    inliers: int
+    matches: int = 0
+    points: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+
+
+@dataclass
+class Refinement:
+    """EarthMatch's refinement of one candidate: ``to_mercator`` (None when the first re-match failed), the last
+    match's inliers, matches and photo-side inlier points (photo pixels, full resolution), the iterations run and
+    the inliers of each (``trace``)."""
+
+    to_mercator: np.ndarray | None
+    inliers: int
+    matches: int
+    points: np.ndarray
+    iterations: int
+    trace: tuple[int, ...] = ()
+
+
+@dataclass
+class Decision:
+    """One refined candidate and what was decided about it: ``corners_lonlat`` (4, 2) of the refined footprint
+    (None when refinement lost it or it is implausible: ``reason``), its evidence, its probability of being
+    right under the decision model (None without a model) and whether it is ``accepted``."""
+
+    candidate: Candidate
+    refinement: Refinement
+    corners_lonlat: np.ndarray | None
+    evidence: Evidence | None
+    confidence: float | None
+    accepted: bool
+    reason: str | None
+
+
+@dataclass
 class Result:
     """The outcome for one photo (see the footprints manifest of design.md)."""
 
@@ -231,6 +296,8 @@ class Result:
     """(3, 3) photo pixels (full resolution, as stored) -> pixels of the candidate window at its native size
     (``size_tiles`` x 256 px, its tiles at their zoom), both continuous: an image's top-left corner at (0, 0),
     pixel centres at half-integers (OpenCV's integer centres: :func:`homography.to_centres`); H[2, 2] = 1."""
+    confidence: float | None = None
+    evidence: Evidence | None = None
     pairs_matched: int = 0
     elapsed_s: float = 0.0
 
@@ -267,16 +334,32 @@ class FootprintSearch:
         tune_malloc()
         self.conf = validate_conf(conf)
         self.source = source
+        self.device = device
         wdir = self.conf["weights_dir"]
         self._extract = build_extractor(self.conf["extractor"], max_keypoints=self.conf["max_keypoints"],
                                         device=device, weights_dir=wdir)
+        self._refine_extract: dict[int, Any] = {}
         mp = {"mp": True} if self.half_precision(device) else {}
         self.matcher = build_matcher(self.conf["extractor"], device=device, weights_dir=wdir, **mp)
+        self.model = self._decision_model()
         self._features: OrderedDict[tuple, tuple[dict, Any]] = OrderedDict()
         self._disk = None
         if self.conf["feature_dir"]:
             keys = ("extractor", "weights_dir", "max_keypoints", "window_px", "contrast", "min_valid", "size_tiles")
             self._disk = Path(self.conf["feature_dir"]) / fingerprint({k: self.conf[k] for k in keys})
+
+    def _decision_model(self) -> DecisionModel | None:
+        """The model of ``calibration`` (ValueError for a file that is not a calibration of this extractor)."""
+        path = self.conf["calibration"]
+        if path is None:
+            return None
+        cal = Calibration.load(PACKAGED if path == "packaged" else path)
+        if cal.extractor != self.conf["extractor"]:
+            raise ValueError(f"{'the packaged calibration' if path == 'packaged' else path} is fitted for "
+                             f"{cal.extractor} features, not {self.conf['extractor']}: fit one (`python -m pipeline "
+                             f"run calibrate --extractor {self.conf['extractor']}`) or decide on inliers alone "
+                             "(calibration None and min_inliers)")
+        return cal.model
 
     def half_precision(self, device: str = "cpu") -> bool:
         """Whether LightGlue runs in mixed precision on ``device`` (see ``half`` in :data:`default_conf`)."""
@@ -285,9 +368,17 @@ class FootprintSearch:
         return str(device).startswith("cuda") or (str(device) == "cpu" and cpu_has_native_bf16())
 
     # -- features ----------------------------------------------------------------------------
-    def extractor(self, rgb: np.ndarray) -> dict:
-        """Features of an RGB uint8 image (H, W, 3) after the configured contrast normalization."""
-        return self._extract(CONTRAST[self.conf["contrast"]](rgb))
+    def extractor(self, rgb: np.ndarray, max_keypoints: int | None = None) -> dict:
+        """Features of an RGB uint8 image (H, W, 3) after the configured contrast normalization; at most
+        ``max_keypoints`` (default: the search's ``max_keypoints``)."""
+        rgb = CONTRAST[self.conf["contrast"]](rgb)
+        if max_keypoints is None or max_keypoints == self.conf["max_keypoints"]:
+            return self._extract(rgb)
+        if max_keypoints not in self._refine_extract:  # the refinement's budgets: one model each, built once
+            self._refine_extract[max_keypoints] = build_extractor(
+                self.conf["extractor"], max_keypoints=max_keypoints, device=self.device,
+                weights_dir=self.conf["weights_dir"])
+        return self._refine_extract[max_keypoints](rgb)
 
     def window_features(self, window: Window) -> tuple[dict | None, float]:
         """Features of a database window at ``window_px`` (None below ``min_valid``) and its valid fraction (cached)."""
@@ -346,17 +437,16 @@ class FootprintSearch:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
 
-    def _match(self, f0: dict, f1: dict, full_precision: bool = False,
-               screen: bool = False) -> tuple[np.ndarray | None, int]:
-        """(homography from f0's pixels to f1's, pixel centres at integers; MAGSAC++ inliers), or (None, inliers).
+    def _match(self, f0: dict, f1: dict, full_precision: bool = False, screen: bool = False) -> Match:
+        """LightGlue (or nearest neighbours) and MAGSAC++ from f0's pixels to f1's.
 
         ``screen``: end the pair after LightGlue's ``screen_layer`` if that layer's matches have fewer than
-        ``screen_inliers`` homography inliers; the pair then gives (None, those inliers)."""
+        ``screen_inliers`` homography inliers; the pair then gives no homography and those inliers."""
         c = self.conf
         screened: list[int] = []
         rule = None
+        k0, k1 = np.asarray(f0["keypoints"]), np.asarray(f1["keypoints"])
         if screen and c["screen_inliers"] > 0:
-            k0, k1 = np.asarray(f0["keypoints"]), np.asarray(f1["keypoints"])
 
             def keep(idx: np.ndarray) -> bool:
                 _, mask = estimate_homography(k0[idx[:, 0]], k1[idx[:, 1]], threshold_px=c["ransac_px"])
@@ -366,11 +456,11 @@ class FootprintSearch:
             rule = (c["screen_layer"], keep)
         m0, m1, _ = self.matcher(f0, f1, full_precision=full_precision, screen=rule)
         if screened and screened[0] < c["screen_inliers"]:
-            return None, screened[0]
+            return Match(None, screened[0])
         h, mask = estimate_homography(m0, m1, threshold_px=c["ransac_px"])
         if h is None:
-            return None, 0
-        return hg.from_centres(h), int(mask.sum())
+            return Match(None, 0, len(m0))
+        return Match(hg.from_centres(h), int(mask.sum()), len(m0), np.asarray(m0, np.float64)[mask] + 0.5)
 
     # -- the search ----------------------------------------------------------------------------
     def candidates(self, photo: np.ndarray, lon: float, lat: float, focal_mm: float | None = None) -> Iterator[Candidate]:
@@ -410,8 +500,9 @@ class FootprintSearch:
                             f, pre = self._rotated_features(small, deg, to_small)
                             rot_feats[deg] = self.matcher.prepare(f), pre  # and each turn once for its windows
                         f0, pre = rot_feats[deg]
-                        h, n = self._match(f0, feats, screen=True)
-                        yield Candidate(window, deg, n, None if h is None else to_merc @ h @ pre)
+                        m = self._match(f0, feats, screen=True)
+                        yield Candidate(window, deg, m.inliers,
+                                        None if m.homography is None else to_merc @ m.homography @ pre)
 
     def _rotated_features(self, small: np.ndarray, deg: float, to_small: np.ndarray) -> tuple[dict, np.ndarray]:
         """Features of the photo turned ``deg`` counter-clockwise, and photo pixels -> turned pixels.
@@ -429,8 +520,15 @@ class FootprintSearch:
         keep = torch.from_numpy((back[:, 0] > 4) & (back[:, 0] < w - 4) & (back[:, 1] > 4) & (back[:, 1] < h - 4))
         return _subset(feats, keep), m @ to_small
 
-    def refine(self, photo: np.ndarray, to_merc: np.ndarray) -> tuple[np.ndarray | None, int, int]:
-        """EarthMatch's iterative refinement; returns (photo -> Mercator, inliers, iterations)."""
+    def refine(self, photo: np.ndarray, to_merc: np.ndarray) -> Refinement:
+        """EarthMatch's iterative refinement of a photo -> Mercator estimate (photo at full resolution).
+
+        The photo is matched at ``refine_px`` (``refine_keypoints``) against the imagery around the estimate,
+        ``refine_context`` times its size, rendered in the photo's own perspective; the surroundings get
+        ``refine_surroundings_keypoints`` and keep those within ``refine_crop`` footprint widths of their
+        centre, so that the footprint itself has about the photo's keypoint density: with 1024 keypoints
+        spread over twice the footprint's size (the search before), a fifth of them fell on it and right
+        candidates lost up to two thirds of their inliers (docs/decision.md)."""
         c = self.conf
         hgt, wid = photo.shape[:2]
         ctx = float(c["refine_context"])
@@ -438,44 +536,58 @@ class FootprintSearch:
         jw, jh = (long_side, round(long_side * hgt / wid)) if wid >= hgt else (round(long_side * wid / hgt), long_side)
         pw, ph = jw / ctx, jh / ctx  # the photo's place in the surroundings (the centre)
         small = cv2.resize(photo, (max(1, round(pw)), max(1, round(ph))), interpolation=cv2.INTER_AREA)
-        f_photo = self.matcher.prepare(self.extractor(small), full_precision=True)  # matched at every iteration
+        f_photo = self.matcher.prepare(self.extractor(small, c["refine_keypoints"]), full_precision=True)
         to_small = hg.scale(small.shape[1] / wid, small.shape[0] / hgt)
         # surroundings pixels -> photo pixels: the photo spans the centre pw x ph
         ox, oy = (jw - pw) / 2.0, (jh - ph) / 2.0
         a = hg.scale(wid / pw, hgt / ph) @ np.array([[1.0, 0, -ox], [0, 1.0, -oy], [0, 0, 1.0]])
-        inliers, it = 0, 0
+        crop = float(c["refine_crop"])
+        last = Match(None, 0)
+        trace: list[int] = []
+        it = 0
 
-        def stop(n: int = 0):  # the first iteration failing loses the candidate; later ones keep the last estimate
-            return (None, n, it) if it == 1 else (to_merc, inliers, it - 1)
+        def stop(m: Match) -> Refinement:  # the first iteration failing loses the candidate; later ones keep the last
+            if it == 1:
+                return Refinement(None, m.inliers, m.matches, _to_photo(m.points), 1, tuple(trace))
+            return Refinement(to_merc, last.inliers, last.matches, _to_photo(last.points), it - 1, tuple(trace))
+
+        def _to_photo(points: np.ndarray) -> np.ndarray:
+            return hg.apply(np.linalg.inv(to_small), points) if len(points) else np.zeros((0, 2))
 
         for it in range(1, c["refine_iterations"] + 1):
             g = to_merc @ a  # surroundings pixels -> Mercator
             if not hg.positive_depth(g, jw, jh):
-                return stop()
+                return stop(Match(None, 0))
             corners = hg.apply(g, hg.photo_corners(jw, jh))
             xmin, ymin = corners.min(axis=0)
             xmax, ymax = corners.max(axis=0)
             if not np.all(np.isfinite([xmin, ymin, xmax, ymax])) or xmax <= xmin or ymax <= ymin:
-                return stop()
+                return stop(Match(None, 0))
             res = max(xmax - xmin, ymax - ymin) / (1.5 * long_side)
             nx, ny = int(math.ceil((xmax - xmin) / res)), int(math.ceil((ymax - ymin) / res))
             if nx * ny > 16e6:
-                return stop()
+                return stop(Match(None, 0))
             north_up = self.source.render((xmin, ymax - ny * res, xmin + nx * res, ymax), nx, ny)
             # surroundings pixels -> north-up pixels, for OpenCV (integer centres)
             m = np.linalg.inv(hg.pixels_to_mercator((xmin, ymax - ny * res, xmin + nx * res, ymax), nx, ny)) @ g
             sur = cv2.warpPerspective(north_up.rgb, hg.to_centres(m), (jw, jh),
                                       flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-            # float32 always: these inliers meet the calibrated threshold, which was fitted on float32 counts
-            h, n = self._match(f_photo, self.extractor(sur), full_precision=True)
-            if h is None or n < c["candidate_min_inliers"]:
-                return stop(n)
-            new = g @ h @ to_small
+            f_sur = self.extractor(sur, c["refine_surroundings_keypoints"])
+            if crop:
+                k = f_sur["keypoints"].numpy().astype(np.float64) + 0.5
+                near = (np.abs(k[:, 0] - jw / 2.0) <= crop * pw / 2.0) & (np.abs(k[:, 1] - jh / 2.0) <= crop * ph / 2.0)
+                f_sur = _subset(f_sur, torch.from_numpy(near))
+            # float32 always: these inliers are the decision's evidence, calibrated on float32 counts
+            match = self._match(f_photo, f_sur, full_precision=True)
+            trace.append(match.inliers)
+            if match.homography is None or match.inliers < c["candidate_min_inliers"]:
+                return stop(match)
+            new = g @ match.homography @ to_small
             shift = _corner_shift_px(to_merc, new, wid, hgt) * small.shape[1] / wid
-            to_merc, inliers = new, n
+            to_merc, last = new, match
             if shift < c["refine_converged_px"]:
                 break
-        return to_merc, inliers, it
+        return Refinement(to_merc, last.inliers, last.matches, _to_photo(last.points), it, tuple(trace))
 
     def check(self, to_merc: np.ndarray, width: int, height: int, lon: float, lat: float) -> tuple[np.ndarray | None, str | None]:
         """The footprint's corners (4, 2) lon/lat, or None and why it is implausible."""
@@ -515,67 +627,126 @@ class FootprintSearch:
                 return None, "invalid geometry: degenerate footprint (a corner sharper than 10 deg)"
         return corners, None
 
-    def _footprint(self, photo: np.ndarray, cand: Candidate, lon: float, lat: float) -> tuple[Result | None, str]:
-        """Refine and check one candidate: a localized Result (before the threshold), or None and why not."""
+    def decide(self, photo: np.ndarray, cand: Candidate, lon: float, lat: float,
+               catalogue: Catalogue | None = None) -> Decision:
+        """Refine one candidate, check its footprint and weigh its evidence (photo: RGB uint8 (H, W, 3))."""
+        c = self.conf
         hgt, wid = photo.shape[:2]
-        to_merc, n, iters = self.refine(photo, cand.to_mercator)
-        if to_merc is None:  # a true match survives being re-matched in its own perspective
-            return None, (f"the candidate (zoom {cand.window.zoom}, {cand.rotation_deg} deg, {cand.inliers} inliers) "
-                          f"did not survive refinement ({n} inliers when re-matched)")
-        corners, why = self.check(to_merc, wid, hgt, lon, lat)
+        ref = self.refine(photo, cand.to_mercator)
+        ev = Evidence(ref.inliers, ref.inliers / max(ref.matches, 1), hull_coverage(ref.points, wid, hgt),
+                      cand.inliers, _corner_shift_px(cand.to_mercator, ref.to_mercator, wid, hgt) / math.hypot(wid, hgt)
+                      if ref.to_mercator is not None else float("nan"))
+        if ref.to_mercator is None:  # a true match survives being re-matched in its own perspective
+            return Decision(cand, ref, None, ev, None, False,
+                            f"the candidate (zoom {cand.window.zoom}, {cand.rotation_deg} deg, {cand.inliers} inliers) "
+                            f"did not survive refinement ({ref.inliers} inliers when re-matched)")
+        corners, why = self.check(ref.to_mercator, wid, hgt, lon, lat)
         if corners is None:
-            return None, why
-        n_px = cand.window.size_tiles * TILE_SIZE  # the window's native pixels, not the resampled window_px
-        to_win = np.linalg.inv(hg.pixels_to_mercator(cand.window.bounds_mercator(), n_px, n_px)) @ to_merc
-        return Result("localized", None, corners, n, cand.window.zoom, cand.rotation_deg, cand.window.tile_id,
-                      iters, to_win / to_win[2, 2]), ""
+            return Decision(cand, ref, None, ev, None, False, why)
+        cat = catalogue or Catalogue()
+        ev = replace(ev, **dict(zip(("area_ratio", "keystone", "aspect"), catalogue_terms(corners, lon, lat, cat, wid, hgt))))
+        limit = float(c["max_area_ratio"])
+        if limit and math.isfinite(ev.area_ratio) and abs(ev.area_ratio) > math.log(limit):
+            return Decision(cand, ref, None, ev, None, False,
+                            f"implausible for its catalogue: the footprint's area is {math.exp(ev.area_ratio):.2g}x the "
+                            f"one a {cat.focal_mm:g} mm lens predicts (allowed {1 / limit:.2g}-{limit:g}x; "
+                            "max_area_ratio sets this)")
+        p = None if self.model is None else self.model.probability(ev)
+        if ref.inliers < c["min_inliers"]:
+            why = f"{BELOW_THRESHOLD} ({ref.inliers} < {c['min_inliers']})"
+        elif p is not None and p < self.model.operating_point:
+            why = f"{NOT_CONFIDENT} (P = {p:.3g} < {self.model.operating_point:g}; {ref.inliers} inliers)"
+        else:
+            why = None
+        return Decision(cand, ref, corners, ev, p, why is None, why)
 
-    def localize(self, photo: np.ndarray, lon: float, lat: float, focal_mm: float | None = None) -> Result:
-        """The whole search for one photo (RGB uint8 (H, W, 3)) and its weak label (degrees).
+    def _result(self, d: Decision) -> Result:
+        """The localized Result of an accepted decision."""
+        cand = d.candidate
+        n_px = cand.window.size_tiles * TILE_SIZE  # the window's native pixels, not the resampled window_px
+        to_win = np.linalg.inv(hg.pixels_to_mercator(cand.window.bounds_mercator(), n_px, n_px)) @ d.refinement.to_mercator
+        return Result("localized", None, d.corners_lonlat, d.refinement.inliers, cand.window.zoom, cand.rotation_deg,
+                      cand.window.tile_id, d.refinement.iterations, to_win / to_win[2, 2], d.confidence, d.evidence)
+
+    def localize(self, photo: np.ndarray, lon: float, lat: float, catalogue: Catalogue | None = None) -> Result:
+        """The whole search for one photo (RGB uint8 (H, W, 3)), its weak label (degrees) and what the
+        catalogue says of it (the focal length orders the zooms; the decision weighs the rest).
 
         A candidate with ``early_stop_inliers`` is refined at once, and the search ends when its
         footprint is accepted; otherwise all pairs are matched and the ``refine_top`` best
-        candidates are refined. The best accepted footprint wins."""
+        candidates are refined. Of the accepted footprints the likeliest wins (then the most inliers)."""
         t0 = time.perf_counter()
         c = self.conf
-        best: Result | None = None
-        reasons: list[str] = []
+        cat = catalogue or Catalogue()
+        decided: list[Decision] = []
         cands: list[Candidate] = []
-        refined: set[int] = set()
 
-        def attempt(cand: Candidate) -> None:
-            nonlocal best
-            refined.add(id(cand))
-            r, why = self._footprint(photo, cand, lon, lat)
-            if r is None:
-                reasons.append(why)
-            elif best is None or r.inliers > best.inliers:
-                best = r
+        def accepted() -> list[Decision]:
+            return [d for d in decided if d.accepted]
 
-        for cand in self.candidates(photo, lon, lat, focal_mm):
+        for cand in self.candidates(photo, lon, lat, cat.focal_mm):
             cands.append(cand)
             if c["early_stop_inliers"] and cand.inliers >= c["early_stop_inliers"] and cand.to_mercator is not None:
-                attempt(cand)
-                if best is not None and best.inliers >= c["min_inliers"]:
+                decided.append(self.decide(photo, cand, lon, lat, cat))
+                if accepted():
                     break  # accepted: further pairs cannot change the decision
         else:
-            good = sorted((k for k in cands if k.to_mercator is not None and id(k) not in refined
+            done = {id(d.candidate) for d in decided}
+            good = sorted((k for k in cands if k.to_mercator is not None and id(k) not in done
                            and k.inliers >= c["candidate_min_inliers"]), key=lambda k: -k.inliers)
-            for cand in good[: max(0, c["refine_top"] - len(refined))]:
-                attempt(cand)
+            for cand in good[: max(0, c["refine_top"] - len(decided))]:
+                decided.append(self.decide(photo, cand, lon, lat, cat))
         top = max((k.inliers for k in cands), default=0)
-        if best is None and not cands:
-            reason = (f"no imagery around the weak label: no candidate window at zooms {c['zooms']} has imagery "
-                      f"over at least {c['min_valid']:.0%} of it; check that the tile source covers lat {lat:.4f}, "
-                      f"lon {lon:.4f}")
-        elif best is None:
-            reason = reasons[0] if reasons else f"too few inliers (best candidate {top}, need {c['candidate_min_inliers']})"
-        if best is None:
-            best = Result("not_localized", reason, inliers=top)
-        elif best.inliers < c["min_inliers"]:
-            best = Result("not_localized", f"{BELOW_THRESHOLD} ({best.inliers} < {c['min_inliers']})",
-                          inliers=best.inliers, zoom=best.zoom, rotation_deg=best.rotation_deg,
-                          candidate_id=best.candidate_id, iterations=best.iterations)
+        ok = accepted()
+        if ok:
+            best = self._result(max(ok, key=lambda d: (d.confidence or 0.0, d.refinement.inliers)))
+        elif not cands:
+            best = Result("not_localized", f"no imagery around the weak label: no candidate window at zooms "
+                          f"{c['zooms']} has imagery over at least {c['min_valid']:.0%} of it; check that the tile "
+                          f"source covers lat {lat:.4f}, lon {lon:.4f}", inliers=top)
+        elif not decided:
+            best = Result("not_localized", f"too few inliers (best candidate {top}, need {c['candidate_min_inliers']})",
+                          inliers=top)
+        else:  # the strongest of the footprints turned down, or the first reason when none survived
+            footprints = [d for d in decided if d.corners_lonlat is not None]
+            d = max(footprints, key=lambda d: (d.confidence or 0.0, d.refinement.inliers)) if footprints else decided[0]
+            best = Result("not_localized", d.reason, inliers=d.refinement.inliers if footprints else top,
+                          zoom=d.candidate.window.zoom if footprints else None,
+                          rotation_deg=d.candidate.rotation_deg if footprints else None,
+                          candidate_id=d.candidate.window.tile_id if footprints else None,
+                          iterations=d.refinement.iterations if footprints else 0, confidence=d.confidence,
+                          evidence=d.evidence if footprints else None)
         best.pairs_matched = len(cands)
         best.elapsed_s = time.perf_counter() - t0
         return best
+
+    def distinct_candidates(self, cands: list[Candidate], width: int, height: int, top: int,
+                            min_inliers: int | None = None) -> list[Candidate]:
+        """Of the candidates with a homography and ``min_inliers`` (default ``candidate_min_inliers``), the ``top``
+        strongest distinct ones: a candidate whose footprint overlaps a stronger one's by more than a third of
+        their union is the same place again."""
+        floor = self.conf["candidate_min_inliers"] if min_inliers is None else min_inliers
+        picked: list[tuple[Candidate, Polygon]] = []
+        for k in sorted((k for k in cands if k.to_mercator is not None and k.inliers >= floor), key=lambda k: -k.inliers):
+            if len(picked) >= top:
+                break
+            xy = hg.apply(k.to_mercator, hg.photo_corners(width, height))
+            poly = Polygon(xy) if np.isfinite(xy).all() else None
+            if poly is None or not poly.is_valid or poly.area <= 0:
+                continue
+            if all(poly.intersection(q).area <= poly.union(q).area / 3.0 for _, q in picked):
+                picked.append((k, poly))
+        return [k for k, _ in picked]
+
+    def decisions(self, photo: np.ndarray, lon: float, lat: float, catalogue: Catalogue | None = None,
+                  top: int = 3) -> tuple[list[Decision], int]:
+        """For calibration: every pair matched (no early stop) and the ``top`` strongest distinct candidates
+        (:meth:`distinct_candidates`), whatever their inliers, refined and weighed; returns (their decisions, the
+        pairs matched). The search refines only candidates with ``candidate_min_inliers``; forced through
+        refinement, the weaker ones show what wrong candidates become there, which a sample's photos rarely
+        show otherwise (right candidates outnumber wrong ones with 15 inliers by far). Distinct candidates give
+        the right place and the strongest wrong ones, not the right place three times."""
+        cat = catalogue or Catalogue()
+        cands = list(self.candidates(photo, lon, lat, cat.focal_mm))
+        picked = self.distinct_candidates(cands, photo.shape[1], photo.shape[0], top, min_inliers=0)
+        return [self.decide(photo, k, lon, lat, cat) for k in picked], len(cands)
