@@ -256,17 +256,17 @@ class FootprintsStage(Stage):
             conf["feature_dir"] = str(Path(conf["feature_dir"]).resolve() / f"tiles-{tiles_id}")
         if conf["device"] == "auto":
             conf["device"] = resolve_device("auto", remote=bool(conf["scheduler"]))
-        conf["calibration"], conf["calibration_model"] = self._calibration(conf, workdir)
-        if conf["min_inliers"] is None:
-            conf["min_inliers"] = 0 if conf["calibration"] else NO_MODEL_MIN_INLIERS
         if conf["limit"] is not None and conf["limit"] < 1:
             raise StageError(f"--limit must be at least 1 (the first N rows of the queries), got {conf['limit']}")
         if conf["batch_size"] < 1:
             raise StageError(f"--batch-size must be at least 1, got {conf['batch_size']}")
-        try:  # here, once, rather than in every Dask task
-            validate_conf({k: conf[k] for k in search_conf})
+        try:  # here, once, rather than in every Dask task; before the calibration is compared with the settings
+            validate_conf({**{k: conf[k] for k in search_conf}, "min_inliers": conf["min_inliers"] or 0})
         except ValueError as e:
             raise StageError(f"{e} (in --config or the options)") from None
+        conf["calibration"], conf["calibration_model"] = self._calibration(conf, workdir)
+        if conf["min_inliers"] is None:
+            conf["min_inliers"] = 0 if conf["calibration"] else NO_MODEL_MIN_INLIERS
         return conf
 
     @staticmethod

@@ -299,7 +299,7 @@ def test_other_features_ignore_weights_dir(tmp_path):
     assert build_matcher("sift", weights_dir=tmp_path / "unused") is not None
 
 
-def test_footprints_stage_runs_superpoint_from_weights_dir(weights_dir, tiny, tmp_path, caplog):
+def test_footprints_stage_runs_superpoint_from_weights_dir(weights_dir, tiny, tmp_path, capsys):
     """`run footprints --extractor superpoint --weights-dir DIR` loads the user's files in the workers.
 
     The weights are generated (random): whatever they match is chance, so the right outcome is no footprint.
@@ -310,11 +310,10 @@ def test_footprints_stage_runs_superpoint_from_weights_dir(weights_dir, tiny, tm
     (tmp_path / "cheap.toml").write_text("[footprints]\nzooms = [11]\nrotations = [0]\nmax_keypoints = 128\n"
                                          "photo_px = 128\nwindow_px = 256\nworkers = 1\n")
     out = tmp_path / "fp.parquet"
-    with caplog.at_level("WARNING"):
-        assert main(["run", "footprints", "--workdir", str(tiny), "--out", str(out), "--extractor", "superpoint",
-                     "--weights-dir", str(weights_dir), "--limit", "1", "--config", str(tmp_path / "cheap.toml"),
-                     "-q"]) == 0
-    assert "no calibration for superpoint features" in caplog.text
+    assert main(["run", "footprints", "--workdir", str(tiny), "--out", str(out), "--extractor", "superpoint",
+                 "--weights-dir", str(weights_dir), "--limit", "1", "--config", str(tmp_path / "cheap.toml"),
+                 "-q"]) == 0
+    assert "no calibration for superpoint features" in capsys.readouterr().err  # the CLI logs to stderr
     row = read_manifest(out, "footprints", geometry=False).iloc[0]
     assert row["status"] == "not_localized", row["reason"]
     assert row["matcher"] == "superpoint+lightglue" and pd.isna(row["confidence"])
