@@ -16,6 +16,12 @@ BBOX_TYPE = pa.struct(
 STATUSES = ("localized", "not_localized", "error")
 
 
+def _evidence() -> list[pa.Field]:
+    """The decision's evidence beside ``inliers`` (pipeline.footprint.evidence.FEATURES, in its order)."""
+    return [pa.field(name, pa.int32() if name == "candidate_inliers" else pa.float64())
+            for name in ("inlier_ratio", "coverage", "candidate_inliers", "shift", "area_ratio", "keystone", "aspect")]
+
+
 def _corners(nullable: bool) -> list[pa.Field]:
     return [pa.field(c, pa.float64(), nullable=nullable) for c in CORNER_COLUMNS]
 
@@ -95,13 +101,7 @@ FOOTPRINTS = ManifestKind(
             pa.field("confidence", pa.float64()),
             # the decision's evidence (pipeline.footprint.evidence): of the localized footprint, or of the strongest
             # one turned down
-            pa.field("candidate_inliers", pa.int32()),
-            pa.field("inlier_ratio", pa.float64()),
-            pa.field("coverage", pa.float64()),
-            pa.field("shift", pa.float64()),
-            pa.field("area_ratio", pa.float64()),
-            pa.field("keystone", pa.float64()),
-            pa.field("aspect", pa.float64()),
+            *_evidence(),
             pa.field("zoom", pa.int32()),
             pa.field("rotation_deg", pa.int32()),
             pa.field("candidate_id", pa.string()),
@@ -199,13 +199,7 @@ DECISIONS = ManifestKind(
             pa.field("iterations", pa.int32()),
             pa.field("trace", pa.list_(pa.int32())),
             pa.field("inliers", pa.int32()),
-            pa.field("inlier_ratio", pa.float64()),
-            pa.field("coverage", pa.float64()),
-            pa.field("candidate_inliers", pa.int32()),
-            pa.field("shift", pa.float64()),
-            pa.field("area_ratio", pa.float64()),
-            pa.field("keystone", pa.float64()),
-            pa.field("aspect", pa.float64()),
+            *_evidence(),
             *_corners(nullable=True),
             pa.field("iou", pa.float64()),
             pa.field("right", pa.bool_()),
