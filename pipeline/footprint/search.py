@@ -527,8 +527,8 @@ class FootprintSearch:
         ``refine_context`` times its size, rendered in the photo's own perspective; the surroundings get
         ``refine_surroundings_keypoints`` and keep those within ``refine_crop`` footprint widths of their
         centre, so that the footprint itself has about the photo's keypoint density: with 1024 keypoints
-        spread over twice the footprint's size (the search before), a fifth of them fell on it and right
-        candidates lost up to two thirds of their inliers (docs/decision.md)."""
+        spread over twice the footprint's size (the search before), about a quarter of them fell on it and
+        right candidates lost up to 61 % of their inliers (bench/RESULTS.md, docs/decision.md)."""
         c = self.conf
         hgt, wid = photo.shape[:2]
         ctx = float(c["refine_context"])
