@@ -29,7 +29,7 @@ sys.path.insert(0, os.getcwd())
 from contextlib import contextmanager
 from dask.distributed import Client, LocalCluster
 import stages.cluster as cluster
-from pipeline.footprint.search import default_conf
+from pipeline.footprint.settings import SearchSettings
 
 mode, n, workers, task_s = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 first = []
@@ -60,7 +60,7 @@ with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashb
         Client(lc) as client:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     work = [(f"/tmp/parts/batch{b:07d}.parquet", rows(b)) for b in range(n)]
-    search = dict(default_conf)
+    search = SearchSettings()
 
     def submit(items, part, suffix):
         return client.submit(run_batch, items, "/data/tiles", search, "cpu", part, 1, None,

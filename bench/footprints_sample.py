@@ -31,6 +31,7 @@ import pandas as pd
 
 from pipeline.footprint.evidence import Catalogue
 from pipeline.footprint.search import FootprintSearch
+from pipeline.footprint.settings import SearchSettings
 from pipeline.geometry.geodesy import footprint_polygon, iou
 from pipeline.imagery.photos import read_photo
 
@@ -97,14 +98,14 @@ def main() -> None:
         q = q[~truth.loc[q["photo_id"], "localizable"].astype(bool).to_numpy()]
     conf = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     t0 = time.perf_counter()
-    search = FootprintSearch(source, **conf)
+    search = FootprintSearch(source, SearchSettings.from_layers((conf, "--set")))
     print(f"default path: LightGlue in {'mixed' if search.half_precision() else 'full (float32)'} precision on the CPU")
     df = run(search, q, truth, "default")
     print(f"\n{summary(df, 'default path')}  ({time.perf_counter() - t0:.0f} s in all)")
     if args.exhaustive:
         sub = q.head(args.exhaustive)
         long_side = int(max(read_photo(sub["image_path"].iloc[0]).shape[:2]))  # the sample's photos share a size
-        ex = run(FootprintSearch(source, **{**conf, **exhaustive_conf(long_side)}), sub, truth, "exhaustive")
+        ex = run(FootprintSearch(source, SearchSettings.from_layers((conf, "--set"), (exhaustive_conf(long_side), "exhaustive"))), sub, truth, "exhaustive")
         d = df.head(len(sub))
         print(f"\n{summary(ex, 'exhaustive path')}")
         print(f"\nsame {len(sub)} photos: default {d['seconds'].mean():.1f} s/photo, exhaustive "

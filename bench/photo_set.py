@@ -11,7 +11,7 @@ import argparse
 import pandas as pd
 
 from manifests import read_manifest, read_queries
-from pipeline.imagery import open_tile_source
+from pipeline.tile_sources import open_tile_source
 
 
 def add_photo_arguments(ap: argparse.ArgumentParser, photos_help: str = "the first N photos") -> None:

@@ -22,9 +22,10 @@ import pandas as pd
 from manifests import read_queries
 from pipeline.footprint.evidence import Catalogue
 from pipeline.footprint.search import FootprintSearch
+from pipeline.footprint.settings import SearchSettings
 from pipeline.footprint.wrong_labels import moved_corners, swapped_queries
 from pipeline.geometry.geodesy import footprint_polygon, iou
-from pipeline.imagery import open_tile_source
+from pipeline.tile_sources import open_tile_source
 from pipeline.imagery.photos import read_photo
 
 POSITIVE = ("ISS062-E-81917", "ISS056-E-153176")
@@ -48,8 +49,7 @@ def main() -> None:
     t = truth.loc[POSITIVE[0]]
     positive_truth = moved_corners(np.array([[t[f"{c}_lon"], t[f"{c}_lat"]] for c in CORNERS]),
                                    str(rs / truth.loc[POSITIVE[0], "mosaic"]), str(rs / truth.loc[POSITIVE[1], "mosaic"]))
-    search = FootprintSearch(open_tile_source(rs / "mosaics"),
-                             calibration=None if args.calibration == "none" else args.calibration)
+    search = FootprintSearch(open_tile_source(rs / "mosaics"), SearchSettings(calibration=None if args.calibration == "none" else args.calibration))
     rows = []
     t0 = time.perf_counter()
     for r in runs.itertuples():

@@ -22,6 +22,7 @@ import pandas as pd
 from pipeline.footprint import homography as hg
 from pipeline.footprint.evidence import Catalogue
 from pipeline.footprint.search import FootprintSearch
+from pipeline.footprint.settings import SearchSettings
 from pipeline.geometry.geodesy import footprint_polygon, iou
 from pipeline.imagery.photos import read_photo
 
@@ -40,8 +41,8 @@ def main() -> None:
     args = ap.parse_args()
     q, truth, source = open_photo_set(args)
     q = q.head(args.photos)
-    searches = {"before": FootprintSearch(source, calibration=None, **BEFORE),
-                "now": FootprintSearch(source, calibration=None)}
+    searches = {"before": FootprintSearch(source, SearchSettings(calibration=None, **BEFORE)),
+                "now": FootprintSearch(source, SearchSettings(calibration=None))}
     rows = []
     for r in q.itertuples():
         photo = read_photo(r.image_path)

@@ -20,7 +20,8 @@ import pandas as pd
 from manifests import read_queries
 from pipeline.footprint import homography as hg
 from pipeline.footprint.search import FootprintSearch
-from pipeline.imagery import open_tile_source
+from pipeline.footprint.settings import SearchSettings
+from pipeline.tile_sources import open_tile_source
 from pipeline.imagery.photos import read_photo
 
 SETTINGS = {
@@ -42,7 +43,7 @@ def main() -> None:
     queries = read_queries(rs / "queries.csv")[0].set_index("photo_id")
     truth = pd.read_csv(rs / "truth.csv").set_index("photo_id")
     source = open_tile_source(rs / "mosaics")
-    searches = {name: FootprintSearch(source, calibration=None, refine_iterations=1, **s) for name, s in SETTINGS.items()}
+    searches = {name: FootprintSearch(source, SearchSettings(calibration=None, refine_iterations=1, **s)) for name, s in SETTINGS.items()}
     rng = np.random.default_rng(0)
     rows = []
     for pid, t in truth[truth["localizable"]].iterrows():

@@ -22,7 +22,7 @@ import numpy as np
 from manifests import read_manifest
 from pipeline.geometry.mercator import lonlat_to_mercator, resolution_m
 from pipeline.geometry.windows import Window, windows_containing
-from pipeline.imagery import open_tile_source
+from pipeline.tile_sources import open_tile_source
 from pipeline.matching import build_extractor, build_matcher, estimate_homography
 from pipeline.simulate.camera import camera_looking_at
 from pipeline.simulate.render import render_view

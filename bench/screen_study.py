@@ -32,6 +32,7 @@ import pandas as pd
 
 from pipeline.footprint import homography as hg
 from pipeline.footprint.search import FootprintSearch, Match
+from pipeline.footprint.settings import SearchSettings
 from pipeline.imagery.photos import read_photo
 from pipeline.matching import estimate_homography
 
@@ -41,8 +42,8 @@ from photo_set import add_photo_arguments, open_photo_set  # bench/photo_set.py
 class RecordingSearch(FootprintSearch):
     """The search with a screen that keeps every pair and records its inliers at the screen's layer."""
 
-    def __init__(self, *args, **conf) -> None:
-        super().__init__(*args, **{**conf, "screen_inliers": 0, "early_stop_inliers": 0})
+    def __init__(self, source, settings: SearchSettings, **kw) -> None:
+        super().__init__(source, settings.replace(screen_inliers=0, early_stop_inliers=0), **kw)
         self.at_screen: list[int | None] = []
 
     def _match(self, f0: dict, f1: dict, full_precision: bool = False, screen: bool = False):
@@ -52,15 +53,15 @@ class RecordingSearch(FootprintSearch):
             k0, k1 = np.asarray(f0["keypoints"]), np.asarray(f1["keypoints"])
 
             def keep(idx: np.ndarray) -> bool:
-                _, mask = estimate_homography(k0[idx[:, 0]], k1[idx[:, 1]], threshold_px=self.conf["ransac_px"])
+                _, mask = estimate_homography(k0[idx[:, 0]], k1[idx[:, 1]], threshold_px=self.settings.ransac_px)
                 seen.append(int(mask.sum()))
                 return True
 
-            rule = (self.conf["screen_layer"], keep)
+            rule = (self.settings.screen_layer, keep)
         m0, m1, _ = self.matcher(f0, f1, full_precision=full_precision, screen=rule)
         if screen:
             self.at_screen.append(seen[0] if seen else None)
-        h, mask = estimate_homography(m0, m1, threshold_px=self.conf["ransac_px"])
+        h, mask = estimate_homography(m0, m1, threshold_px=self.settings.ransac_px)
         return Match(None, 0, len(m0)) if h is None else Match(hg.from_centres(h), int(mask.sum()), len(m0))
 
 
@@ -101,7 +102,7 @@ def main() -> None:
         return
     q, truth, source = open_photo_set(args)
     q = q.head(args.photos)
-    search = RecordingSearch(source, screen_layer=args.layer)
+    search = RecordingSearch(source, SearchSettings(screen_layer=args.layer))
     rows = []
     t0 = time.perf_counter()
     for i, r in enumerate(q.itertuples(), 1):

@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.files import atomic_output
+from .files import atomic_output
 
 from .errors import ManifestError, Problem
 from .geoparquet import decode_geometries, encode_geometries, geo_metadata

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.files import printable
+from .files import printable
 
 from .errors import ManifestError, Problem
 from .schemas import QUERIES

@@ -1,9 +1,8 @@
-"""Stage configuration: defaults < TOML file < command-line options, saved beside outputs.
+"""Configs on disk: TOML files read (``--config``) and written beside outputs, fingerprints of settings and files.
 
-A stage's config is a flat dict of TOML-compatible values (str, int, float, bool, lists of
-them). The effective config is written next to the stage's output as ``<output>.config.toml``;
-running the stage again with the same config skips the work, with a different one it refuses
-unless ``--overwrite`` is given (as glue-factory does).
+A stage's settings (:mod:`pipeline.settings`) are saved next to its output as ``<output>.config.toml``, a flat
+table of TOML values (str, int, float, bool, lists of them); running the stage again with the same settings
+skips the work, with different ones it refuses unless ``--overwrite`` is given (as glue-factory does).
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .files import printable
+from manifests.files import printable
 
 
 class ConfigError(ValueError):
@@ -63,45 +62,6 @@ def parse_settings(items: Iterable[str]) -> dict[str, Any]:
             out[key] = tomllib.loads(f"v = {value.strip()}")["v"]
         except tomllib.TOMLDecodeError:
             out[key] = value.strip()
-    return out
-
-
-def _scalar_type_ok(value: Any, default: Any) -> bool:
-    """Whether ``value`` may replace a scalar ``default``: same kind (an int may stand for a float; a bool is
-    neither an int nor a float, and no string is a number or a bool)."""
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, str):
-        return isinstance(value, str)
-    return True  # lists and None defaults: the stage validates them
-
-
-def merge(defaults: dict[str, Any], *overrides: dict[str, Any], source: str = "config",
-          types: dict[str, type] | None = None) -> dict[str, Any]:
-    """Merge overrides into a copy of ``defaults``.
-
-    Unknown keys are an error naming the valid ones; so is a scalar of another kind than its
-    default (``batch_size = "4"``, ``half = "false"``), naming the key, the value and the kind.
-    ``types``: the kind of keys whose default is None (``limit``: int), checked the same way."""
-    out = dict(defaults)
-    types = types or {}
-    for o in overrides:
-        for k, v in o.items():
-            if v is None:
-                continue
-            if k not in defaults:
-                raise ConfigError(f"unknown {source} key {k!r}; valid keys: {', '.join(sorted(defaults))}")
-            like = defaults[k] if defaults[k] is not None else (types[k]() if k in types else None)
-            if not _scalar_type_ok(v, like):
-                kind = {"bool": "a boolean", "int": "an integer", "float": "a number", "str": "a string"}[type(like).__name__]
-                how = (f"write it as the default is written: {k} = {_toml_value(defaults[k])}" if defaults[k] is not None
-                       else "in TOML a string is quoted, a number or a boolean is not")
-                raise ConfigError(f"{source} key {k!r} must be {kind}, got {v!r}; {how}")
-            out[k] = v
     return out
 
 

@@ -1,13 +1,15 @@
-"""What every stage shares: config merging, skipping finished work, refusing changed configs.
+"""What every stage shares: settings, skipping finished work, refusing changed settings, resuming.
 
-A stage is a thin object: a name, a ``default_conf``, its command-line options (each one a
-config key), the path of its main output, and ``run(conf)`` that calls library code and
-returns a one-screen summary.
+A stage is a thin object with no state of its own: a name, its settings class (a frozen dataclass,
+:mod:`pipeline.settings`), the path of its main output, and ``run(run)`` that calls library code and
+returns a one-screen summary. Everything that lives for one execution (the resolved settings, the
+workspace, ``--overwrite``, the record saved beside the output, values worked out once) is in the
+:class:`StageRun` that :meth:`Stage.execute` makes and hands to each step, so a stage may run twice in
+one process, or from two threads, with nothing left over.
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
 import logging
 import os
@@ -15,9 +17,11 @@ import shutil
 import tempfile
 import time
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from manifests.files import atomic_output
 from pipeline.config import (
     ConfigError,
     changed_keys,
@@ -25,12 +29,9 @@ from pipeline.config import (
     dumps_toml,
     files_fingerprint,
     fingerprint,
-    load_toml,
-    merge,
     output_identity,
-    parse_settings,
 )
-from pipeline.files import atomic_output
+from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -39,146 +40,160 @@ class StageError(RuntimeError):
     """A stage cannot run as asked; the message says why and what to do."""
 
 
+@dataclass
+class StageRun:
+    """One execution of a stage, made by :meth:`Stage.execute` and handed to each of its steps.
+
+    ``settings``: resolved (absolute paths, defaults from the workspace); ``record``: what is saved beside the
+    output (the settings' identity and the input files' fingerprint), set once the inputs exist; ``memo``: values
+    worked out once per run (a parsed queries file)."""
+
+    stage: Stage
+    settings: Any
+    workdir: Path
+    overwrite: bool = False
+    record: dict[str, Any] | None = None
+    memo: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def output(self) -> Path:
+        return self.stage.output(self.settings)
+
+    def parts_dir(self) -> Path:
+        return self.stage.parts_dir(self.settings)
+
+    def before_replace(self, tmp: Path) -> None:
+        """Give to the writer of the stage's output (``ManifestWriter(out, kind, before_replace=run.before_replace)``):
+        ``tmp`` is the finished output about to replace ``out``. Saves the config that describes it, with its
+        identity, as ``<config>.pending`` beside it."""
+        if self.record is None:
+            return
+        with atomic_output(_pending_path(config_path(self.output))) as t:
+            t.write_text(_config_text(self.record, tmp), encoding="utf-8")
+
+
 class Stage:
     """Base class of the stages registered in :mod:`stages`."""
 
-    name: str = ""
-    help: str = ""
-    default_conf: dict[str, Any] = {}
-    runtime_keys: tuple[str, ...] = ()
-    """Config keys that do not change the output (workers, scheduler...): ignored when comparing."""
-    option_types: dict[str, type] = {}
-    """The kind of each key whose default is None (``limit``: int), so a config file's ``limit = "1"`` is
-    refused with the key's name rather than failing deep in the stage."""
-    partition_keys: tuple[str, ...] = ()
-    """Runtime keys that decide how the work is cut into part files (batch size, chunk): parts of an
-    interrupted run are reused only under the same ones."""
-    _running: tuple[Path, dict[str, Any]] | None = None
-    """While :meth:`execute` runs the stage: (its output, the settings record), for :meth:`before_replace`."""
+    name: ClassVar[str] = ""
+    help: ClassVar[str] = ""
+    settings_class: ClassVar[type[Settings]] = Settings
+    """The stage's settings: options, ``--config`` keys and ``--set`` come from its fields."""
+    options: ClassVar[tuple[str, ...] | None] = None
+    """The settings shown as the stage's own options, first in ``--help`` (None: all of them)."""
 
-    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """Add the stage's options; each option's ``dest`` is a config key and its default None."""
+    def resolve(self, settings: Any, workdir: Path) -> Any:
+        """Fill workspace-relative defaults (paths) into ``settings``; must give the same for resolved settings."""
+        return settings
 
-    def resolve(self, conf: dict[str, Any], workdir: Path) -> dict[str, Any]:
-        """Fill workspace-relative defaults (paths) into ``conf``."""
-        return conf
-
-    def output(self, conf: dict[str, Any]) -> Path:
+    def output(self, settings: Any) -> Path:
         raise NotImplementedError
 
-    def input_files(self, conf: dict[str, Any]) -> list[Path]:
+    def input_files(self, settings: Any) -> list[Path]:
         """Files whose change must invalidate the output (names, sizes and times are compared)."""
         return []
 
-    def prepare(self, conf: dict[str, Any]) -> None:
+    def prepare(self, run: StageRun) -> None:
         """Make default inputs that are missing (the sample workspace), before they are fingerprinted."""
 
-    def check(self, conf: dict[str, Any]) -> None:
+    def check(self, run: StageRun) -> None:
         """Refuse inputs that cannot work (a missing file, a tile source that does not open), before the
         output's settings are compared: a typo is reported as a typo, not as changed settings."""
 
-    def run(self, conf: dict[str, Any]) -> str:
+    def run(self, run: StageRun) -> str:
         raise NotImplementedError
 
-    def up_to_date(self, conf: dict[str, Any]) -> str:
+    def up_to_date(self, run: StageRun) -> str:
         """What to add to the "up to date" line about the existing output (errors in it...); may refuse an
         output that cannot be read."""
         return ""
 
     # ---- the shared machinery -------------------------------------------------------------
 
-    def parts_root(self, conf: dict[str, Any]) -> Path:
+    def parts_root(self, settings: Any) -> Path:
         """``<output>.parts/``: finished parts of interrupted runs, removed once the output is written."""
-        out = self.output(conf)
+        out = self.output(settings)
         return out.with_name(out.name + ".parts")
 
-    def parts_dir(self, conf: dict[str, Any]) -> Path:
+    def parts_dir(self, settings: Any) -> Path:
         """Where an interrupted run keeps its finished parts, to resume without redoing them.
 
-        One folder per config, input files and partition (``partition_keys``): a part is only ever
-        reused for exactly the work it holds, so a resumed run neither loses nor duplicates rows
-        when the batch size or the inputs changed in between."""
-        key = {**self._record(conf), "partition": {k: conf[k] for k in self.partition_keys}}
-        return self.parts_root(conf) / fingerprint(key)
+        One folder per identity, input files and partition (the settings marked ``partition``): a part is only
+        ever reused for exactly the work it holds, so a resumed run neither loses nor duplicates rows when the
+        batch size or the inputs changed in between."""
+        key = {**self.record(settings), "partition": settings.partition()}
+        return self.parts_root(settings) / fingerprint(key)
 
-    def config_from_args(self, args: argparse.Namespace) -> dict[str, Any]:
-        if getattr(args, "config", None):
-            from stages import STAGES
+    def record(self, settings: Any) -> dict[str, Any]:
+        """What is saved beside the output: ``{stage name: the settings' identity, "inputs": fingerprint}``."""
+        return {self.name: settings.identity(), "inputs": {"fingerprint": files_fingerprint(self.input_files(settings))}}
 
-            file_conf = load_toml(args.config, self.name, sections=STAGES)
-        else:
-            file_conf = {}
-        cli = {k: getattr(args, k) for k in self.default_conf if getattr(args, k, None) is not None}
-        conf = merge(self.default_conf, file_conf, source=f"config file {args.config}", types=self.option_types)
-        sets = {k: v for k, v in parse_settings(getattr(args, "set_values", None) or []).items() if v is not None}
-        merge(self.default_conf, sets, source="--set", types=self.option_types)  # checked against the defaults' kinds
-        conf.update(sets)
-        merge(self.default_conf, cli, source="option", types=self.option_types)  # options against the defaults' kinds
-        conf.update(cli)  # (a file's zooms = "8-12" and --zooms 12 are both right; the option wins)
-        return self.resolve(conf, Path(args.workdir))
+    def changed_settings(self, run: StageRun, inputs: bool = True) -> list[str]:
+        """What differs between ``run.record`` and the config saved beside the existing output: the changed keys,
+        and "input files" when ``inputs`` and their fingerprint changed.
 
-    def _record(self, conf: dict[str, Any]) -> dict[str, Any]:
-        comparable = {k: v for k, v in conf.items() if k not in self.runtime_keys and v is not None}
-        return {self.name: comparable, "inputs": {"fingerprint": files_fingerprint(self.input_files(conf))}}
-
-    def changed_settings(self, conf: dict[str, Any], record: dict[str, Any], inputs: bool = True) -> list[str]:
-        """What differs between ``record`` (``_record(conf)``) and the config saved beside the existing
-        output: the changed keys, and "input files" when ``inputs`` and their fingerprint changed."""
-        cfg = config_path(self.output(conf))
+        A saved config of an older version is read the same way: its table holds the identity keys by the same
+        names; a key that is runtime now is ignored in it."""
+        out = run.output
+        cfg = config_path(out)
         try:
             with open(cfg, "rb") as f:
                 old = tomllib.load(f)
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise StageError(f"{cfg} is not valid TOML ({e}); it records the settings of {self.output(conf)}, so "
+            raise StageError(f"{cfg} is not valid TOML ({e}); it records the settings of {out}, so "
                              "they cannot be compared: pass --overwrite to rebuild the output, or --out elsewhere") from None
-        # keys that are runtime now may have been recorded by an older version
-        old_conf = {k: v for k, v in old.get(self.name, {}).items() if k not in self.runtime_keys}
-        diff = changed_keys(old_conf, record[self.name])
-        if inputs and old.get("inputs") != record["inputs"]:
+        keys = self.settings_class.keys()
+        old_conf = {k: v for k, v in old.get(self.name, {}).items() if not (k in keys and keys[k].meta["runtime"])}
+        diff = changed_keys(old_conf, run.record[self.name])
+        if inputs and old.get("inputs") != run.record["inputs"]:
             diff.append("input files")
-        out = self.output(conf)
         if "output" in old and out.is_file() and old["output"] != output_identity(out):
             diff.append(f"the output itself ({out.name} is not the file {cfg.name} was written for: changed or "
                         "replaced since, or a run stopped between writing the two)")
         return diff
 
-    def execute(self, conf: dict[str, Any], overwrite: bool = False) -> str:
+    def execute(self, settings: Any, workdir: str | os.PathLike = "workspace", overwrite: bool = False) -> str:
         """Run unless the output is up to date; refuse a changed config without ``overwrite``.
 
-        The config is saved beside the output only once the output is written, with the output's identity
+        ``settings``: an instance of :attr:`settings_class`, resolved here against ``workdir``. The config is
+        saved beside the output only once the output is written, with the output's identity
         (:func:`pipeline.config.output_identity`): a run that fails (with or without ``overwrite``) leaves the
-        previous output and its config as they were. A stage whose writer calls :meth:`before_replace` has the
-        new config saved as ``<config>.pending`` just before its output is replaced: a run stopped between the
-        two leaves it to be taken by the next (:meth:`take_pending_config`). Any other output its config does
-        not describe is refused like changed settings."""
-        out = self.output(conf)
+        previous output and its config as they were. A stage whose writer calls :meth:`StageRun.before_replace`
+        has the new config saved as ``<config>.pending`` just before its output is replaced: a run stopped
+        between the two leaves it to be taken by the next (:meth:`take_pending_config`). Any other output its
+        config does not describe is refused like changed settings."""
+        if not isinstance(settings, self.settings_class):
+            raise TypeError(f"{self.name}: settings must be {self.settings_class.__name__}, got {type(settings).__name__}")
+        run = StageRun(self, self.resolve(settings, Path(workdir)), Path(workdir), overwrite)
+        return self._execute(run)
+
+    def _execute(self, run: StageRun) -> str:
+        out = run.output
         cfg = config_path(out)
         check_output_path(out)
         if self.take_pending_config(out):
             log.info("%s: kept the config a run saved for %s before it stopped", self.name, out)
-        self.prepare(conf)
-        self.check(conf)
-        if any(out.resolve() == f.resolve() for f in self.input_files(conf)):
+        self.prepare(run)
+        self.check(run)
+        if any(out.resolve() == f.resolve() for f in self.input_files(run.settings)):
             raise StageError(f"--out {out} is one of this stage's inputs; writing there would destroy it: "
                              "pass --out with another path")
-        record = self._record(conf)
-        if out.exists() and not overwrite:
+        record = self.record(run.settings)
+        if out.exists() and not run.overwrite:
             if not cfg.exists():
                 raise StageError(f"{out} exists but has no {cfg.name} beside it, so it may come from other "
                                  "settings; pass --overwrite to rebuild it, or --out elsewhere")
-            diff = self.changed_settings(conf, record)
+            run.record = record
+            diff = self.changed_settings(run)
             if not diff:
                 return f"{self.name}: {out} is up to date with this config and these inputs (nothing to do; " \
-                       f"pass --overwrite to redo it){self.up_to_date(conf)}"
+                       f"pass --overwrite to redo it){self.up_to_date(run)}"
             raise StageError(f"{out} was made with different settings (changed: {', '.join(diff)}); pass "
                              "--overwrite to replace it, or --out to write elsewhere")
-        parts = self.parts_root(conf)  # with --overwrite too: parts for this very work stay valid
+        parts = self.parts_root(run.settings)  # with --overwrite too: parts for this very work stay valid
         start = time.perf_counter()
-        self._running = (out, record)
-        try:
-            summary = self.run(conf)  # replaces ``out`` atomically
-        finally:
-            self._running = None
+        run.record = record
+        summary = self.run(run)  # replaces ``out`` atomically
         if not self.take_pending_config(out):
             with atomic_output(cfg) as tmp:  # a stop before this leaves the new output beside the old config: the
                 # output's identity in the config tells them apart (changed_settings)
@@ -186,16 +201,6 @@ class Stage:
         if parts.exists() and out.exists():
             shutil.rmtree(parts, ignore_errors=True)
         return summary + f"\n  config: {cfg}\n  time: {time.perf_counter() - start:.1f} s"
-
-    def before_replace(self, tmp: Path) -> None:
-        """Give to the writer of the stage's output (``ManifestWriter(out, kind, before_replace=self.before_replace)``):
-        ``tmp`` is the finished output about to replace ``out``. Saves the config that describes it, with its
-        identity, as ``<config>.pending`` beside it."""
-        if self._running is None:  # run() called on its own, not by execute()
-            return
-        out, record = self._running
-        with atomic_output(_pending_path(config_path(out))) as t:
-            t.write_text(_config_text(record, tmp), encoding="utf-8")
 
     def take_pending_config(self, out: Path) -> bool:
         """Make ``<config>.pending`` the config of ``out`` if it describes the output there now (a run replaced
@@ -261,9 +266,4 @@ def check_output_path(out: Path) -> None:
                          "pass --out with a path in a writable folder") from None
 
 
-def require(cond: bool, message: str) -> None:
-    if not cond:
-        raise StageError(message)
-
-
-__all__ = ["ConfigError", "Stage", "StageError", "require"]
+__all__ = ["ConfigError", "Stage", "StageError", "StageRun"]

@@ -22,9 +22,8 @@ truth, and fewer than 10 right or 10 wrong decisions (:data:`pipeline.footprint.
 
 from __future__ import annotations
 
-import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +44,14 @@ from pipeline.footprint.calibration import (
     score_decisions,
     weighed,
 )
+from pipeline.footprint.batch import run_batch
 from pipeline.footprint.evidence import FEATURES
-from pipeline.footprint.search import EXTRACTORS, default_conf as search_conf, validate_conf
+from pipeline.footprint.settings import SearchSettings
+from pipeline.settings import Settings, group, setting
 
-from .base import Stage, StageError, source_files
+from .base import Stage, StageError, StageRun, source_files
 from .cluster import check_cluster_options, dask_client, gather_isolating
-from .footprints import WORKER_MEMORY_BYTES, run_batch
+from .footprints import WORKER_MEMORY_BYTES
 
 
 
@@ -155,88 +156,79 @@ def decisions_path(calibration: str | Path) -> Path:
     return p.with_name(f"{p.stem}-decisions.parquet")
 
 
+def _specs(value) -> tuple[str, ...]:
+    """One source (text) or a list of them; a source's own commas (``TRUTH,queries=Q``) stay in it."""
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("a list of sources (TRUTH[,queries=Q][,tiles=T]), e.g. truth = [\"truth.csv\"]")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class CalibrateSettings(Settings):
+    """The calibrate stage's settings, and the search that makes the evidence (the footprint search's settings
+    without its decision: every footprint is weighed)."""
+
+    section = "calibrate setting"
+
+    truth: tuple[str, ...] = setting((), "photos with truth to fit on: TRUTH[,queries=Q][,tiles=T][,decisions=D] "
+                                         "(queries and tiles default to queries.parquet/.csv and tiles/ beside the "
+                                         "truth); repeat for more sources (default: WORKDIR/truth.parquet)",
+                                     repeat=True, parse=_specs, metavar="SOURCE")
+    validation: tuple[str, ...] = setting((), "photos with truth to score but not fit on (same form); repeat for "
+                                              "more", repeat=True, parse=_specs, metavar="SOURCE")
+    out: str = setting("", "the calibration (default: WORKDIR/calibration.json)")
+    features: tuple[str, ...] = setting(DEFAULT_FEATURES, f"evidence the model weighs, comma-separated, of "
+                                                          f"{', '.join(FEATURES)}")
+    precision: float = setting(DEFAULT_PRECISION, "the operating point: a footprint is localized from this "
+                                                  "probability of being right")
+    iou: float = setting(0.5, "a footprint is right from this IoU with the truth")
+    top: int = setting(3, "distinct candidates refined per photo")
+    limit: int | None = setting(None, "only the first N photos of each source")
+    batch_size: int = setting(4, "photos per Dask task", runtime=True)
+    workers: int | None = setting(None, "local Dask worker processes", runtime=True)
+    workdir: str | None = setting(None, "the workspace (where the decisions are kept)", derived=True)
+    search: SearchSettings = group(SearchSettings, exclude=("calibration", "min_inliers"))
+
+    def check(self) -> None:
+        self.need(0.5 <= self.precision < 1.0, "precision", "must be in [0.5, 1)")
+        self.need(0.0 < self.iou <= 1.0, "iou", "must be in (0, 1] (a footprint is right from this IoU with the "
+                  "truth); leave it out for 0.5")
+        self.need(bool(self.features) and all(f in FEATURES for f in self.features), "features",
+                  f"choose one or more of {', '.join(FEATURES)}")
+        self.need(self.top >= 1, "top", "must be at least 1 (candidates refined per photo)")
+        self.need(self.limit is None or self.limit >= 1, "limit", "must be at least 1")
+        self.need(self.batch_size >= 1, "batch_size", "must be at least 1")
+
+    def search_settings(self) -> SearchSettings:
+        """The search that makes the evidence: no decision (every footprint is weighed)."""
+        return replace(self.search, calibration=None, min_inliers=0)
+
+
 class CalibrateStage(Stage):
     name = "calibrate"
     help = "fit the footprint decision (a calibrated model of the evidence) on photos with truth"
-    default_conf = {
-        "truth": [],  # sources fitted on (default: WORKDIR/truth.parquet)
-        "validation": [],  # sources only scored
-        "out": "",
-        "features": list(DEFAULT_FEATURES),
-        "precision": DEFAULT_PRECISION,
-        "iou": 0.5,
-        "top": 3,
-        "limit": None,
-        "batch_size": 4,
-        "workers": None,
-        # the search that makes the evidence (`--set key=value`, or a config file's [calibrate] table): the
-        # footprint search's settings, without its decision
-        **{k: v for k, v in search_conf.items() if k not in ("calibration", "min_inliers")},
-    }
-    runtime_keys = ("workers", "batch_size", "feature_dir", "feature_cache")
-    option_types = {"limit": int, "workers": int, "weights_dir": str, "feature_dir": str, "offset_zooms": int,
-                    "contrast": str}
+    settings_class = CalibrateSettings
+    options = ("truth", "validation", "out", "features", "precision", "iou", "extractor", "top", "limit",
+               "batch_size", "workers")
 
-    def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--truth", action="append", metavar="SOURCE",
-                       help="photos with truth to fit on: TRUTH[,queries=Q][,tiles=T][,decisions=D] (queries and "
-                            "tiles default to queries.parquet/.csv and tiles/ beside the truth); repeat for more "
-                            "sources (default: WORKDIR/truth.parquet)")
-        p.add_argument("--validation", action="append", metavar="SOURCE",
-                       help="photos with truth to score but not fit on (same form); repeat for more")
-        p.add_argument("--out", help="the calibration (default: WORKDIR/calibration.json)")
-        p.add_argument("--features", type=lambda s: [f.strip() for f in s.split(",") if f.strip()],
-                       help=f"evidence the model weighs, of {', '.join(FEATURES)} (default "
-                            f"{','.join(DEFAULT_FEATURES)})")
-        p.add_argument("--precision", type=float, help="the operating point: a footprint is localized from this "
-                                                       "probability of being right (default 0.999)")
-        p.add_argument("--iou", type=float, help="a footprint is right from this IoU with the truth (default 0.5)")
-        p.add_argument("--extractor", choices=list(EXTRACTORS), help="features of the search (default aliked)")
-        p.add_argument("--top", type=int, help="distinct candidates refined per photo (default 3)")
-        p.add_argument("--limit", type=int, help="only the first N photos of each source")
-        p.add_argument("--batch-size", dest="batch_size", type=int, help="photos per Dask task (default 4)")
-        p.add_argument("--workers", type=int, help="local Dask worker processes")
+    def resolve(self, s: CalibrateSettings, workdir: Path) -> CalibrateSettings:
+        truth = s.truth or (str(Path(workdir) / "truth.parquet"),)
+        return replace(s, workdir=s.workdir or str(Path(workdir).resolve()),
+                       truth=tuple(_spec(Source.parse(t)) for t in truth),
+                       validation=tuple(_spec(Source.parse(t)) for t in s.validation),
+                       out=str(Path(s.out or Path(workdir) / "calibration.json").resolve()))
 
-    def resolve(self, conf: dict[str, Any], workdir: Path) -> dict[str, Any]:
-        conf = dict(conf)
-        conf["workdir"] = str(Path(workdir).resolve())
-        truth = [str(t) for t in conf["truth"]] or [str(Path(workdir) / "truth.parquet")]
-        conf["truth"] = [_spec(Source.parse(t)) for t in truth]
-        conf["validation"] = [_spec(Source.parse(t)) for t in conf["validation"]]
-        conf["out"] = str(Path(conf["out"] or Path(workdir) / "calibration.json").resolve())
-        if not 0.5 <= float(conf["precision"]) < 1.0:
-            raise StageError(f"--precision must be in [0.5, 1), got {conf['precision']}")
-        if not 0.0 < float(conf["iou"]) <= 1.0:
-            raise StageError(f"--iou must be in (0, 1] (a footprint is right from this IoU with the truth), got "
-                             f"{conf['iou']}; leave it out for 0.5")
-        unknown = [f for f in conf["features"] if f not in FEATURES]
-        if unknown or not conf["features"]:
-            raise StageError(f"--features {','.join(conf['features'])}: choose one or more of {', '.join(FEATURES)}")
-        if int(conf["top"]) < 1:
-            raise StageError(f"--top must be at least 1 (candidates refined per photo), got {conf['top']}")
-        for key in ("limit", "batch_size"):
-            if conf[key] is not None and int(conf[key]) < 1:
-                raise StageError(f"--{key.replace('_', '-')} must be at least 1, got {conf[key]}")
-        try:
-            validate_conf(self.search_settings(conf))
-        except ValueError as e:
-            raise StageError(f"{e} (in --config or --set)") from None
-        return conf
+    def output(self, s: CalibrateSettings) -> Path:
+        return Path(s.out)
 
     @staticmethod
-    def search_settings(conf: dict[str, Any]) -> dict[str, Any]:
-        """The search that makes the evidence: the footprint search's settings of ``conf`` with no decision (every
-        footprint is weighed)."""
-        return {**{k: conf[k] for k in search_conf if k in conf}, "calibration": None, "min_inliers": 0}
+    def sources(conf: CalibrateSettings) -> list[tuple[Source, str]]:
+        return ([(Source.parse(s), "fit") for s in conf.truth]
+                + [(Source.parse(s), "validation") for s in conf.validation])
 
-    def output(self, conf: dict[str, Any]) -> Path:
-        return Path(conf["out"])
-
-    def sources(self, conf: dict[str, Any]) -> list[tuple[Source, str]]:
-        return ([(Source.parse(s), "fit") for s in conf["truth"]]
-                + [(Source.parse(s), "validation") for s in conf["validation"]])
-
-    def input_files(self, conf: dict[str, Any]) -> list[Path]:
+    def input_files(self, conf: CalibrateSettings) -> list[Path]:
         files = []
         for src, _ in self.sources(conf):
             files += [Path(p) for p in (src.truth, src.decisions) if p and Path(p).is_file()]
@@ -244,14 +236,16 @@ class CalibrateStage(Stage):
                 files += source_files(src.queries, image_folder=True) + source_files(src.tiles)
         return files
 
-    def prepare(self, conf: dict[str, Any]) -> None:
-        default = Path(conf["workdir"]) / "truth.parquet"
+    def prepare(self, run: StageRun) -> None:
+        conf = run.settings
+        default = Path(conf.workdir) / "truth.parquet"
         if any(Path(src.truth) == default for src, _ in self.sources(conf)) and not default.exists():
             from .sample import ensure_sample
 
-            ensure_sample(conf["workdir"])
+            ensure_sample(conf.workdir)
 
-    def check(self, conf: dict[str, Any]) -> None:
+    def check(self, run: StageRun) -> None:
+        conf = run.settings
         for src, _ in self.sources(conf):
             check_truth_path(Path(src.truth))
             if src.decisions:
@@ -264,9 +258,10 @@ class CalibrateStage(Stage):
             if not Path(src.tiles).exists():
                 raise StageError(f"tiles not found: {src.tiles} (source {src.truth}); give them as "
                                  f"{src.truth},tiles=PATH")
-        check_cluster_options(None, conf["workers"])
+        check_cluster_options(None, conf.workers)
 
-    def run(self, conf: dict[str, Any]) -> str:
+    def run(self, run: StageRun) -> str:
+        conf = run.settings
         lines = []
         scored: list[tuple[Source, str, pd.DataFrame, int]] = []
         for src, role in self.sources(conf):
@@ -274,7 +269,7 @@ class CalibrateStage(Stage):
             path, summary = (src.decisions, "") if src.decisions else self._decisions(conf, src)
             if summary:
                 lines.append(summary)
-            d = score_decisions(read_manifest(path, DECISIONS), truth, float(conf["iou"])).assign(source=src.name)
+            d = score_decisions(read_manifest(path, DECISIONS), truth, float(conf.iou)).assign(source=src.name)
             if d.empty:
                 raise StageError(f"no photo_id in common between the decisions {path} and the truth {src.truth}; "
                                  "pass the truth of these photos, or their queries")
@@ -282,7 +277,7 @@ class CalibrateStage(Stage):
         fit = pd.concat([weighed(d) for _, role, d, _ in scored if role == "fit"], ignore_index=True)
         try:
             model = fit_model(fit[list(FEATURES)].to_numpy(np.float64), fit["right"].to_numpy(bool),
-                              conf["features"], float(conf["precision"]))
+                              conf.features, float(conf.precision))
         except ValueError as e:
             raise StageError(f"{', '.join(s.truth for s, role, _, _ in scored if role == 'fit')}: {e}") from None
         reports = []
@@ -290,39 +285,39 @@ class CalibrateStage(Stage):
             w = weighed(d)
             p = model.probabilities(w[list(FEATURES)].to_numpy(np.float64))
             reports.append(SourceReport.of(src.name, role, photos, p, w["right"].to_numpy(bool), model.operating_point))
-        search = {k: v for k, v in self.search_settings(conf).items() if k in EVIDENCE_SETTINGS}
-        cal = Calibration(model, conf["extractor"], float(conf["iou"]), search, reports)
-        decisions_out = decisions_path(conf["out"])
+        search = {k: v for k, v in conf.search_settings().identity().items() if k in EVIDENCE_SETTINGS}
+        cal = Calibration(model, conf.search.extractor, float(conf.iou), search, reports)
+        decisions_out = decisions_path(conf.out)
         write_manifest(pd.concat([d.assign(role=role) for _, role, d, _ in scored], ignore_index=True), decisions_out,
                        DECISIONS)
-        cal.save(conf["out"], before_replace=self.before_replace)
+        cal.save(conf.out, before_replace=run.before_replace)
         terms = " + ".join(f"{w:+.3f} z({f})" for f, w in zip(model.features, model.weights))
         lines += [f"calibrate: fitted on {len(fit)} decisions ({int(fit['right'].sum())} right, "
                   f"{int((~fit['right']).sum())} wrong) of {len([r for r in reports if r.role == 'fit'])} sources",
                   f"  P(right) = 1 / (1 + exp(-({model.intercept:.3f} {terms})))",
                   f"  operating point: localized at P >= {model.operating_point:g}"]
         lines += ["  " + line for r in reports for line in r.lines()]
-        lines.append(f"  wrote {conf['out']} (run footprints uses it from WORKDIR, or pass --calibration FILE) and the "
+        lines.append(f"  wrote {conf.out} (run footprints uses it from WORKDIR, or pass --calibration FILE) and the "
                      f"scored decisions {decisions_out.name}")
         return "\n".join(lines)
 
-    def _decisions(self, conf: dict[str, Any], src: Source) -> tuple[str, str]:
+    def _decisions(self, conf: CalibrateSettings, src: Source) -> tuple[str, str]:
         """The decisions of a source's photos (searched now, or found from an earlier run with the same search and
         files); resumable from its parts. (path, summary)"""
-        search = self.search_settings(conf)
-        key = fingerprint({"search": search, "top": conf["top"], "limit": conf["limit"], "floor": 0,
+        search = conf.search_settings()
+        key = fingerprint({"search": search.flat(), "top": conf.top, "limit": conf.limit, "floor": 0,
                            "files": files_fingerprint(source_files(src.queries, image_folder=True)
                                                       + source_files(src.tiles)), "queries": src.queries,
                            "tiles": src.tiles})
-        out = Path(conf["workdir"]) / "calibration" / f"decisions-{Path(src.truth).parent.name}-{key}.parquet"
+        out = Path(conf.workdir) / "calibration" / f"decisions-{Path(src.truth).parent.name}-{key}.parquet"
         if out.is_file():
             return str(out), f"calibrate: {src.name}: decisions found in {out}"
         queries, rejected = read_queries(src.queries, check_images=False, on_error="collect")
-        if conf["limit"] is not None:
-            queries = queries.head(int(conf["limit"]))
+        if conf.limit is not None:
+            queries = queries.head(int(conf.limit))
         queries = queries.assign(source=src.name)
         records = queries[["photo_id", "image_path", "center_lat", "center_lon", *CATALOGUE]].to_dict("records")
-        bs = int(conf["batch_size"])
+        bs = int(conf.batch_size)
         parts = out.with_name(out.name + ".parts")
         parts.mkdir(parents=True, exist_ok=True)
         work = [(str(parts / f"batch{k:05d}.parquet"), records[i : i + bs])
@@ -341,13 +336,13 @@ class CalibrateStage(Stage):
         return str(out), (f"calibrate: {src.name}: {len(records)} photos searched in {time.perf_counter() - t0:.0f} s"
                           + (f" ({n_bad} bad queries rows left out)" if n_bad else "") + f" -> {out}")
 
-    def _run_dask(self, conf: dict[str, Any], search: dict[str, Any], src: Source, todo: list[tuple[str, list]],
+    def _run_dask(self, conf: CalibrateSettings, search: SearchSettings, src: Source, todo: list[tuple[str, list]],
                   key: str) -> None:
-        matcher = matcher_name(conf["extractor"])
-        with dask_client(None, conf["workers"], False, _worker_environ(), WORKER_MEMORY_BYTES) as (client, threads):
+        matcher = matcher_name(search.extractor)
+        with dask_client(None, conf.workers, False, _worker_environ(), WORKER_MEMORY_BYTES) as (client, threads):
             def submit(rows: list[dict], part: str, suffix: str):
                 return client.submit(run_batch, rows, src.tiles, search, "cpu", part, threads,
-                                     int(conf["top"]), key=f"decisions-{key}-{suffix}", retries=2, pure=False)
+                                     int(conf.top), key=f"decisions-{key}-{suffix}", retries=2, pure=False)
 
             def failed_rows(row: dict, e: BaseException) -> pd.DataFrame:
                 return pd.DataFrame([{"photo_id": row["photo_id"], "status": "error", "matcher": matcher,

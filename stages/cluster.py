@@ -1,4 +1,5 @@
-"""The Dask side shared by the stages: a client (local cluster or ``--scheduler``) and a progress loop."""
+"""The Dask side shared by the stages: a client (local cluster or ``--scheduler``), the device policy and a
+progress loop."""
 
 from __future__ import annotations
 
@@ -17,6 +18,55 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 30.0
 """How long ``--scheduler`` may take to connect and answer Dask's handshake, seconds."""
+
+
+def check_device(device: Any, remote: bool = False) -> None:
+    """``device`` must be ``auto``, ``cpu``, ``cuda`` (one GPU per worker) or ``cuda:N``; CUDA must exist here
+    unless the workers are ``remote`` (an existing cluster's machines may have GPUs this one lacks)."""
+    import re
+
+    from stages.base import StageError
+
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise StageError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if device.startswith("cuda") and not remote:
+        import torch
+
+        if not torch.cuda.is_available():
+            why = "torch was built without CUDA" if torch.version.cuda is None else "no GPU is visible"
+            raise StageError(f"--device {device}: CUDA is not available here ({why}); use --device cpu, or "
+                             "--scheduler with a cluster whose workers have GPUs")
+
+
+def resolve_device(device: str, remote: bool = False) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU here, else ``cpu``; other values as given. With ``remote``
+    workers ``auto`` stays: it is settled by the cluster's workers (:func:`cluster_device`)."""
+    if device != "auto" or remote:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cluster_device(device: str, client: Any, scheduler: str) -> str:
+    """The device on an existing cluster: ``auto`` -> ``cuda`` when a worker declares the ``GPU`` resource,
+    else ``cpu``; ``cuda`` when none declares it is refused (its tasks, annotated ``{"GPU": 1}``, would wait
+    for ever)."""
+    from stages.base import StageError
+
+    if not client.scheduler_info().get("workers"):  # a scheduler started before its (jobqueue, SLURM) workers
+        log.info("waiting for the first worker of %s to decide the device", scheduler)
+        client.wait_for_workers(1)
+    workers = client.scheduler_info().get("workers", {})
+    gpus = sum(1 for w in workers.values() if (w.get("resources") or {}).get("GPU", 0) >= 1)
+    if device == "auto":
+        device = "cuda" if gpus else "cpu"
+        log.info("--device auto: %s (%d of the %d workers of %s declare a GPU)", device, gpus, len(workers), scheduler)
+    elif device.startswith("cuda") and not gpus:
+        raise StageError(f"--device {device}: none of the {len(workers)} workers of {scheduler} declares the GPU "
+                         "resource, so the tasks would wait for ever; start the workers with `dask worker "
+                         f"{scheduler} --resources GPU=1` on machines with a GPU, or pass --device cpu")
+    return device
 
 
 def check_cluster_options(scheduler: Any, workers: Any) -> None:

@@ -10,9 +10,9 @@ every pair whose query is in an evaluation set.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,11 @@ from manifests import (
 )
 from manifests.queries import read_queries_table
 
-from .base import Stage, StageError
+from pipeline.geometry.windows import parse_zooms
+from pipeline.settings import Settings, setting
+
+from .base import Stage, StageError, StageRun
 from .cluster import check_cluster_options, dask_client, gather
-from .index import parse_zooms
 
 log = logging.getLogger(__name__)
 
@@ -184,95 +186,87 @@ def photo_rate(photos: int, seconds: float) -> str:
     return f", {rate:,.0f} photos/s" if rate >= 100 else f", {rate:.3g} photos/s"
 
 
+def _specs(value) -> tuple[str, ...]:
+    """One spec (text) or a list of them; specs are not split at commas."""
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("a list of specs (split:NAME or regions.geojson#NAME), e.g. exclude = [\"split:test\"]")
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class PairsSettings(Settings):
+    section = "pairs setting"
+
+    footprints: str = setting("", "footprints manifest (default: WORKDIR/footprints.parquet)")
+    database: str = setting("", "database manifest (default: WORKDIR/database.parquet)")
+    queries: str = setting("", "queries, for --exclude split:NAME (default: WORKDIR/queries.parquet)")
+    out: str = setting("", "pairs manifest (default: WORKDIR/pairs.parquet)")
+    iou: float = setting(0.2, "minimum IoU on the ellipsoid (AstroLoc's 0.2)")
+    zooms: tuple[int, ...] | None = setting(None, "only these database zooms, e.g. 8-12 (none: all)", parse=parse_zooms)
+    exclude: tuple[str, ...] = setting((), "keep these photos out of the pairs: split:eval (the queries' split), "
+                                           "regions.geojson (any region) or regions.geojson#eval (its features with "
+                                           "split=eval); repeatable", repeat=True, parse=_specs, metavar="SPEC")
+    chunk: int = setting(10_000, "footprints per Dask task", partition=True)
+    workers: int | None = setting(None, "local Dask worker processes (default: one per core)", runtime=True)
+    scheduler: str | None = setting(None, "address of an existing Dask scheduler, e.g. tcp://host:8786",
+                                    runtime=True)
+
+    def check(self) -> None:
+        self.need(0.0 < self.iou <= 1.0, "iou", "must be in (0, 1]")
+        self.need(self.chunk >= 1, "chunk", "must be at least 1")
+
+
 class PairsStage(Stage):
     name = "pairs"
     help = "join localized footprints with the database windows at IoU >= a threshold (training pairs)"
-    default_conf = {
-        "footprints": "",
-        "database": "",
-        "queries": "",
-        "out": "",
-        "iou": 0.2,
-        "zooms": None,
-        "exclude": [],
-        "chunk": 10_000,
-        "workers": None,
-        "scheduler": None,
-    }
-    runtime_keys = ("workers", "scheduler", "chunk")
-    option_types = {"workers": int, "scheduler": str}
-    partition_keys = ("chunk",)
+    settings_class = PairsSettings
 
-    def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--footprints", help="footprints manifest (default: WORKDIR/footprints.parquet)")
-        p.add_argument("--database", help="database manifest (default: WORKDIR/database.parquet)")
-        p.add_argument("--queries", help="queries, for --exclude split:NAME (default: WORKDIR/queries.parquet)")
-        p.add_argument("--out", help="pairs manifest (default: WORKDIR/pairs.parquet)")
-        p.add_argument("--iou", type=float, help="minimum IoU on the ellipsoid (default 0.2, as AstroLoc)")
-        p.add_argument("--zooms", type=parse_zooms, help="only these database zooms, e.g. 8-12 (default: all)")
-        p.add_argument("--exclude", action="append",
-                       help="keep these photos out of the pairs: split:eval (the queries' split), regions.geojson "
-                            "(any region) or regions.geojson#eval (its features with split=eval); repeatable")
-        p.add_argument("--chunk", type=int, help="footprints per Dask task (default 10000)")
-        p.add_argument("--workers", type=int, help="local Dask worker processes (default: one per core)")
-        p.add_argument("--scheduler", help="address of an existing Dask scheduler")
+    def resolve(self, s: PairsSettings, workdir: Path) -> PairsSettings:
+        return s.replace(**{key: str(Path(getattr(s, key) or workdir / default).resolve())
+                            for key, default in (("footprints", "footprints.parquet"), ("database", "database.parquet"),
+                                                 ("queries", "queries.parquet"), ("out", "pairs.parquet"))})
 
-    def resolve(self, conf: dict[str, Any], workdir: Path) -> dict[str, Any]:
-        conf = dict(conf)
-        for key, default in (("footprints", "footprints.parquet"), ("database", "database.parquet"),
-                             ("queries", "queries.parquet"), ("out", "pairs.parquet")):
-            conf[key] = str(Path(conf[key] or workdir / default).resolve())
-        conf["zooms"] = parse_zooms(conf["zooms"]) if conf["zooms"] else None
-        exclude = conf["exclude"] or []
-        if isinstance(exclude, str):  # one spec, from --set exclude=split:test or a file's exclude = "..."
-            exclude = [exclude]
-        if not isinstance(exclude, list) or not all(isinstance(e, str) for e in exclude):
-            raise StageError(f"exclude must be a list of specs (split:NAME or regions.geojson#NAME), got {exclude!r}; "
-                             'e.g. exclude = ["split:test"]')
-        conf["exclude"] = exclude
-        if not 0.0 < float(conf["iou"]) <= 1.0:
-            raise StageError(f"--iou must be in (0, 1], got {conf['iou']}")
-        if int(conf["chunk"]) < 1:
-            raise StageError(f"--chunk must be at least 1, got {conf['chunk']}")
-        return conf
+    def output(self, s: PairsSettings) -> Path:
+        return Path(s.out)
 
-    def output(self, conf: dict[str, Any]) -> Path:
-        return Path(conf["out"])
-
-    def input_files(self, conf: dict[str, Any]) -> list[Path]:
-        files = [Path(conf["footprints"]), Path(conf["database"])]
-        files += [Path(e.partition("#")[0]) for e in conf["exclude"] if not e.startswith("split:")]
+    def input_files(self, s: PairsSettings) -> list[Path]:
+        files = [Path(s.footprints), Path(s.database)]
+        files += [Path(e.partition("#")[0]) for e in s.exclude if not e.startswith("split:")]
         return [f for f in files if f.is_file()]
 
-    def check(self, conf: dict[str, Any]) -> None:
-        check_manifest_path(conf["footprints"], FOOTPRINTS, "footprints")
-        check_manifest_path(conf["database"], DATABASE, "database")
-        load_database(conf["database"])  # validated here, not in the first task
-        check_cluster_options(conf["scheduler"], conf["workers"])
+    def check(self, run: StageRun) -> None:
+        conf = run.settings
+        check_manifest_path(conf.footprints, FOOTPRINTS, "footprints")
+        check_manifest_path(conf.database, DATABASE, "database")
+        load_database(conf.database)  # validated here, not in the first task
+        check_cluster_options(conf.scheduler, conf.workers)
 
-    def run(self, conf: dict[str, Any]) -> str:
-        fp = localized_footprints(conf["footprints"])
+    def run(self, run: StageRun) -> str:
+        conf = run.settings
+        fp = localized_footprints(conf.footprints)
         lines = [f"pairs: {len(fp)} localized footprints"]
         keep = np.ones(len(fp), bool)
-        for spec in conf["exclude"]:
-            drop = excluded_photos(fp, spec, conf["queries"]) & keep
+        for spec in conf.exclude:
+            drop = excluded_photos(fp, spec, conf.queries) & keep
             lines.append(f"  excluded by {spec}: {int(drop.sum())} photos")
             keep &= ~drop
         fp = fp[keep].reset_index(drop=True)
         lon = fp[[f"{c}_lon" for c in CORNERS]].to_numpy(np.float64)
         lat = fp[[f"{c}_lat" for c in CORNERS]].to_numpy(np.float64)
         ids = fp["photo_id"].astype(str).tolist()
-        parts = self.parts_dir(conf)
+        parts = run.parts_dir()
         parts.mkdir(parents=True, exist_ok=True)
-        step = int(conf["chunk"])
+        step = int(conf.chunk)
         chunks = [slice(i, i + step) for i in range(0, len(fp), step)]
         todo = [k for k in range(len(chunks)) if not (parts / f"chunk{k:05d}.parquet").exists()]
         t0 = time.perf_counter()
         if todo:
             self._run_dask(conf, ids, lon, lat, chunks, todo, parts)
-        out = Path(conf["out"])
+        out = Path(conf.out)
         # streamed: one part in memory at a time
-        with ManifestWriter(out, PAIRS, before_replace=self.before_replace) as writer:
+        with ManifestWriter(out, PAIRS, before_replace=run.before_replace) as writer:
             for k in range(len(chunks)):
                 writer.write(pq.read_table(parts / f"chunk{k:05d}.parquet"))
         lines += self._summary(out, ids, time.perf_counter() - t0)
@@ -294,8 +288,8 @@ class PairsStage(Stage):
         return lines
 
     def _run_dask(self, conf, ids, lon, lat, chunks, todo, parts) -> None:
-        with dask_client(conf["scheduler"], conf["workers"]) as (client, _):
-            futures = [client.submit(run_chunk, ids[chunks[k]], lon[chunks[k]], lat[chunks[k]], conf["database"],
-                                     float(conf["iou"]), conf["zooms"], str(parts / f"chunk{k:05d}.parquet"),
+        with dask_client(conf.scheduler, conf.workers) as (client, _):
+            futures = [client.submit(run_chunk, ids[chunks[k]], lon[chunks[k]], lat[chunks[k]], conf.database,
+                                     float(conf.iou), conf.zooms, str(parts / f"chunk{k:05d}.parquet"),
                                      key=f"pairs-{parts.name}-{k}", retries=2, pure=False) for k in todo]
             gather(futures, sum(len(ids[chunks[k]]) for k in todo), "pairs", "pairs")

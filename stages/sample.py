@@ -17,26 +17,27 @@ interrupted run resumes at the first unfinished batch.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from manifests import QUERIES, TRUTH, read_manifest, write_manifest
 
-from pipeline.files import atomic_output
+from manifests.files import atomic_output
+from pipeline.geometry.windows import DEFAULT_ZOOMS, parse_zooms
 from pipeline.progress import progress
+from pipeline.settings import Settings, setting
 from pipeline.simulate.sample import SIZES, PhotoPlan, plan_photos, query_row, render_photo, split_boxes
 from pipeline.world import ProceduralWorld, save_world
 
-from .base import Stage, StageError
-from .index import IndexStage, parse_zooms
+from .base import Stage, StageRun
+from .index import IndexSettings, IndexStage
 
 log = logging.getLogger(__name__)
 
@@ -66,69 +67,58 @@ def _render(args: tuple[PhotoPlan, int, str]) -> dict:
     return {"truth": truth, "query": query_row(plan, nadir, rel)}
 
 
+@dataclass(frozen=True)
+class SampleSettings(Settings):
+    section = "sample setting"
+
+    out: str = setting("", "workspace folder to create (default: --workdir)")
+    size: str = setting("small", "tiny (2x2 deg, 10 photos, for tests), small (6x4 deg, 200 photos), large "
+                                 "(30x20 deg, 3000 photos, for benchmarks)", choices=sorted(SIZES))
+    seed: int = setting(0, "random seed: the same seed gives byte-identical manifests")
+    photos: int | None = setting(None, "number of photos (default: the size's)")
+    zooms: tuple[int, ...] = setting(DEFAULT_ZOOMS, "database zoom levels, e.g. 8-12", parse=parse_zooms)
+    workers: int | None = setting(None, "rendering processes (default: up to 2, one per core)", runtime=True)
+    preview: str | None = setting(None, "also write a contact sheet of photos beside their north-up truth to this "
+                                        "PNG", runtime=True, metavar="PNG")
+
+    def check(self) -> None:
+        self.need(self.photos is None or self.photos >= 1, "photos", "must be at least 1")
+        self.need(0 <= self.seed < 2**32, "seed", "must lie in [0, 2**32)")
+
+
 class SampleStage(Stage):
     name = "sample"
     help = "create a synthetic workspace: a procedural world, simulated ISS photos and their ground truth"
-    default_conf = {
-        "out": "",  # default: the workdir
-        "size": "small",
-        "seed": 0,
-        "photos": None,  # default: the size's
-        "zooms": [8, 9, 10, 11, 12],
-        "workers": None,
-        "preview": None,
-    }
-    runtime_keys = ("workers", "preview")
-    option_types = {"photos": int, "workers": int, "preview": str}
+    settings_class = SampleSettings
 
-    def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--out", help="workspace folder to create (default: --workdir)")
-        p.add_argument("--size", choices=sorted(SIZES), help="tiny (2x2 deg, 10 photos, for tests), small "
-                       "(6x4 deg, 200 photos), large (30x20 deg, 3000 photos, for benchmarks)")
-        p.add_argument("--seed", type=int, help="random seed: the same seed gives byte-identical manifests")
-        p.add_argument("--photos", type=int, help="number of photos (default: the size's)")
-        p.add_argument("--zooms", type=parse_zooms, help="database zoom levels (default 8-12)")
-        p.add_argument("--workers", type=int, help="rendering processes (default: up to 2, one per core)")
-        p.add_argument("--preview", metavar="PNG", help="also write a contact sheet of photos beside their "
-                       "north-up truth to this PNG")
+    def resolve(self, s: SampleSettings, workdir: Path) -> SampleSettings:
+        return s.replace(out=str(Path(s.out or workdir).resolve()),
+                         preview=str(Path(s.preview).resolve()) if s.preview else None)
 
-    def resolve(self, conf: dict[str, Any], workdir: Path) -> dict[str, Any]:
-        conf = dict(conf)
-        conf["out"] = str(Path(conf["out"] or workdir).resolve())
-        if conf["size"] not in SIZES:
-            raise StageError(f"--size must be one of {', '.join(sorted(SIZES))}, got {conf['size']!r}")
-        if conf["photos"] is not None and int(conf["photos"]) < 1:
-            raise StageError(f"--photos must be at least 1, got {conf['photos']}")
-        if not 0 <= conf["seed"] < 2**32:
-            raise StageError(f"--seed must lie in [0, 2**32), got {conf['seed']}")
+    def output(self, s: SampleSettings) -> Path:
+        return Path(s.out) / "queries.parquet"
 
-        conf["zooms"] = parse_zooms(conf["zooms"])
-        if conf["preview"]:
-            conf["preview"] = str(Path(conf["preview"]).resolve())
-        return conf
-
-    def output(self, conf: dict[str, Any]) -> Path:
-        return Path(conf["out"]) / "queries.parquet"
-
-    def execute(self, conf: dict[str, Any], overwrite: bool = False) -> str:
-        summary = super().execute(conf, overwrite)
-        if conf.get("preview"):
+    def execute(self, settings: SampleSettings, workdir="workspace", overwrite: bool = False) -> str:
+        summary = super().execute(settings, workdir, overwrite)
+        if settings.preview:
             from pipeline.simulate.preview import contact_sheet
 
-            n = contact_sheet(conf["out"], conf["preview"])
-            summary += f"\n  preview: {conf['preview']} ({n} photos beside their north-up truth)"
+            s = self.resolve(settings, Path(workdir))
+            n = contact_sheet(s.out, s.preview)
+            summary += f"\n  preview: {s.preview} ({n} photos beside their north-up truth)"
         return summary
 
-    def run(self, conf: dict[str, Any]) -> str:
-        out = Path(conf["out"])
-        size = SIZES[conf["size"]]
-        seed = int(conf["seed"])
+    def run(self, run: StageRun) -> str:
+        conf = run.settings
+        out = Path(conf.out)
+        size = SIZES[conf.size]
+        seed = int(conf.seed)
         w, s, e, n = size.region
         m = IMAGERY_MARGIN_DEG
         world = ProceduralWorld((w - m, s - m, e + m, n + m), seed=seed, year=0)
         save_world(world, out / "tiles" / "world.toml")
-        plans = plan_photos(size, seed, world, conf["photos"])
-        parts = self.parts_dir(conf)
+        plans = plan_photos(size, seed, world, conf.photos)
+        parts = run.parts_dir()
         parts.mkdir(parents=True, exist_ok=True)
         photos_dir = out / "photos"
         photos_dir.mkdir(parents=True, exist_ok=True)
@@ -136,7 +126,7 @@ class SampleStage(Stage):
         todo = [k for k in range(len(batches)) if not (parts / f"batch{k:05d}.pkl").exists()]
         if len(todo) < len(batches):
             log.info("resuming: %d of %d photo batches already done", len(batches) - len(todo), len(batches))
-        workers = int(conf["workers"] or min(2, os.cpu_count() or 1))
+        workers = int(conf.workers or min(2, os.cpu_count() or 1))
         with progress(total=sum(len(batches[k]) for k in todo), desc="sample photos", unit="photo") as bar:
             if workers > 1 and todo:
                 ctx = multiprocessing.get_context("forkserver")
@@ -158,13 +148,12 @@ class SampleStage(Stage):
         truth = pd.DataFrame([r["truth"] for r in rows])
         queries = pd.DataFrame([r["query"] for r in rows])
 
-        index = IndexStage()
-        iconf = index.resolve(dict(index.default_conf, tiles=str(out / "tiles"), out=str(out / "database.parquet"),
-                                   zooms=conf["zooms"], min_valid=INDEX_MIN_VALID), out)
-        index_summary = index.execute(iconf, overwrite=True)
+        index = IndexSettings(tiles=str(out / "tiles"), out=str(out / "database.parquet"), zooms=conf.zooms,
+                              min_valid=INDEX_MIN_VALID)
+        index_summary = IndexStage().execute(index, workdir=out, overwrite=True)
         write_manifest(truth, out / "truth.parquet", TRUTH)
         self._write_regions(out / "regions.geojson", size.region, size.eval_fraction)
-        write_manifest(queries, self.output(conf), QUERIES, before_replace=self.before_replace)
+        write_manifest(queries, self.output(conf), QUERIES, before_replace=run.before_replace)
         return self._summary(conf, truth, index_summary)
 
     @staticmethod
@@ -183,11 +172,11 @@ class SampleStage(Stage):
             tmp.write_text(json.dumps({"type": "FeatureCollection", "features": feats}, indent=1))
 
     @staticmethod
-    def _summary(conf: dict[str, Any], truth: pd.DataFrame, index_summary: str) -> str:
-        out = Path(conf["out"])
+    def _summary(conf: SampleSettings, truth: pd.DataFrame, index_summary: str) -> str:
+        out = Path(conf.out)
         by = truth.groupby(["reason", "split"]).size().unstack(fill_value=0)
         area = truth["area_km2"].dropna()
-        lines = [f"sample: {len(truth)} photos ({conf['size']}, seed {conf['seed']}) in {out}"]
+        lines = [f"sample: {len(truth)} photos ({conf.size}, seed {conf.seed}) in {out}"]
         for reason, row in by.iterrows():
             lines.append(f"  {reason:<12} " + "  ".join(f"{s} {int(v):>4d}" for s, v in row.items()))
         if len(area):
@@ -204,8 +193,6 @@ def ensure_sample(workdir: str | os.PathLike, size: str = "small") -> Path:
     out = Path(workdir) / "queries.parquet"
     if not out.exists():
         log.info("no workspace at %s: creating the %s sample (python -m pipeline run sample)", workdir, size)
-        stage = SampleStage()
-        conf = stage.resolve(dict(stage.default_conf, size=size), Path(workdir))
-        log.info(stage.execute(conf))
+        log.info(SampleStage().execute(SampleSettings(size=size), workdir=workdir))
     read_manifest(out, QUERIES)
     return out

@@ -22,7 +22,7 @@ def tiny(tmp_path_factory) -> Path:
     """The tiny sample workspace (``run sample --size tiny``), made once per test session.
 
     Tests must not change it; those that need their own write elsewhere."""
-    from pipeline.cli import main
+    from stages.cli import main
 
     out = tmp_path_factory.mktemp("tiny")
     assert main(["run", "sample", "--size", "tiny", "--workdir", str(out), "-q"]) == 0

@@ -160,26 +160,29 @@ def _resolve(tmp_path, **conf):
     from stages import get_stage
 
     stage = get_stage("footprints")
-    return stage.resolve({**stage.default_conf, "queries": str(tmp_path / "q.csv"), "tiles": str(tmp_path),
-                          **conf}, tmp_path)
+    settings = stage.settings_class.from_layers(({"queries": str(tmp_path / "q.csv"), "tiles": str(tmp_path), **conf},
+                                                 "test"))
+    return stage.resolve(settings, tmp_path)
 
 
 def test_a_workspace_calibration_wins_over_the_packaged_one(tmp_path):
-    assert _resolve(tmp_path)["calibration"] == "packaged"
+    assert _resolve(tmp_path).calibration == "packaged"
     m = DecisionModel(("inliers",), (3.0,), 1.0, (3.0,), (1.0,))
     Calibration(m, "aliked", 0.5).save(tmp_path / "calibration.json")
     conf = _resolve(tmp_path)
-    assert conf["calibration"] == str((tmp_path / "calibration.json").resolve()) and conf["min_inliers"] == 0
-    assert _resolve(tmp_path, calibration="none")["calibration"] is None
+    assert conf.calibration == str((tmp_path / "calibration.json").resolve()) and conf.min_inliers == 0
+    assert _resolve(tmp_path, calibration="none").calibration is None
+    assert _resolve(tmp_path, calibration="packaged").calibration == "packaged"
+    assert _resolve(tmp_path, calibration="none").search_settings().calibration is None
 
 
 def test_an_extractor_without_a_calibration_is_warned_about_and_decides_on_inliers(tmp_path, caplog):
-    from pipeline.footprint.search import NO_MODEL_MIN_INLIERS
+    from pipeline.footprint.settings import NO_MODEL_MIN_INLIERS
     from stages.base import StageError
 
     with caplog.at_level(logging.WARNING):
         conf = _resolve(tmp_path, extractor="disk")
-    assert conf["calibration"] is None and conf["min_inliers"] == NO_MODEL_MIN_INLIERS
+    assert conf.calibration is None and conf.min_inliers == NO_MODEL_MIN_INLIERS
     assert "no calibration for disk features" in caplog.text and "run calibrate --extractor disk" in caplog.text
     Calibration(DecisionModel(("inliers",), (3.0,), 1.0, (3.0,), (1.0,)), "aliked", 0.5).save(tmp_path / "c.json")
     with pytest.raises(StageError, match="fitted for aliked features, this run uses disk"):
@@ -214,7 +217,7 @@ def _decisions_and_truth(tiny, folder, copies: int = 3) -> tuple[str, str]:
 def test_calibrate_stage_fits_decisions_against_truth(tiny, tmp_path, capsys):
     """`run calibrate --truth T,decisions=D`: the model accepts the right decisions and no wrong one, and the
     report gives each source's counts with intervals."""
-    from pipeline.cli import main
+    from stages.cli import main
 
     d, truth = _decisions_and_truth(tiny, tmp_path)
     out = tmp_path / "cal.json"
@@ -236,8 +239,8 @@ def test_calibrate_stage_fits_decisions_against_truth(tiny, tmp_path, capsys):
 
 @pytest.mark.parametrize("case, message", [
     ("too few", "at least 10 right and 10 wrong decisions, got 4 right and 5 wrong"),
-    ("iou 2", "--iou must be in (0, 1]"), ("iou 0", "--iou must be in (0, 1]"),
-    ("feature", "--features inliers,luck: choose one or more of inliers"),
+    ("iou 2", "iou = 2.0: must be in (0, 1]"), ("iou 0", "iou = 0.0: must be in (0, 1]"),
+    ("feature", 'features = ["inliers", "luck"]: choose one or more of inliers'),
     ("other truth", "no photo_id in common between the decisions"),
     ("empty truth", "truth.csv: not a readable CSV table"),
     ("bad source", "'tile=x' is not queries=PATH, tiles=PATH or decisions=PATH"),
@@ -245,7 +248,7 @@ def test_calibrate_stage_fits_decisions_against_truth(tiny, tmp_path, capsys):
 def test_calibrate_stage_refuses_bad_inputs(tiny, tmp_path, capsys, case, message):
     """Inputs that cannot give a meaningful model end in one line naming the file or option, not a model or a
     traceback."""
-    from pipeline.cli import main
+    from stages.cli import main
 
     d, truth = _decisions_and_truth(tiny, tmp_path, copies=1 if case == "too few" else 3)
     extra = {"iou 2": ["--iou", "2"], "iou 0": ["--iou", "0"], "feature": ["--features", "inliers,luck"]}.get(case, [])
@@ -284,7 +287,7 @@ def test_a_truth_csv_is_read_as_meant_or_refused_by_row_and_column(tmp_path):
 
 
 def test_an_extractor_without_lightglue_weights_is_refused_before_any_work():
-    from pipeline.footprint.search import validate_conf
+    from pipeline.footprint.settings import SearchSettings
 
-    with pytest.raises(ValueError, match="extractor = 'aliked-t16': choose from aliked, disk, superpoint, sift"):
-        validate_conf({"extractor": "aliked-t16"})
+    with pytest.raises(ValueError, match='extractor.* = "aliked-t16": choose from "aliked", "disk", "superpoint", "sift"'):
+        SearchSettings(extractor="aliked-t16")

@@ -3,9 +3,9 @@ import sys
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.config import ConfigError, dumps_toml, load_toml, merge
-from stages import STAGES
+from pipeline.config import ConfigError, dumps_toml, load_toml
+from stages import STAGES, get_stage
+from stages.cli import main
 
 
 def _run(*args):
@@ -43,14 +43,27 @@ def test_inspect_of_a_missing_file(tmp_path, capsys):
 
 
 def test_config_precedence_and_unknown_keys(tmp_path):
-    defaults = {"zooms": [8, 9], "min_valid": 0.5}
+    """defaults < the file's top level < its [index] table < --set < options; an unknown key is named with a close
+    one and the valid ones, before any work."""
+    from stages.cli import build_parser, settings_from_args
+
     path = tmp_path / "c.toml"
-    path.write_text("min_valid = 0.1\n[index]\nzooms = [10]\n")
-    conf = merge(defaults, load_toml(path, "index"))
-    assert conf == {"zooms": [10], "min_valid": 0.1}
-    assert merge(conf, {"min_valid": 0.9, "zooms": None}) == {"zooms": [10], "min_valid": 0.9}
-    with pytest.raises(ConfigError, match="unknown config key 'zoom'; valid keys: min_valid, zooms"):
-        merge(defaults, {"zoom": 3})
+    path.write_text("min_valid = 0.1\nblock_px = 4\n[index]\nzooms = [10]\nblock_px = 6\n")
+
+    def settings(*argv):
+        args = build_parser().parse_args(["run", "index", "--config", str(path), *argv])
+        return settings_from_args(get_stage("index"), args)
+
+    s = settings()
+    assert (s.zooms, s.min_valid, s.block_px, s.size_tiles) == ((10,), 0.1, 6, 4)
+    s = settings("--set", "block_px=3", "--set", "zooms=8-9", "--zooms", "11")
+    assert (s.zooms, s.block_px) == ((11,), 3)
+    with pytest.raises(ConfigError, match="unknown --set key 'zoom' \\(did you mean 'zooms'\\?\\); valid keys: "
+                                          "block_px, min_valid, out, size_tiles, tiles, year, zooms"):
+        settings("--set", "zoom=3")
+    path.write_text("[index]\nmin_vaild = 0.2\n")
+    with pytest.raises(ConfigError, match="unknown config file .*c.toml key 'min_vaild' \\(did you mean 'min_valid'"):
+        settings()
     # what we save can be read back
     path.write_text(dumps_toml({"a": "x\"y", "b": [1, 2], "c": 0.25, "d": True}, "s"))
     assert load_toml(path, "s") == {"a": "x\"y", "b": [1, 2], "c": 0.25, "d": True}
@@ -65,8 +78,10 @@ def test_bad_toml_is_named(tmp_path):
 
 @pytest.mark.parametrize("toml, message", [
     ('zooms = "8-30"', "zooms must be integers 0-24"),
-    ("rotations = [0, 22.5]", "rotations = [0, 22.5]: a list of whole degrees"),
-    ('contrast = "sharpen"', "contrast = 'sharpen': choose from"),
+    ("rotations = [0, 22.5]", "key 'rotations' must be a list of integers, got [0, 22.5]"),
+    ('contrast = "sharpen"', '''key 'contrast' = "sharpen": choose from "none", "clahe"'''),
+    ("refine_iterations = 0", "refine_iterations = 0: an integer of at least 1"),
+    ("limit = 0", "limit = 0: must be at least 1"),
     ('batch_size = "4"', "key 'batch_size' must be an integer"),
 ])
 def test_a_bad_footprints_config_is_one_line_before_any_work(tmp_path, capsys, toml, message):
@@ -81,7 +96,7 @@ def test_a_bad_footprints_config_is_one_line_before_any_work(tmp_path, capsys, t
 def test_os_errors_are_one_line_naming_the_file_and_the_way_out():
     import errno
 
-    from pipeline.cli import os_error_message
+    from stages.cli import os_error_message
 
     full = OSError(errno.ENOSPC, "No space left on device", "/data/fp.parquet.parts/3/part-00012.parquet")
     msg = os_error_message(full)
@@ -156,9 +171,9 @@ def test_inspect_refuses_options_it_would_ignore(tmp_path, capsys):
 
 def test_out_of_range_seed_and_block_size_are_one_line(tmp_path, capsys):
     assert main(["run", "sample", "--size", "tiny", "--seed", "-1", "--workdir", str(tmp_path / "w")]) == 1
-    assert "--seed must lie in [0, 2**32)" in capsys.readouterr().err
+    assert "seed = -1: must lie in [0, 2**32)" in capsys.readouterr().err
     assert main(["run", "index", "--tiles", str(tmp_path), "--block-px", "0", "--out", str(tmp_path / "db.parquet")]) == 1
-    assert "--block-px must be at least 1" in capsys.readouterr().err
+    assert "block_px = 0: must be at least 1" in capsys.readouterr().err
 
 
 def test_set_values_are_toml_and_bare_text_stays_text():

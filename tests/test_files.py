@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from pipeline.files import atomic_output
+from manifests.files import atomic_output
 
 
 def test_atomic_output_writes_with_umask_permissions(tmp_path):

@@ -11,6 +11,7 @@ import torch
 from manifests import read_manifest
 from pipeline.footprint import homography as hg
 from pipeline.footprint.evidence import Catalogue
+from pipeline.footprint.settings import SearchSettings
 from pipeline.geometry.geodesy import footprint_polygon, iou
 
 
@@ -54,11 +55,12 @@ def test_a_footprint_beyond_the_mercator_map_is_rejected_not_an_error():
     an exception that would end the photo as an error row."""
     from types import SimpleNamespace
 
-    from pipeline.footprint.search import FootprintSearch, validate_conf
+    from pipeline.footprint.search import FootprintSearch
+    from pipeline.footprint.settings import SearchSettings
 
     corners = np.array([[5.0, 85.0], [15.0, 85.0], [15.0, 83.8], [5.0, 83.8]])
     to_merc = np.array([[1, 0, 0], [0, 1, 3e5], [0, 0, 1.0]]) @ hg.photo_to_mercator(corners, 600, 400)  # 300 km north
-    search = SimpleNamespace(conf=validate_conf({}))
+    search = SimpleNamespace(settings=SearchSettings())
     got, why = FootprintSearch.check(search, to_merc, 600, 400, lon=10.0, lat=84.9)
     assert got is None and "beyond the Web Mercator map" in why
     ok, why = FootprintSearch.check(search, hg.photo_to_mercator(corners, 600, 400), 600, 400, lon=10.0, lat=84.4)
@@ -71,10 +73,11 @@ def test_a_footprint_matched_across_lon_180_contains_a_label_on_either_side(labe
     a label at -179.95 is the same place as 180.05 and lies in it."""
     from types import SimpleNamespace
 
-    from pipeline.footprint.search import FootprintSearch, validate_conf
+    from pipeline.footprint.search import FootprintSearch
+    from pipeline.footprint.settings import SearchSettings
 
     corners = np.array([[179.8, -16.8], [180.2, -16.8], [180.2, -17.2], [179.8, -17.2]])
-    search = SimpleNamespace(conf=validate_conf({}))
+    search = SimpleNamespace(settings=SearchSettings())
     got, why = FootprintSearch.check(search, hg.photo_to_mercator(corners, 600, 600), 600, 600, lon=label_lon,
                                      lat=-17.0)
     assert (why is None) is inside, why
@@ -82,10 +85,10 @@ def test_a_footprint_matched_across_lon_180_contains_a_label_on_either_side(labe
 
 
 def test_refine_iterations_must_be_at_least_one():
-    from pipeline.footprint.search import validate_conf
+    from pipeline.footprint.settings import SearchSettings
 
     with pytest.raises(ValueError, match="refine_iterations = 0: an integer of at least 1"):
-        validate_conf({"refine_iterations": 0})
+        SearchSettings(refine_iterations=0)
 
 
 def test_bad_photos_end_as_errors(tmp_path):
@@ -112,7 +115,7 @@ def test_bad_photos_end_as_errors(tmp_path):
 
 def test_a_sample_photo_is_localized_with_its_true_footprint(tiny):
     from pipeline.footprint.search import FootprintSearch
-    from pipeline.imagery import open_tile_source
+    from pipeline.tile_sources import open_tile_source
 
     q = read_manifest(tiny / "queries.parquet", "queries")
     t = read_manifest(tiny / "truth.parquet", "truth", geometry=False)
@@ -137,10 +140,10 @@ def test_a_sample_photo_is_localized_with_its_true_footprint(tiny):
 
 def test_a_label_without_imagery_says_so(tiny):
     from pipeline.footprint.search import FootprintSearch
-    from pipeline.imagery import open_tile_source
+    from pipeline.tile_sources import open_tile_source
 
     photo = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
-    far = FootprintSearch(open_tile_source(tiny / "tiles"), max_keypoints=64).localize(photo, -120.0, 40.0,
+    far = FootprintSearch(open_tile_source(tiny / "tiles"), SearchSettings(max_keypoints=64)).localize(photo, -120.0, 40.0,
                                                                                      Catalogue(focal_mm=400.0))
     assert far.status == "not_localized" and far.pairs_matched == 0
     assert far.reason.startswith("no imagery around the weak label") and "lat 40.0000, lon -120.0000" in far.reason
@@ -150,23 +153,23 @@ def test_window_features_are_kept_on_disk_and_reused(tiny, tmp_path):
     """A second search (another process, a later run) loads the features instead of extracting them."""
     from pipeline.footprint.search import FootprintSearch
     from pipeline.geometry.windows import windows_containing
-    from pipeline.imagery import open_tile_source
+    from pipeline.tile_sources import open_tile_source
 
     source = open_tile_source(tiny / "tiles")
     window = windows_containing(4.0, 46.0, 11)[0]
-    first = FootprintSearch(source, feature_dir=str(tmp_path), max_keypoints=128)
+    first = FootprintSearch(source, SearchSettings(feature_dir=str(tmp_path), max_keypoints=128))
     feats, valid = first.window_features(window)
     files = list(tmp_path.rglob("*.npz"))
     assert len(files) == 1 and files[0].name == f"{window.tile_id}.npz"
 
-    second = FootprintSearch(source, feature_dir=str(tmp_path), max_keypoints=128)
+    second = FootprintSearch(source, SearchSettings(feature_dir=str(tmp_path), max_keypoints=128))
     second._extract = None  # it must not extract: calling it would fail
     again, valid2 = second.window_features(window)
     assert valid2 == valid and again["image_size"] == feats["image_size"]
     for k in ("keypoints", "descriptors", "scores"):
         assert torch.equal(again[k], feats[k])
     # another feature config gets its own folder
-    FootprintSearch(source, feature_dir=str(tmp_path), max_keypoints=64).window_features(window)
+    FootprintSearch(source, SearchSettings(feature_dir=str(tmp_path), max_keypoints=64)).window_features(window)
     assert len(list(tmp_path.rglob("*.npz"))) == 2
 
 
@@ -175,11 +178,11 @@ def test_offset_turns_only_at_the_likeliest_zooms_and_each_turn_extracted_when_f
     likeliest zooms only, right after the quarter turns there; a photo matched by its first pair costs one
     photo extraction; each image is prepared for LightGlue once."""
     from pipeline.footprint.search import FootprintSearch, expected_zoom_order
-    from pipeline.imagery import open_tile_source
+    from pipeline.tile_sources import open_tile_source
 
     row = read_manifest(tiny / "queries.parquet", "queries").iloc[0]
-    search = FootprintSearch(open_tile_source(tiny / "tiles"), max_keypoints=64, photo_px=128, window_px=256,
-                             offset_zooms=2)
+    search = FootprintSearch(open_tile_source(tiny / "tiles"), SearchSettings(max_keypoints=64, photo_px=128, window_px=256,
+                             offset_zooms=2))
     calls, prepared = [], []
     extract, prepare = search._extract, search.matcher.prepare
     search._extract = lambda rgb: calls.append(rgb.shape) or extract(rgb)
@@ -189,7 +192,7 @@ def test_offset_turns_only_at_the_likeliest_zooms_and_each_turn_extracted_when_f
     first = next(pairs)
     assert (first.rotation_deg, len(calls)) == (0, 2)  # one window and the photo as it is, not its four turns
     tried = [(first.window.zoom, first.rotation_deg)] + [(c.window.zoom, c.rotation_deg) for c in pairs]
-    order = expected_zoom_order(search.conf["zooms"], row.center_lat, 400.0)
+    order = expected_zoom_order(search.settings.zooms, row.center_lat, 400.0)
     quarter = [(z, d) for z, d in tried if d % 90 == 0]
     assert len(quarter) == 80 and len(tried) == 112  # every window of the tiny world has imagery
     assert [z for z, _ in tried] == [z for z in order[:2] for _ in range(16)] * 2 + [z for z in order[2:] for _ in range(16)]
@@ -201,15 +204,15 @@ def test_candidates_matched_in_mixed_precision_refinement_in_float32(tiny, monke
     """``half``: the candidate search's LightGlue in mixed precision where the device has it (bfloat16 on a CPU
     with native bfloat16, float16 on CUDA); refinement, whose inliers meet the calibrated threshold, in float32."""
     from pipeline.footprint import search as S
-    from pipeline.imagery import open_tile_source
+    from pipeline.tile_sources import open_tile_source
 
     source = open_tile_source(tiny / "tiles")
     monkeypatch.setattr(S, "cpu_has_native_bf16", lambda: False)
     plain = S.FootprintSearch(source)
     assert not plain.half_precision() and plain.half_precision("cuda") and not plain.matcher.conf["mp"]
     monkeypatch.setattr(S, "cpu_has_native_bf16", lambda: True)
-    assert not S.FootprintSearch(source, half=False).half_precision()
-    assert not S.FootprintSearch(source, extractor="sift", calibration=None).half_precision()
+    assert not S.FootprintSearch(source, SearchSettings(half=False)).half_precision()
+    assert not S.FootprintSearch(source, SearchSettings(extractor="sift", calibration=None)).half_precision()
     search = S.FootprintSearch(source)
     assert search.half_precision() and search.matcher.conf["mp"]
 
@@ -247,13 +250,13 @@ def test_screen_ends_pairs_that_match_nothing_and_keeps_the_others_as_they_were(
     """With the screen (``screen_inliers``) most of a photo's pairs end after LightGlue's second layer; every pair
     that matters (15 inliers or more) has exactly the inliers and homography it has unscreened."""
     from pipeline.footprint.search import FootprintSearch
-    from pipeline.imagery import open_tile_source
+    from pipeline.tile_sources import open_tile_source
 
     source = open_tile_source(tiny / "tiles")
     row = read_manifest(tiny / "queries.parquet", "queries").iloc[0]
     photo = np.ascontiguousarray(cv2.imread(str(tiny / row.image_path))[..., ::-1])
     small = dict(max_keypoints=512, photo_px=384, window_px=512, rotations=[0, 90, 180, 270])
-    runs = [list(FootprintSearch(source, screen_inliers=n, **small).candidates(
+    runs = [list(FootprintSearch(source, SearchSettings(screen_inliers=n, **small)).candidates(
         photo, row.center_lon, row.center_lat, row.focal_length_mm)) for n in (0, 6)]
     assert len(runs[0]) == len(runs[1]) == 80
     good = [(a, b) for a, b in zip(*runs) if a.inliers >= 15]
@@ -261,14 +264,14 @@ def test_screen_ends_pairs_that_match_nothing_and_keeps_the_others_as_they_were(
     ended = [b for a, b in zip(*runs) if a.to_mercator is not None and b.to_mercator is None]
     assert len(ended) > 40 and all(b.inliers < 6 for b in ended), len(ended)  # most pairs match nothing: they end
     with pytest.raises(ValueError, match="screen_layer = 8: LightGlue has 9 layers"):
-        FootprintSearch(source, screen_layer=8)
+        FootprintSearch(source, SearchSettings(screen_layer=8))
 
 
 def test_overlay_shows_the_imagery_a_footprint_stands_for(tiny, tmp_path):
     """The by-eye check: through the true footprint the imagery looks like the photo; through a footprint
     shifted by half its width it does not. Photos without a footprint get no PNG."""
     from pipeline.footprint.overlay import overlay, write_overlays
-    from pipeline.imagery import open_tile_source
+    from pipeline.tile_sources import open_tile_source
 
     source = open_tile_source(tiny / "tiles")
     q = read_manifest(tiny / "queries.parquet", "queries").set_index("photo_id")
@@ -336,7 +339,7 @@ def test_a_footprint_far_from_what_its_catalogue_predicts_is_refused(tiny):
 
     from pipeline.footprint.search import Candidate, FootprintSearch
     from pipeline.geometry.windows import Window
-    from pipeline.imagery import open_tile_source
+    from pipeline.tile_sources import open_tile_source
 
     q = read_manifest(tiny / "queries.parquet", "queries")
     t = read_manifest(tiny / "truth.parquet", "truth", geometry=False).set_index("photo_id")

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 
 from manifests import read_manifest, read_queries
-from pipeline.cli import main
+from stages.cli import main
 from pipeline.geometry.geodesy import footprint_polygon, iou
 
 CHEAP = """[footprints]
@@ -100,23 +100,14 @@ def test_every_photo_is_accounted_for_and_bad_ones_are_errors(stage_inputs, tiny
 
 
 @pytest.mark.parametrize("label_lon, near", [(179.5, True), (-179.95, True), (-170.0, False)])
-def test_labels_across_lon_180_from_the_imagery_are_next_to_it(tmp_path, label_lon, near):
+def test_labels_across_lon_180_from_the_imagery_are_next_to_it(label_lon, near):
     """Imagery over lon 179..180 and a 10 km margin: a label at -179.95 is 0.05 deg (5 km) from it (its windows
     wrap), not 360."""
-    from pipeline.geometry.mercator import lonlat_to_mercator
-    from stages import get_stage
-    from stages.base import StageError
+    from pipeline.geometry.mercator import lonlat_to_mercator, near_extent
 
-    pd.DataFrame([{"photo_id": "p", "image_path": "p.jpg", "center_lat": -17.0,
-                   "center_lon": label_lon}]).to_csv(tmp_path / "q.csv", index=False)
     x0, y0 = lonlat_to_mercator(179.0, -18.0)
     x1, y1 = lonlat_to_mercator(180.0, -16.0)
-    check = get_stage("footprints")._check_coverage
-    if near:
-        check(tmp_path / "q.csv", "tiles", (x0, y0, x1, y1), 1e4)
-    else:
-        with pytest.raises(StageError, match="none of the 1 weak labels"):
-            check(tmp_path / "q.csv", "tiles", (x0, y0, x1, y1), 1e4)
+    assert near_extent([label_lon], [-17.0], (x0, y0, x1, y1), 1e4).tolist() == [near]
 
 
 def test_inputs_that_cannot_work_are_refused_before_any_work(stage_inputs, tiny, tmp_path, capsys):
@@ -332,7 +323,7 @@ def test_device_auto_follows_the_gpus_the_cluster_declares():
     from dask.distributed import Client, LocalCluster
 
     from stages.base import StageError
-    from stages.footprints import cluster_device, resolve_device
+    from stages.cluster import cluster_device, resolve_device
 
     assert resolve_device("auto", remote=True) == "auto" and resolve_device("cpu") == "cpu"
     for resources, auto in (({"GPU": 1}, "cuda"), (None, "cpu")):
@@ -353,7 +344,7 @@ def test_device_is_decided_once_the_first_worker_has_joined():
 
     from dask.distributed import Client, LocalCluster
 
-    from stages.footprints import cluster_device
+    from stages.cluster import cluster_device
 
     with LocalCluster(n_workers=0, processes=False, dashboard_address=":0", resources={"GPU": 1}) as cluster, \
             Client(cluster) as client:
@@ -367,7 +358,7 @@ def test_manifest_rows_follow_the_file_with_bad_rows_inside_a_batch(tmp_path):
     import pyarrow as pa
 
     from manifests import FOOTPRINTS, to_table, write_manifest
-    from stages.footprints import _in_file_order
+    from pipeline.footprint.batch import rows_in_file_order
 
     ids = [f"P{i}" for i in range(8)]
     good = [0, 2, 3, 5, 6]
@@ -378,7 +369,7 @@ def test_manifest_rows_follow_the_file_with_bad_rows_inside_a_batch(tmp_path):
         parts.append(tmp_path / f"batch{k}.parquet")
         write_manifest(pd.DataFrame({"photo_id": [ids[i] for i in batch], "status": "not_localized",
                                      "reason": "few inliers"}), parts[-1], FOOTPRINTS)
-    rows = pa.concat_tables(list(_in_file_order(queries, rejected, parts, 3)))
+    rows = pa.concat_tables(list(rows_in_file_order(queries, rejected, parts, 3)))
     assert rows.column("photo_id").to_pylist() == ids
     assert rows.column("status").to_pylist() == ["error" if i in (1, 4, 7) else "not_localized" for i in range(8)]
     # --retry-errors: kept rows (one of a photo no longer in the file) and new ones sorted together
@@ -388,13 +379,15 @@ def test_manifest_rows_follow_the_file_with_bad_rows_inside_a_batch(tmp_path):
     write_manifest(pd.DataFrame({"photo_id": ["P3", "P2", "P6"], "status": "not_localized", "reason": "x"}),
                    parts[0], FOOTPRINTS)
     file_rows = pd.Series(range(8), index=ids)
-    rows = pa.concat_tables(list(_in_file_order(redo, rejected, parts[:1], 3, kept, file_rows)))
+    rows = pa.concat_tables(list(rows_in_file_order(redo, rejected, parts[:1], 3, kept, file_rows)))
     assert rows.column("photo_id").to_pylist() == ["P0", "P1", "P2", "P3", "P4", "P5", "P6", "P7", "GONE"]
 
 
-def test_the_queries_file_is_parsed_once_per_run_and_again_when_it_changes(tmp_path, monkeypatch):
-    """check() (the coverage test) and run() share one parse of the queries: a 300k-row file takes seconds."""
+def test_the_queries_file_is_parsed_once_per_run_and_afresh_by_the_next(tmp_path, monkeypatch):
+    """check() (the coverage test) and run() share one parse of the queries (a 300k-row file takes seconds), kept
+    in the run, not in the stage: the next run reads the file again."""
     import stages.footprints as sf
+    from stages.base import StageRun
 
     calls = []
     real = sf.read_queries
@@ -403,12 +396,15 @@ def test_the_queries_file_is_parsed_once_per_run_and_again_when_it_changes(tmp_p
     pd.DataFrame({"photo_id": ["ISS001-E-1", "ISS001-E-2"], "image_path": ["a.jpg", "b.jpg"],
                   "center_lat": [10.0, 95.0], "center_lon": [20.0, 20.0]}).to_csv(q, index=False)
     stage = sf.FootprintsStage()
-    first = stage._read_queries(q)
-    assert stage._read_queries(q) is first and len(calls) == 1
+    settings = sf.FootprintsSettings(queries=str(q))
+    run = StageRun(stage, settings, tmp_path)
+    first = stage._read_queries(run)
+    assert stage._read_queries(run) is first and len(calls) == 1
     assert first[0]["photo_id"].tolist() == ["ISS001-E-1"] and first[1]["row"].tolist() == [1]
     pd.DataFrame({"photo_id": ["ISS001-E-3"], "image_path": ["c.jpg"], "center_lat": [1.0],
-                  "center_lon": [2.0]}).to_csv(q, index=False)  # another size: parsed afresh
-    assert stage._read_queries(q)[0]["photo_id"].tolist() == ["ISS001-E-3"] and len(calls) == 2
+                  "center_lon": [2.0]}).to_csv(q, index=False)
+    assert stage._read_queries(StageRun(stage, settings, tmp_path))[0]["photo_id"].tolist() == ["ISS001-E-3"]
+    assert len(calls) == 2
 
 
 def test_a_retry_stopped_before_its_parts_were_removed_leaves_no_stale_parts(stage_inputs, tiny, tmp_path, monkeypatch):

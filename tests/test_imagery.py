@@ -21,9 +21,9 @@ from pipeline.imagery import (
     Rendered,
     XYZTileSource,
     choose_overview_level,
-    open_tile_source,
     write_xyz,
 )
+from pipeline.tile_sources import open_tile_source
 
 try:
     import imagery_fixtures as fx

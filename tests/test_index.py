@@ -14,7 +14,7 @@ import pipeline.database as database
 from manifests import DATABASE, read_manifest
 from pipeline.geometry.geodesy import area_km2, window_polygon
 from pipeline.geometry.windows import Window, window_origins
-from pipeline.imagery import open_tile_source
+from pipeline.tile_sources import open_tile_source
 from stages import get_stage
 from stages.base import StageError
 
@@ -38,8 +38,7 @@ def half_raster(tmp_path):
 
 def _conf(tiles, out, **kw):
     stage = get_stage("index")
-    conf = dict(stage.default_conf, tiles=str(tiles), out=str(out), **kw)
-    return stage, stage.resolve(conf, out.parent)
+    return stage, stage.resolve(stage.settings_class(tiles=str(tiles), out=str(out), **kw), out.parent)
 
 
 def test_kept_windows_are_those_at_least_half_valid(half_raster, tmp_path):

@@ -139,7 +139,7 @@ def _true_footprints(tiny, path) -> list[dict]:
 def test_pairs_stage_on_the_tiny_sample(tiny, tmp_path):
     """`run pairs` on true footprints of the tiny sample: the brute-force pairs, exclusions counted."""
     from manifests import read_manifest
-    from pipeline.cli import main
+    from stages.cli import main
 
     rows = _true_footprints(tiny, tmp_path / "fp.parquet")
     args = ["run", "pairs", "--workdir", str(tiny), "--footprints", str(tmp_path / "fp.parquet"), "--workers", "1",
@@ -182,7 +182,7 @@ BAD_INPUTS = {
                            "no query of {tiny}/queries.parquet has split 'test' (present: "),
     "one spec by --set": (["--set", "exclude=split:test"],  # a string is one spec, not a list of letters
                           "no query of {tiny}/queries.parquet has split 'test' (present: "),
-    "a number by --set": (["--set", "exclude=5"], "exclude must be a list of specs"),
+    "a number by --set": (["--set", "exclude=5"], "'exclude' = 5: a list of specs"),
     "garbage queries": (["--exclude", "split:eval", "--queries", "{tmp}/garbage.parquet"], "garbage.parquet: could not "
                         "be read as a table"),
     "empty queries CSV": (["--exclude", "split:eval", "--queries", "{tmp}/empty.csv"], "empty.csv: could not be read"),
@@ -196,7 +196,7 @@ BAD_INPUTS = {
 def test_pairs_stage_refuses_bad_inputs(tiny, tmp_path, capsys, case, only_unlocalized):
     """Each bad input ends in one line naming it, before any work, also when no footprint is localized (the
     database and the exclusions are checked all the same)."""
-    from pipeline.cli import main
+    from stages.cli import main
 
     fp = tmp_path / "fp.parquet"
     _true_footprints(tiny, fp)
@@ -232,7 +232,7 @@ def test_photo_rate_is_readable_for_slow_and_instant_runs():
 def test_a_database_typo_beside_an_existing_output_is_the_typo(tiny, tmp_path, capsys):
     """Inputs are checked before the output's settings are compared: a mistyped --database next to an
     existing pairs manifest says "not found", not "made with different settings, pass --overwrite"."""
-    from pipeline.cli import main
+    from stages.cli import main
 
     fp = tmp_path / "fp.parquet"
     _true_footprints(tiny, fp)

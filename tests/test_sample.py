@@ -14,7 +14,7 @@ from pyproj import Geod
 import stages.sample as sample_stage
 from manifests import read_manifest
 from manifests.inspect import inspect_manifest
-from pipeline.cli import main
+from stages.cli import main
 from pipeline.geometry.mercator import lonlat_to_mercator
 from pipeline.geometry.windows import windows_containing
 from pipeline.simulate.camera import (
@@ -252,7 +252,7 @@ def test_preview_contact_sheet(tiny, tmp_path):
 def test_photos_are_matchable_and_far_windows_are_not(tiny):
     """A clean nadir photo against the database window containing it: >= 100 inliers with
     ALIKED + LightGlue; against a window 1.5 deg away: < 15."""
-    from pipeline.imagery import open_tile_source
+    from pipeline.tile_sources import open_tile_source
     from pipeline.matching import build_extractor, build_matcher, match_pair
 
     db = open_tile_source(tiny / "tiles")

@@ -3,49 +3,58 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, merge
-from pipeline.files import atomic_output
-from stages.base import Stage, StageError, source_files
+from manifests.files import atomic_output
+from pipeline.config import ConfigError
+from pipeline.settings import Settings, setting
+from stages.base import Stage, StageError, StageRun, source_files
+
+
+@dataclass(frozen=True)
+class CopySettings(Settings):
+    src: str = setting("", "the file to copy")
+    out: str = setting("", "the copy")
+    upper: bool = setting(False, "upper-case the copy")
+    batch: int = setting(2, "lines per part", partition=True)
+    workers: int | None = setting(None, "processes", runtime=True)
 
 
 class Copy(Stage):
     """Copies ``src`` to ``out``; makes ``src`` when missing (as footprints makes the sample workspace)."""
 
     name = "copy"
-    default_conf = {"src": "", "out": "", "upper": False, "batch": 2, "workers": None}
-    runtime_keys = ("batch", "workers")
-    partition_keys = ("batch",)
+    settings_class = CopySettings
 
     def __init__(self, fail: bool = False):
-        self.fail, self.runs = fail, 0
+        self.fail, self.runs = fail, 0  # the test's own instruments, not run state
 
-    def output(self, conf):
-        return Path(conf["out"])
+    def output(self, s):
+        return Path(s.out)
 
-    def input_files(self, conf):
-        return source_files(conf["src"])
+    def input_files(self, s):
+        return source_files(s.src)
 
-    def prepare(self, conf):
-        if not Path(conf["src"]).exists():
-            Path(conf["src"]).write_text("made by prepare\n")
+    def prepare(self, run):
+        if not Path(run.settings.src).exists():
+            Path(run.settings.src).write_text("made by prepare\n")
 
-    def run(self, conf):
+    def run(self, run: StageRun):
         self.runs += 1
-        self.parts_dir(conf).mkdir(parents=True, exist_ok=True)
+        run.parts_dir().mkdir(parents=True, exist_ok=True)
         if self.fail:
             raise RuntimeError("killed half way")
-        text = Path(conf["src"]).read_text()
-        with atomic_output(conf["out"]) as tmp:
-            tmp.write_text(text.upper() if conf["upper"] else text)
+        text = Path(run.settings.src).read_text()
+        with atomic_output(run.settings.out) as tmp:
+            tmp.write_text(text.upper() if run.settings.upper else text)
         return "copied"
 
 
-def _conf(tmp_path: Path, **kw) -> dict:
-    return {**Copy.default_conf, "src": str(tmp_path / "src.txt"), "out": str(tmp_path / "out.txt"), **kw}
+def _conf(tmp_path: Path, **kw) -> CopySettings:
+    return CopySettings(**{"src": str(tmp_path / "src.txt"), "out": str(tmp_path / "out.txt"), **kw})
 
 
 def test_an_input_made_by_the_run_itself_is_up_to_date_the_second_time(tmp_path):
@@ -89,9 +98,11 @@ def test_a_folder_input_is_identified_by_its_files(tmp_path):
 @pytest.mark.parametrize("key, value, kind", [("batch", "4", "an integer"), ("upper", "false", "a boolean"),
                                               ("upper", 1, "a boolean"), ("src", 3, "a string")])
 def test_a_value_of_the_wrong_kind_is_named(key, value, kind):
-    with pytest.raises(ConfigError, match=f"key '{key}' must be {kind}, got"):
-        merge(Copy.default_conf, {key: value}, source="config file c.toml")
-    assert merge({"x": 0.5}, {"x": 1}) == {"x": 1}  # an integer stands for a number
+    with pytest.raises(ConfigError, match=f"config file c.toml key '{key}' must be {kind}, got"):
+        CopySettings.from_layers(({key: value}, "config file c.toml"))
+    with pytest.raises(ConfigError, match="unknown --set key 'uper' \\(did you mean 'upper'\\?\\); valid keys: batch, out, "
+                                          "src, upper, workers"):
+        CopySettings.from_layers(({"uper": True}, "--set"))
 
 
 def _write_items(items: list, part: str) -> dict:
@@ -221,12 +232,12 @@ def test_inputs_are_checked_before_the_settings_are_compared(tmp_path):
     "changed settings, pass --overwrite"; an output that is an input is refused even with --overwrite."""
 
     class Checked(Copy):
-        def prepare(self, conf):  # makes no inputs
+        def prepare(self, run):  # makes no inputs
             pass
 
-        def check(self, conf):
-            if not Path(conf["src"]).exists():
-                raise StageError(f"no such input {conf['src']}")
+        def check(self, run):
+            if not Path(run.settings.src).exists():
+                raise StageError(f"no such input {run.settings.src}")
 
     stage = Checked()
     (tmp_path / "src.txt").write_text("a\n")

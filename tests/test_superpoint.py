@@ -305,7 +305,7 @@ def test_footprints_stage_runs_superpoint_from_weights_dir(weights_dir, tiny, tm
     The weights are generated (random): whatever they match is chance, so the right outcome is no footprint.
     No calibration exists for SuperPoint here: the run says so and decides on inliers alone."""
     from manifests import read_manifest
-    from pipeline.cli import main
+    from stages.cli import main
 
     (tmp_path / "cheap.toml").write_text("[footprints]\nzooms = [11]\nrotations = [0]\nmax_keypoints = 128\n"
                                          "photo_px = 128\nwindow_px = 256\nworkers = 1\n")

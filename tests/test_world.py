@@ -235,7 +235,8 @@ def test_bad_arguments():
 
 
 def test_world_spec_opens_as_a_cached_tile_source(tmp_path):
-    from pipeline.imagery import CachedTileSource, open_tile_source
+    from pipeline.imagery import CachedTileSource
+    from pipeline.tile_sources import open_tile_source
     from pipeline.world import save_world
 
     world = ProceduralWorld(REGION, seed=3, year=1)

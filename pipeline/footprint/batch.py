@@ -1,22 +1,32 @@
-"""One queries row -> manifest rows: what a worker does per photo, for the footprints and calibrate stages.
+"""What a worker does: a batch of queries rows -> a part file of manifest rows (footprints or decisions).
 
-Never raises for a bad photo: an unreadable file, a label beyond the map or a failure deep in the search
-becomes an ``error`` row with its reason, and the other photos go on.
+:func:`run_batch` is the task the footprints and calibrate stages hand to Dask; :func:`footprint_row` and
+:func:`decision_rows` turn one queries row into rows; :func:`rows_in_file_order` puts the parts back in the
+queries file's order. Never raises for a bad photo: an unreadable file, a label beyond the map or a failure deep
+in the search becomes an ``error`` row with its reason, and the other photos go on.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
+from manifests import DECISIONS, FOOTPRINTS, to_table, write_manifest
+
+from ..config import files_fingerprint, fingerprint
 from ..geometry.geodesy import area_km2, corners_columns, footprint_polygon
 from ..geometry.mercator import MAX_LATITUDE
 from ..imagery.photos import PhotoError, read_photo
 from .evidence import FEATURES, Catalogue
 from .search import FootprintSearch
+from .settings import SearchSettings
 
 log = logging.getLogger(__name__)
 
@@ -101,3 +111,86 @@ def decision_rows(search: FootprintSearch, row: dict[str, Any], matcher: str, to
             r.update(corners_columns(d.corners_lonlat))
         rows.append(r)
     return rows
+
+
+_SEARCHERS: dict[str, FootprintSearch] = {}
+"""Per worker process: one FootprintSearch (models, feature cache) for the settings of its latest batch."""
+
+
+def searcher(tiles: str, settings: SearchSettings, device: str) -> FootprintSearch:
+    """This process's search for ``settings`` on the tile source ``tiles`` (built once, kept while the batches'
+    settings stay the same; a calibration file refitted in place counts as other settings)."""
+    cal = settings.calibration
+    cal_id = files_fingerprint([Path(cal)]) if cal and cal != "packaged" and Path(cal).is_file() else None
+    key = fingerprint({"tiles": tiles, "device": device, "calibration_file": cal_id, **settings.flat()})
+    if key not in _SEARCHERS:
+        from ..tile_sources import open_tile_source
+
+        _SEARCHERS.clear()
+        _SEARCHERS[key] = FootprintSearch(open_tile_source(tiles), settings, device=device)
+    return _SEARCHERS[key]
+
+
+def run_batch(rows: list[dict], tiles: str, settings: SearchSettings, device: str, part: str, threads: int = 0,
+              decisions: int = 0) -> dict:
+    """A Dask task: localize a batch of photos and write their rows to ``part`` (atomically).
+
+    ``threads``: torch threads in this worker (Dask sets OMP_NUM_THREADS=1 in its workers; with fewer workers
+    than cores that leaves cores idle). ``device``: ``cuda`` is this worker's GPU. ``decisions`` > 0: for
+    calibration, the decisions of that many refined candidates per photo (a decisions manifest) instead of
+    footprints. Returns counts for the progress line."""
+    from ..runtime import release_heap_over, worker_device, worker_memory_limit
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    search = searcher(tiles, settings, worker_device(device))
+    matcher = matcher_name(settings.extractor)
+    limit = worker_memory_limit()
+    out = []
+    for r in rows:
+        out += decision_rows(search, r, matcher, decisions) if decisions else [footprint_row(search, r, matcher)]
+        release_heap_over(limit)  # else a Dask worker paused for memory would never resume
+    write_manifest(pd.DataFrame(out), part, DECISIONS if decisions else FOOTPRINTS)
+    return {"photos": len(rows), "localized": sum(o["status"] == "localized" for o in out),
+            "seconds": sum(o["elapsed_s"] for o in out if o.get("elapsed_s"))}
+
+
+def rows_in_file_order(queries: pd.DataFrame, rejected: pd.DataFrame, part_files: list[Path], batch_size: int,
+                       kept: pa.Table | None = None, file_rows: pd.Series | None = None):
+    """Yield the footprints manifest's rows (tables) in the queries file's order.
+
+    ``queries`` (with ``_row``, the file row) were searched in batches of ``batch_size`` whose rows are in
+    ``part_files``; ``rejected`` (with ``row``) are the bad rows, each one error row put where it is in the file.
+    Streams a part file at a time. With ``kept`` (``--retry-errors``: the old manifest's rows to keep, already in
+    memory) all rows are sorted at once by ``file_rows`` (photo_id -> file row, the whole file); kept rows of
+    photos the file no longer has come last, in their old order."""
+    def order(table: pa.Table, rows: pd.Series) -> pa.Table:
+        key = rows.reindex(table.column("photo_id").to_pandas()).to_numpy(dtype=np.float64, copy=True)
+        gone = np.isnan(key)
+        key[gone] = np.inf
+        return table.take(pa.array(np.argsort(key, kind="stable")))
+
+    if len(rejected):
+        err = to_table(pd.DataFrame({"photo_id": rejected["photo_id"].astype(str), "status": "error",
+                                     "reason": "bad queries row: " + rejected["reason"].astype(str)}), FOOTPRINTS)
+        err_rows = rejected["row"].to_numpy()
+    else:
+        err, err_rows = None, np.empty(0, dtype=np.int64)
+    if kept is not None:
+        tables = [kept, *(pq.read_table(f) for f in part_files)] + ([err] if err is not None else [])
+        yield order(pa.concat_tables([t.cast(FOOTPRINTS.schema) for t in tables]), file_rows)
+        return
+    done = 0  # bad rows yielded so far (err_rows is sorted)
+    for k, f in enumerate(part_files):
+        batch = queries.iloc[k * batch_size : (k + 1) * batch_size]
+        upto = int(np.searchsorted(err_rows, int(batch["_row"].iloc[-1]), side="right"))
+        rows = pd.Series(np.concatenate([batch["_row"].to_numpy(), err_rows[done:upto]]),
+                         index=np.concatenate([batch["photo_id"].to_numpy(dtype=object),
+                                               rejected["photo_id"].iloc[done:upto].astype(str).to_numpy(dtype=object)]))
+        pieces = [pq.read_table(f).cast(FOOTPRINTS.schema)] + ([err.slice(done, upto - done)] if err is not None else [])
+        done = upto
+        yield order(pa.concat_tables(pieces), rows)
+    if err is not None:
+        yield err.slice(done)

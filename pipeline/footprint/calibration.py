@@ -27,6 +27,7 @@ and search settings it was fitted under, and the reports.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field, replace
@@ -36,9 +37,12 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from ..files import atomic_output
+from manifests.files import atomic_output
 from ..geometry.geodesy import footprint_polygon, iou
 from .evidence import FEATURES, Evidence
+from .settings import NO_MODEL_MIN_INLIERS
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PRECISION = 0.999
 DEFAULT_FEATURES = ("inliers",)
@@ -49,10 +53,10 @@ MIN_EXAMPLES = 10
 """Right and wrong decisions that a fit needs at the least, of each (the usual ten events per parameter)."""
 VERSION = 2
 PACKAGED = Path(__file__).with_name("calibration.json")
-PACKAGED_DECISIONS = Path(__file__).with_name("calibration-decisions.parquet")
-"""The decisions the packaged calibration was fitted and validated on (``role``: fit or validation)."""
 """The calibration shipped with the package (ALIKED): how it was fitted is in its ``sources`` and in
 docs/decision.md."""
+PACKAGED_DECISIONS = Path(__file__).with_name("calibration-decisions.parquet")
+"""The decisions the packaged calibration was fitted and validated on (``role``: fit or validation)."""
 EVIDENCE_SETTINGS = ("extractor", "max_keypoints", "contrast", "photo_px", "window_px", "refine_iterations",
                      "refine_px", "refine_context", "refine_keypoints", "refine_surroundings_keypoints", "refine_crop",
                      "candidate_min_inliers", "ransac_px", "half")
@@ -332,3 +336,49 @@ class Calibration:
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{path}: not a calibration file ({type(e).__name__}: {e}); make one with "
                              "`python -m pipeline run calibrate`") from None
+
+
+def choose_calibration(given: str, default: Path, extractor: str, search: dict) -> tuple[str | None, str | None]:
+    """The calibration a footprints run decides with, from what the user gave (``given``: a file, "packaged",
+    "none", or "" for ``default`` when it exists, else the packaged one): ("packaged", a file's absolute path or None for the
+    search; a fingerprint of its model for the output's record, as a refitted file is another decision).
+
+    ValueError for a file that is missing or not a calibration, or one fitted for other features; the packaged
+    calibration of other features is dropped with a warning (footprints are then accepted on inliers alone). A
+    calibration fitted under other evidence settings than ``search``'s (flat keys) is warned about."""
+    from ..config import fingerprint
+
+    if given == "none":
+        return None, None
+    path = PACKAGED if given == "packaged" else Path(given) if given else Path(default)
+    if given and not path.is_file():
+        raise ValueError(f"calibration file not found: {path}; make one with `python -m pipeline run calibrate`, "
+                         "or pass --calibration none")
+    packaged = given == "packaged" or not path.is_file()
+    cal = Calibration.load(PACKAGED if packaged else path)
+    if cal.extractor != extractor:
+        if given or not packaged:
+            raise ValueError(f"{path} was fitted for {cal.extractor} features, this run uses {extractor}; "
+                             f"calibrate for them (`run calibrate --extractor {extractor}`) or pass --calibration none")
+        log.warning("no calibration for %s features (the packaged one is for %s): footprints are accepted on "
+                    "--min-inliers alone (default %d) and have no confidence; fit one with `python -m pipeline run "
+                    "calibrate --extractor %s`", extractor, cal.extractor, NO_MODEL_MIN_INLIERS, extractor)
+        return None, None
+    norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731 - TOML and JSON keep lists
+    differ = [f"{k} = {search[k]!r} (fitted with {v!r})" for k, v in cal.search.items()
+              if k in search and norm(search[k]) != v]
+    if differ:
+        log.warning("the calibration %s was fitted on evidence of another search: %s; the confidence of these "
+                    "footprints is not what it was fitted for: fit one with these settings (`python -m pipeline "
+                    "run calibrate`)", "packaged with the pipeline" if packaged else path, ", ".join(differ))
+    return ("packaged" if packaged else str(path.resolve())), fingerprint(cal.model.to_dict())
+
+
+def decision_line(calibration: str | None, min_inliers: int) -> str:
+    """How a footprints run decides, for its summary."""
+    if not calibration:
+        return f"{min_inliers} inliers after refinement (no calibration)"
+    model = Calibration.load(PACKAGED if calibration == "packaged" else calibration).model
+    floor = f", and {min_inliers} inliers" if min_inliers else ""
+    return (f"P(right | {', '.join(model.features)}) >= {model.operating_point:.3g}{floor} "
+            f"({'the packaged calibration' if calibration == 'packaged' else calibration})")

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..files import atomic_output
+from manifests.files import atomic_output
 from ..imagery.photos import PhotoError, read_photo
 from ..imagery.base import TileSource
 from . import homography as hg

@@ -62,7 +62,7 @@ import torch
 from shapely.geometry import Point, Polygon
 
 from ..config import fingerprint
-from ..files import atomic_output
+from manifests.files import atomic_output
 from ..geometry.geodesy import area_km2, footprint_polygon, wrap_lon
 from ..geometry.mercator import MAX_LATITUDE, TILE_SIZE, lonlat_to_mercator, resolution_m
 from ..geometry.windows import Window, windows_containing
@@ -72,124 +72,14 @@ from ..runtime import cpu_has_native_bf16, tune_malloc
 from . import homography as hg
 from .calibration import PACKAGED, Calibration, DecisionModel
 from .evidence import Catalogue, Evidence, catalogue_terms, hull_coverage
+from .settings import SearchSettings
 
 log = logging.getLogger(__name__)
 
-default_conf: dict[str, Any] = {
-    "extractor": "aliked",
-    "weights_dir": None,  # folder with user-supplied weights (SuperPoint); None for the shipped ones
-    "max_keypoints": 1024,
-    "contrast": "clahe",  # "clahe": equalize lightness locally before extracting features; None: as is
-    "zooms": [8, 9, 10, 11, 12],
-    "size_tiles": 4,
-    "rotations": [0, 90, 180, 270, 45, 135, 225, 315],  # quarter turns first (AstroLoc's 80 pairs), then
-    # the 45-degree offsets, only for photos the quarter turns did not localize
-    "offset_zooms": 2,  # the 45-degree offsets are tried at this many of the likeliest zooms (None: all)
-    "photo_px": 512,  # long side of the photo when matched against a window
-    "window_px": 768,  # side of a database window when matched (a footprint two thirds of a window
-    # wide then has the photo's scale)
-    "min_valid": 0.05,  # windows with less imagery than this are skipped
-    "refine_top": 2,  # candidates refined
-    "refine_iterations": 4,
-    "refine_px": 640,  # long side of the photo when refining (the surroundings are refine_context x that)
-    "refine_context": 1.5,  # the surroundings rendered around the estimate, in footprint widths
-    "refine_keypoints": 1536,  # keypoints of the photo at refine_px
-    "refine_surroundings_keypoints": 3072,  # keypoints of the surroundings, before refine_crop
-    "refine_crop": 1.2,  # keep the surroundings' keypoints within this many footprint widths of its centre (0: all)
-    "refine_converged_px": 1.0,  # stop refining once no corner moves more than this (pixels at refine_px)
-    "calibration": "packaged",  # the decision model: a calibration.json (`run calibrate`), "packaged" (the package's,
-    # for ALIKED) or None (no model: min_inliers alone decides). A footprint is localized when its probability of
-    # being right reaches the model's operating point
-    "min_inliers": 0,  # a footprint also needs this many inliers after refinement (without a model: the decision)
-    "candidate_min_inliers": 15,  # below this a candidate is not refined
-    "early_stop_inliers": 30,  # refine a candidate with this many at once, stop when accepted (0: try all 80)
-    "screen_inliers": 6,  # end a candidate pair after LightGlue's layer `screen_layer` when that layer's matches
-    # have fewer homography inliers than this (0: never). Pairs of photos that match nothing end there (most of
-    # them have 4-5 by chance) and the true pairs go on: each localizable photo's best pair had 10 or more on the
-    # 68 photos of bench/screen_study.py
-    "screen_layer": 1,  # after the second of LightGlue's nine layers
-    "ransac_px": 3.0,
-    "label_scale": 1.2,  # the footprint scaled by this factor about its centroid must contain the weak label: 1.2
-    # leaves a tenth of its width beyond each edge (the label is a point near the centre, as a person clicks it).
-    # EarthMatch counts a footprint as right when its 3x enlargement contains the label: label_scale = 3
-    "min_area_km2": 10.0,
-    "max_area_km2": 2_000_000.0,
-    "max_area_ratio": 6.0,  # the footprint's area within this factor of the one the catalogue's lens predicts (0: no
-    # check): right footprints of the real sample are within 1.5x (its photos' lenses are known), a DX body's crop
-    # makes 2.3x, the real sample's one true wrong-row match (ISS062-E-81917 under ISS056-E-153176's) 2.4x
-    "half": True,  # the candidate search's LightGlue in mixed precision: float16 autocast on CUDA (as cvg/LightGlue
-    # supports), bfloat16 autocast on a CPU that multiplies bfloat16 in hardware (AVX512-BF16, AMX), float32 on any
-    # other CPU. Refinement, whose inliers meet the calibrated threshold, and the extractors (sub-pixel keypoints)
-    # always run in float32.
-    "feature_cache": 256,  # database windows whose features are kept per process
-    "feature_dir": None,  # also keep window features in this folder (one per tile source): shared by
-    # processes and runs; None: memory only
-}
-
-
 BELOW_THRESHOLD = "too few inliers after refinement"
 """The start of a not_localized reason whose footprint the ``min_inliers`` threshold turned down: "... (n < min)"."""
-NO_MODEL_MIN_INLIERS = 50
-"""Inliers a footprint needs when no calibration applies (``calibration`` None): the decision is then the
-inlier count alone (docs/decision.md)."""
 NOT_CONFIDENT = "below the decision's operating point"
 """The start of a not_localized reason whose footprint the decision model turned down: "... (P = p < op; ...)"."""
-
-EXTRACTORS = ("aliked", "disk", "superpoint", "sift")
-"""The search's features: ALIKED, DISK and SuperPoint with their LightGlue weights, SIFT with mutual nearest
-neighbours (other ALIKED models, such as aliked-t16's 64-D descriptors, have no LightGlue weights here)."""
-
-LIGHTGLUE_LAYERS = 9
-"""LightGlue's transformer layers (cvg/LightGlue and kornia's default): the screen may follow layers 0-7."""
-
-
-def validate_conf(conf: dict[str, Any]) -> dict[str, Any]:
-    """``default_conf`` updated with ``conf``, or a ValueError naming the option, its value and what it may be.
-
-    Run where the options are read (the footprints stage checks them before any worker starts)."""
-    unknown = set(conf) - set(default_conf)
-    if unknown:
-        raise ValueError(f"unknown footprint options {sorted(unknown)}; valid: {sorted(default_conf)}")
-    c = {**default_conf, **conf}
-
-    def need(ok: bool, key: str, what: str) -> None:
-        if not ok:
-            raise ValueError(f"footprint option {key} = {c[key]!r}: {what}")
-
-    need(c["extractor"] in EXTRACTORS, "extractor", f"choose from {', '.join(EXTRACTORS)} (the features with "
-         "LightGlue weights for them)")
-    need(c["contrast"] in CONTRAST, "contrast", f"choose from {sorted(CONTRAST, key=str)}")
-    need(isinstance(c["rotations"], (list, tuple)) and len(c["rotations"]) > 0
-         and all(isinstance(d, int) and not isinstance(d, bool) for d in c["rotations"]), "rotations",
-         "a list of whole degrees, e.g. [0, 90, 180, 270, 45, 135, 225, 315] (the manifest's rotation_deg is an integer)")
-    need(isinstance(c["zooms"], (list, tuple)) and len(c["zooms"]) > 0
-         and all(isinstance(z, int) and 0 <= z <= 24 for z in c["zooms"]), "zooms", "a list of zooms 0-24")
-    for key in ("photo_px", "window_px", "refine_px"):
-        need(isinstance(c[key], int) and c[key] >= 16, key, "an integer of at least 16 (pixels)")
-    need(isinstance(c["size_tiles"], int) and c["size_tiles"] >= 2 and c["size_tiles"] % 2 == 0, "size_tiles",
-         "an even number of tiles, at least 2 (windows are laid with half-window stride)")
-    need(isinstance(c["refine_iterations"], int) and c["refine_iterations"] >= 1, "refine_iterations",
-         "an integer of at least 1 (every footprint is refined: its inliers meet the calibrated threshold)")
-    for key in ("max_keypoints", "refine_top", "min_inliers", "candidate_min_inliers", "early_stop_inliers",
-                "screen_inliers", "feature_cache", "refine_keypoints", "refine_surroundings_keypoints"):
-        need(isinstance(c[key], int) and c[key] >= 0, key, "an integer of at least 0")
-    need(c["refine_context"] >= 1.0, "refine_context", "at least 1 (the surroundings contain the footprint)")
-    need(c["max_area_ratio"] == 0 or c["max_area_ratio"] > 1.0, "max_area_ratio", "0 (no check) or a factor above 1")
-    need(c["refine_crop"] == 0 or c["refine_crop"] >= 1.0, "refine_crop", "0 (keep every keypoint) or at least 1 "
-         "(footprint widths about the surroundings' centre)")
-    need(c["calibration"] is None or isinstance(c["calibration"], str), "calibration",
-         "the path of a calibration.json, 'packaged' or None")
-    need(0.0 <= c["min_valid"] <= 1.0, "min_valid", "a fraction in [0, 1]")
-    need(0 < c["min_area_km2"] < c["max_area_km2"], "min_area_km2", f"positive and below max_area_km2 = {c['max_area_km2']}")
-    need(c["label_scale"] >= 1.0, "label_scale", "at least 1 (1: the footprint itself must contain the label; "
-         "EarthMatch uses 3)")
-    need(c["ransac_px"] > 0, "ransac_px", "a positive number of pixels")
-    need(c["offset_zooms"] is None or (isinstance(c["offset_zooms"], int) and c["offset_zooms"] >= 0), "offset_zooms",
-         "an integer of at least 0")
-    need(not c["screen_inliers"] or c["extractor"] == "sift" or 0 <= c["screen_layer"] < LIGHTGLUE_LAYERS - 1,
-         "screen_layer", f"LightGlue has {LIGHTGLUE_LAYERS} layers and screens after one of layers 0-"
-         f"{LIGHTGLUE_LAYERS - 2}; or set screen_inliers = 0")
-    return c
 
 
 def label_inside(xy: np.ndarray, x: float, y: float, scale: float) -> bool:
@@ -330,40 +220,40 @@ class FootprintSearch:
     the heap: twice as fast feature extraction on the CPU).
     """
 
-    def __init__(self, source: TileSource, device: str = "cpu", **conf: Any):
+    def __init__(self, source: TileSource, settings: SearchSettings | None = None, device: str = "cpu"):
         tune_malloc()
-        self.conf = validate_conf(conf)
+        self.settings = settings if settings is not None else SearchSettings()
         self.source = source
         self.device = device
-        wdir = self.conf["weights_dir"]
-        self._extract = build_extractor(self.conf["extractor"], max_keypoints=self.conf["max_keypoints"],
+        wdir = self.settings.weights_dir
+        self._extract = build_extractor(self.settings.extractor, max_keypoints=self.settings.max_keypoints,
                                         device=device, weights_dir=wdir)
         self._refine_extract: dict[int, Any] = {}
         mp = {"mp": True} if self.half_precision(device) else {}
-        self.matcher = build_matcher(self.conf["extractor"], device=device, weights_dir=wdir, **mp)
+        self.matcher = build_matcher(self.settings.extractor, device=device, weights_dir=wdir, **mp)
         self.model = self._decision_model()
         self._features: OrderedDict[tuple, tuple[dict, Any]] = OrderedDict()
         self._disk = None
-        if self.conf["feature_dir"]:
+        if self.settings.feature_dir:
             keys = ("extractor", "weights_dir", "max_keypoints", "window_px", "contrast", "min_valid", "size_tiles")
-            self._disk = Path(self.conf["feature_dir"]) / fingerprint({k: self.conf[k] for k in keys})
+            self._disk = Path(self.settings.feature_dir) / fingerprint({k: getattr(self.settings, k) for k in keys})
 
     def _decision_model(self) -> DecisionModel | None:
         """The model of ``calibration`` (ValueError for a file that is not a calibration of this extractor)."""
-        path = self.conf["calibration"]
+        path = self.settings.calibration
         if path is None:
             return None
         cal = Calibration.load(PACKAGED if path == "packaged" else path)
-        if cal.extractor != self.conf["extractor"]:
+        if cal.extractor != self.settings.extractor:
             raise ValueError(f"{'the packaged calibration' if path == 'packaged' else path} is fitted for "
-                             f"{cal.extractor} features, not {self.conf['extractor']}: fit one (`python -m pipeline "
-                             f"run calibrate --extractor {self.conf['extractor']}`) or decide on inliers alone "
+                             f"{cal.extractor} features, not {self.settings.extractor}: fit one (`python -m pipeline "
+                             f"run calibrate --extractor {self.settings.extractor}`) or decide on inliers alone "
                              "(calibration None and min_inliers)")
         return cal.model
 
     def half_precision(self, device: str = "cpu") -> bool:
-        """Whether LightGlue runs in mixed precision on ``device`` (see ``half`` in :data:`default_conf`)."""
-        if not self.conf["half"] or self.conf["extractor"] == "sift":  # SIFT's nearest neighbours: no autocast
+        """Whether LightGlue runs in mixed precision on ``device`` (see ``half`` in :class:`SearchSettings`)."""
+        if not self.settings.half or self.settings.extractor == "sift":  # SIFT's nearest neighbours: no autocast
             return False
         return str(device).startswith("cuda") or (str(device) == "cpu" and cpu_has_native_bf16())
 
@@ -371,35 +261,35 @@ class FootprintSearch:
     def extractor(self, rgb: np.ndarray, max_keypoints: int | None = None) -> dict:
         """Features of an RGB uint8 image (H, W, 3) after the configured contrast normalization; at most
         ``max_keypoints`` (default: the search's ``max_keypoints``)."""
-        rgb = CONTRAST[self.conf["contrast"]](rgb)
-        if max_keypoints is None or max_keypoints == self.conf["max_keypoints"]:
+        rgb = CONTRAST[self.settings.contrast](rgb)
+        if max_keypoints is None or max_keypoints == self.settings.max_keypoints:
             return self._extract(rgb)
         if max_keypoints not in self._refine_extract:  # the refinement's budgets: one model each, built once
             self._refine_extract[max_keypoints] = build_extractor(
-                self.conf["extractor"], max_keypoints=max_keypoints, device=self.device,
-                weights_dir=self.conf["weights_dir"])
+                self.settings.extractor, max_keypoints=max_keypoints, device=self.device,
+                weights_dir=self.settings.weights_dir)
         return self._refine_extract[max_keypoints](rgb)
 
     def window_features(self, window: Window) -> tuple[dict | None, float]:
         """Features of a database window at ``window_px`` (None below ``min_valid``) and its valid fraction (cached)."""
-        key = (window, self.conf["window_px"])
+        key = (window, self.settings.window_px)
         if key in self._features:
             self._features.move_to_end(key)
             return self._features[key]
         out = self._load_features(window)
         if out is None:
-            n = self.conf["window_px"]
+            n = self.settings.window_px
             img = self.source.read_window(window)  # native resolution: served by tile caches
             valid = img.valid_fraction
             rgb = img.rgb
             if rgb.shape[0] != n:
                 rgb = cv2.resize(rgb, (n, n), interpolation=cv2.INTER_AREA)
-            feats = self.extractor(rgb) if valid >= self.conf["min_valid"] else None
+            feats = self.extractor(rgb) if valid >= self.settings.min_valid else None
             out = (feats, valid)
             self._save_features(window, out)
-        if self.conf["feature_cache"] > 0:
+        if self.settings.feature_cache > 0:
             self._features[key] = out
-            while len(self._features) > self.conf["feature_cache"]:
+            while len(self._features) > self.settings.feature_cache:
                 self._features.popitem(last=False)
         return out
 
@@ -442,22 +332,22 @@ class FootprintSearch:
 
         ``screen``: end the pair after LightGlue's ``screen_layer`` if that layer's matches have fewer than
         ``screen_inliers`` homography inliers; the pair then gives no homography and those inliers."""
-        c = self.conf
+        c = self.settings
         screened: list[int] = []
         rule = None
         k0, k1 = np.asarray(f0["keypoints"]), np.asarray(f1["keypoints"])
-        if screen and c["screen_inliers"] > 0:
+        if screen and c.screen_inliers > 0:
 
             def keep(idx: np.ndarray) -> bool:
-                _, mask = estimate_homography(k0[idx[:, 0]], k1[idx[:, 1]], threshold_px=c["ransac_px"])
+                _, mask = estimate_homography(k0[idx[:, 0]], k1[idx[:, 1]], threshold_px=c.ransac_px)
                 screened.append(int(mask.sum()))
-                return screened[0] >= c["screen_inliers"]
+                return screened[0] >= c.screen_inliers
 
-            rule = (c["screen_layer"], keep)
+            rule = (c.screen_layer, keep)
         m0, m1, _ = self.matcher(f0, f1, full_precision=full_precision, screen=rule)
-        if screened and screened[0] < c["screen_inliers"]:
+        if screened and screened[0] < c.screen_inliers:
             return Match(None, screened[0])
-        h, mask = estimate_homography(m0, m1, threshold_px=c["ransac_px"])
+        h, mask = estimate_homography(m0, m1, threshold_px=c.ransac_px)
         if h is None:
             return Match(None, 0, len(m0))
         return Match(hg.from_centres(h), int(mask.sum()), len(m0), np.asarray(m0, np.float64)[mask] + 0.5)
@@ -471,22 +361,22 @@ class FootprintSearch:
         at the likeliest zooms, whatever its turn, than at an unlikely zoom. A turn's features are
         computed when first needed (a photo localized by its first pair costs one extraction, not
         four); each image is prepared for the matcher once (:meth:`LightGlueMatcher.prepare`)."""
-        c = self.conf
+        c = self.settings
         hgt, wid = photo.shape[:2]
-        s = c["photo_px"] / max(hgt, wid)
+        s = c.photo_px / max(hgt, wid)
         small = cv2.resize(photo, (max(1, round(wid * s)), max(1, round(hgt * s))), interpolation=cv2.INTER_AREA)
         to_small = hg.scale(small.shape[1] / wid, small.shape[0] / hgt)
-        order = expected_zoom_order(c["zooms"], lat, focal_mm, size_tiles=c["size_tiles"])
-        quarter = [d for d in c["rotations"] if float(d) % 90 == 0]
-        offsets = [d for d in c["rotations"] if float(d) % 90 != 0]
-        n_off = len(order) if c["offset_zooms"] is None else max(0, int(c["offset_zooms"]))
+        order = expected_zoom_order(c.zooms, lat, focal_mm, size_tiles=c.size_tiles)
+        quarter = [d for d in c.rotations if float(d) % 90 == 0]
+        offsets = [d for d in c.rotations if float(d) % 90 != 0]
+        n_off = len(order) if c.offset_zooms is None else max(0, int(c.offset_zooms))
         rot_feats: dict = {}
         win_feats: dict = {}
         # quarter turns at the offset zooms, then the offsets there, then quarter turns at the other zooms
         plan = [(quarter, order[:n_off]), (offsets, order[:n_off]), (quarter, order[n_off:])]
         for group, zooms in plan:
             for zoom in zooms if group else []:
-                for window in windows_containing(lon, lat, zoom, c["size_tiles"]):
+                for window in windows_containing(lon, lat, zoom, c.size_tiles):
                     if window not in win_feats:
                         feats, _ = self.window_features(window)
                         # prepared once for every turn it meets
@@ -494,7 +384,7 @@ class FootprintSearch:
                     feats = win_feats[window]
                     if feats is None:
                         continue
-                    to_merc = hg.pixels_to_mercator(window.bounds_mercator(), c["window_px"], c["window_px"])
+                    to_merc = hg.pixels_to_mercator(window.bounds_mercator(), c.window_px, c.window_px)
                     for deg in group:
                         if deg not in rot_feats:
                             f, pre = self._rotated_features(small, deg, to_small)
@@ -529,19 +419,19 @@ class FootprintSearch:
         centre, so that the footprint itself has about the photo's keypoint density: with 1024 keypoints
         spread over twice the footprint's size (the search before), about a quarter of them fell on it and
         right candidates lost up to 61 % of their inliers (bench/RESULTS.md, docs/decision.md)."""
-        c = self.conf
+        c = self.settings
         hgt, wid = photo.shape[:2]
-        ctx = float(c["refine_context"])
-        long_side = int(round(c["refine_px"] * ctx))
+        ctx = float(c.refine_context)
+        long_side = int(round(c.refine_px * ctx))
         jw, jh = (long_side, round(long_side * hgt / wid)) if wid >= hgt else (round(long_side * wid / hgt), long_side)
         pw, ph = jw / ctx, jh / ctx  # the photo's place in the surroundings (the centre)
         small = cv2.resize(photo, (max(1, round(pw)), max(1, round(ph))), interpolation=cv2.INTER_AREA)
-        f_photo = self.matcher.prepare(self.extractor(small, c["refine_keypoints"]), full_precision=True)
+        f_photo = self.matcher.prepare(self.extractor(small, c.refine_keypoints), full_precision=True)
         to_small = hg.scale(small.shape[1] / wid, small.shape[0] / hgt)
         # surroundings pixels -> photo pixels: the photo spans the centre pw x ph
         ox, oy = (jw - pw) / 2.0, (jh - ph) / 2.0
         a = hg.scale(wid / pw, hgt / ph) @ np.array([[1.0, 0, -ox], [0, 1.0, -oy], [0, 0, 1.0]])
-        crop = float(c["refine_crop"])
+        crop = float(c.refine_crop)
         last = Match(None, 0)
         trace: list[int] = []
         it = 0
@@ -554,7 +444,7 @@ class FootprintSearch:
         def _to_photo(points: np.ndarray) -> np.ndarray:
             return hg.apply(np.linalg.inv(to_small), points) if len(points) else np.zeros((0, 2))
 
-        for it in range(1, c["refine_iterations"] + 1):
+        for it in range(1, c.refine_iterations + 1):
             g = to_merc @ a  # surroundings pixels -> Mercator
             if not hg.positive_depth(g, jw, jh):
                 return stop(Match(None, 0))
@@ -572,7 +462,7 @@ class FootprintSearch:
             m = np.linalg.inv(hg.pixels_to_mercator((xmin, ymax - ny * res, xmin + nx * res, ymax), nx, ny)) @ g
             sur = cv2.warpPerspective(north_up.rgb, hg.to_centres(m), (jw, jh),
                                       flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
-            f_sur = self.extractor(sur, c["refine_surroundings_keypoints"])
+            f_sur = self.extractor(sur, c.refine_surroundings_keypoints)
             if crop:
                 k = f_sur["keypoints"].numpy().astype(np.float64) + 0.5
                 near = (np.abs(k[:, 0] - jw / 2.0) <= crop * pw / 2.0) & (np.abs(k[:, 1] - jh / 2.0) <= crop * ph / 2.0)
@@ -580,18 +470,18 @@ class FootprintSearch:
             # float32 always: these inliers are the decision's evidence, calibrated on float32 counts
             match = self._match(f_photo, f_sur, full_precision=True)
             trace.append(match.inliers)
-            if match.homography is None or match.inliers < c["candidate_min_inliers"]:
+            if match.homography is None or match.inliers < c.candidate_min_inliers:
                 return stop(match)
             new = g @ match.homography @ to_small
             shift = _corner_shift_px(to_merc, new, wid, hgt) * small.shape[1] / wid
             to_merc, last = new, match
-            if shift < c["refine_converged_px"]:
+            if shift < c.refine_converged_px:
                 break
         return Refinement(to_merc, last.inliers, last.matches, _to_photo(last.points), it, tuple(trace))
 
     def check(self, to_merc: np.ndarray, width: int, height: int, lon: float, lat: float) -> tuple[np.ndarray | None, str | None]:
         """The footprint's corners (4, 2) lon/lat, or None and why it is implausible."""
-        c = self.conf
+        c = self.settings
         if not hg.positive_depth(to_merc, width, height):
             return None, "invalid geometry: the homography sends part of the photo to infinity"
         corners = hg.corners_lonlat(to_merc, width, height)
@@ -608,15 +498,15 @@ class FootprintSearch:
             area = area_km2(footprint_polygon(corners))
         except ValueError as e:
             return None, f"invalid geometry: {e}"
-        if not c["min_area_km2"] <= area <= c["max_area_km2"]:
-            return None, f"implausible area {area:.0f} km2 (allowed {c['min_area_km2']:g}-{c['max_area_km2']:g})"
+        if not c.min_area_km2 <= area <= c.max_area_km2:
+            return None, f"implausible area {area:.0f} km2 (allowed {c.min_area_km2:g}-{c.max_area_km2:g})"
         # the weak label must lie in the footprint scaled by label_scale about its centroid (Web Mercator)
         xy = np.column_stack(lonlat_to_mercator(corners[:, 0], corners[:, 1]))
         # the label in the footprint's frame: one matched in a window across lon 180 has corners past it
         mid = float(corners[:, 0].mean())
         lx, ly = lonlat_to_mercator(mid + wrap_lon(lon - mid), lat)
-        if not label_inside(xy, float(lx), float(ly), c["label_scale"]):
-            return None, (f"the footprint does not contain the weak label (scaled {c['label_scale']:g}x about its "
+        if not label_inside(xy, float(lx), float(ly), c.label_scale):
+            return None, (f"the footprint does not contain the weak label (scaled {c.label_scale:g}x about its "
                           "centroid; label_scale sets this)")
         # angles: a sane photo's footprint has no corner sharper than ~10 degrees
         for i in range(4):
@@ -630,7 +520,7 @@ class FootprintSearch:
     def decide(self, photo: np.ndarray, cand: Candidate, lon: float, lat: float,
                catalogue: Catalogue | None = None) -> Decision:
         """Refine one candidate, check its footprint and weigh its evidence (photo: RGB uint8 (H, W, 3))."""
-        c = self.conf
+        c = self.settings
         hgt, wid = photo.shape[:2]
         ref = self.refine(photo, cand.to_mercator)
         ev = Evidence(ref.inliers, ref.inliers / max(ref.matches, 1), hull_coverage(ref.points, wid, hgt),
@@ -645,15 +535,15 @@ class FootprintSearch:
             return Decision(cand, ref, None, ev, None, False, why)
         cat = catalogue or Catalogue()
         ev = replace(ev, **dict(zip(("area_ratio", "keystone", "aspect"), catalogue_terms(corners, lon, lat, cat, wid, hgt))))
-        limit = float(c["max_area_ratio"])
+        limit = float(c.max_area_ratio)
         if limit and math.isfinite(ev.area_ratio) and abs(ev.area_ratio) > math.log(limit):
             return Decision(cand, ref, None, ev, None, False,
                             f"implausible for its catalogue: the footprint's area is {math.exp(ev.area_ratio):.2g}x the "
                             f"one a {cat.focal_mm:g} mm lens predicts (allowed {1 / limit:.2g}-{limit:g}x; "
                             "max_area_ratio sets this)")
         p = None if self.model is None else self.model.probability(ev)
-        if ref.inliers < c["min_inliers"]:
-            why = f"{BELOW_THRESHOLD} ({ref.inliers} < {c['min_inliers']})"
+        if ref.inliers < c.min_inliers:
+            why = f"{BELOW_THRESHOLD} ({ref.inliers} < {c.min_inliers})"
         elif p is not None and p < self.model.operating_point:
             why = f"{NOT_CONFIDENT} (P = {p:.3g} < {self.model.operating_point:g}; {ref.inliers} inliers)"
         else:
@@ -676,7 +566,7 @@ class FootprintSearch:
         footprint is accepted; otherwise all pairs are matched and the ``refine_top`` best
         candidates are refined. Of the accepted footprints the likeliest wins (then the most inliers)."""
         t0 = time.perf_counter()
-        c = self.conf
+        c = self.settings
         cat = catalogue or Catalogue()
         decided: list[Decision] = []
         cands: list[Candidate] = []
@@ -686,15 +576,15 @@ class FootprintSearch:
 
         for cand in self.candidates(photo, lon, lat, cat.focal_mm):
             cands.append(cand)
-            if c["early_stop_inliers"] and cand.inliers >= c["early_stop_inliers"] and cand.to_mercator is not None:
+            if c.early_stop_inliers and cand.inliers >= c.early_stop_inliers and cand.to_mercator is not None:
                 decided.append(self.decide(photo, cand, lon, lat, cat))
                 if accepted():
                     break  # accepted: further pairs cannot change the decision
         else:
             done = {id(d.candidate) for d in decided}
             good = sorted((k for k in cands if k.to_mercator is not None and id(k) not in done
-                           and k.inliers >= c["candidate_min_inliers"]), key=lambda k: -k.inliers)
-            for cand in good[: max(0, c["refine_top"] - len(decided))]:
+                           and k.inliers >= c.candidate_min_inliers), key=lambda k: -k.inliers)
+            for cand in good[: max(0, c.refine_top - len(decided))]:
                 decided.append(self.decide(photo, cand, lon, lat, cat))
         top = max((k.inliers for k in cands), default=0)
         ok = accepted()
@@ -702,10 +592,10 @@ class FootprintSearch:
             best = self._result(max(ok, key=lambda d: (d.confidence or 0.0, d.refinement.inliers)))
         elif not cands:
             best = Result("not_localized", f"no imagery around the weak label: no candidate window at zooms "
-                          f"{c['zooms']} has imagery over at least {c['min_valid']:.0%} of it; check that the tile "
+                          f"{c.zooms} has imagery over at least {c.min_valid:.0%} of it; check that the tile "
                           f"source covers lat {lat:.4f}, lon {lon:.4f}", inliers=top)
         elif not decided:
-            best = Result("not_localized", f"too few inliers (best candidate {top}, need {c['candidate_min_inliers']})",
+            best = Result("not_localized", f"too few inliers (best candidate {top}, need {c.candidate_min_inliers})",
                           inliers=top)
         else:  # the strongest of the footprints turned down, or the first reason when none survived
             footprints = [d for d in decided if d.corners_lonlat is not None]
@@ -725,7 +615,7 @@ class FootprintSearch:
         """Of the candidates with a homography and ``min_inliers`` (default ``candidate_min_inliers``), the ``top``
         strongest distinct ones: a candidate whose footprint overlaps a stronger one's by more than a third of
         their union is the same place again."""
-        floor = self.conf["candidate_min_inliers"] if min_inliers is None else min_inliers
+        floor = self.settings.candidate_min_inliers if min_inliers is None else min_inliers
         picked: list[tuple[Candidate, Polygon]] = []
         for k in sorted((k for k in cands if k.to_mercator is not None and k.inliers >= floor), key=lambda k: -k.inliers):
             if len(picked) >= top:

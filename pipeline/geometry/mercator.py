@@ -136,3 +136,17 @@ def tile_bounds_lonlat(zoom: int, x, y):
     west, south = mercator_to_lonlat(xmin, ymin)
     east, north = mercator_to_lonlat(xmax, ymax)
     return west, south, east, north
+
+
+def near_extent(lon, lat, bounds, pad_m: float = 0.0) -> np.ndarray:
+    """Which points (lon, lat: degrees, (N,)) lie in ``bounds`` (EPSG:3857 xmin, ymin, xmax, ymax, metres) grown
+    by ``pad_m`` metres; across the antimeridian too (a point at lon -179.9 is next to an extent at 179.9).
+    Latitudes beyond the map are clipped to its edge."""
+    lat = np.clip(np.asarray(lat, dtype=np.float64), -MAX_LATITUDE, MAX_LATITUDE)
+    x, y = lonlat_to_mercator(np.asarray(lon, dtype=np.float64), lat)
+    xmin, ymin, xmax, ymax = bounds
+    world = 2.0 * ORIGIN_SHIFT_M
+    near_x = np.zeros(np.shape(x), bool)
+    for shift in (-world, 0.0, world):
+        near_x |= (x + shift >= xmin - pad_m) & (x + shift <= xmax + pad_m)
+    return near_x & (y >= ymin - pad_m) & (y <= ymax + pad_m)

@@ -26,6 +26,30 @@ from .mercator import (
 DEFAULT_SIZE_TILES = 4
 """EarthLoc's database window: 4 x 4 tiles of 256 px (1024 x 1024 pixels)."""
 
+DEFAULT_ZOOMS = (8, 9, 10, 11, 12)
+"""AstroLoc's database zooms (and the footprint search's candidates)."""
+MAX_ZOOM = 24
+"""The deepest XYZ zoom a setting may name."""
+
+
+def parse_zooms(value) -> tuple[int, ...]:
+    """``"8-12"``, ``"8,10,12"``, ``9`` or ``[8, 9]`` (a TOML list) -> sorted unique zooms; ValueError otherwise."""
+    text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                a, b = part.split("-", 1)
+                out += list(range(int(a), int(b) + 1))
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        out = []
+    if isinstance(value, bool) or not out or any(z < 0 or z > MAX_ZOOM for z in out):
+        raise ValueError(f"zooms must be integers 0-{MAX_ZOOM} like '8-12' or '8,10,12', got {value!r}")
+    return tuple(sorted(set(out)))
+
 
 def _check_size(size_tiles: int) -> int:
     size_tiles = int(size_tiles)

@@ -36,7 +36,7 @@ from ..geometry.mercator import (
     resolution_m,
     tile_bounds_mercator,
 )
-from ..files import atomic_output
+from manifests.files import atomic_output
 from .base import BoundsMercator, Rendered, TileSource
 
 log = logging.getLogger(__name__)

@@ -14,10 +14,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from ..files import atomic_output
+from manifests.files import atomic_output
 from ..geometry.geodesy import wrap_lon
 from ..geometry.mercator import lonlat_to_mercator
-from ..imagery import open_tile_source
+from ..tile_sources import open_tile_source
 
 CELL = 300
 """Height of each panel, pixels."""

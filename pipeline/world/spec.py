@@ -21,7 +21,7 @@ import os
 import tomllib
 from pathlib import Path
 
-from ..files import atomic_output
+from manifests.files import atomic_output
 from .procedural import YEARS, ProceduralWorld
 
 SPEC_NAME = "world.toml"

@@ -10,7 +10,12 @@ import argparse
 import logging
 import sys
 
-from . import __version__
+from pipeline import __version__
+from pipeline.config import ConfigError, load_toml, parse_settings
+from pipeline.settings import add_arguments
+
+from . import STAGES, get_stage
+from .base import Stage, StageError
 
 log = logging.getLogger("pipeline")
 
@@ -28,8 +33,6 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from stages import STAGES
-
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
         description="Localize astronaut photos of Earth: footprints, training pairs, retrieval models.",
@@ -49,13 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
         common.add_argument("--workdir", default="workspace", help="workspace folder for default inputs and outputs")
         common.add_argument("--config", help="TOML file with this stage's settings (top level or a [%s] table)" % name)
         common.add_argument("--set", action="append", default=None, metavar="KEY=VALUE", dest="set_values",
-                            help="one setting, as a --config file would hold it (a TOML value: 0, 2.5, true, "
-                                 "[10, 11], or text); repeatable; wins over --config, loses to the stage's own options. "
-                                 "Settings: " + ", ".join(sorted(stage.default_conf)))
+                            help="one setting by its key (the option's name with underscores), as a --config file "
+                                 "would hold it (a TOML value: 0, 2.5, true, [10, 11], or text); repeatable; wins "
+                                 "over --config, loses to the options")
         common.add_argument("--overwrite", action="store_true", help="replace the output even if it is up to date or was made with other settings (the old one stays until the new one is written)")
         common.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
         common.add_argument("-q", "--quiet", action="count", default=0, help="less logging, no progress bars")
-        stage.add_arguments(p.add_argument_group(f"{name} options"))
+        keys = stage.settings_class.user_keys()
+        own = stage.options if stage.options is not None else tuple(keys)
+        add_arguments(stage.settings_class, p.add_argument_group(f"{name} options"), own)
+        rest = [k for k in keys if k not in own]
+        if rest:
+            add_arguments(stage.settings_class, p.add_argument_group(
+                f"{name} settings (also --config keys and --set KEY=VALUE)"), rest)
         p.set_defaults(own_parser=p)
 
     ins = sub.add_parser("inspect", help="summarize a Parquet manifest",
@@ -112,9 +121,7 @@ def _check_inspect_args(args) -> None:
     if args.overlay:
         if not (args.queries and args.tiles):
             raise ManifestError(args.path, "--overlay needs --queries (the photos) and --tiles (the imagery) as well")
-        from stages.base import StageError
-
-        from .imagery import open_tile_source
+        from pipeline.tile_sources import open_tile_source
 
         try:  # before the summary is printed: a wrong path is the one line the user sees
             open_tile_source(args.tiles)
@@ -126,8 +133,8 @@ def _overlays(args) -> None:
     """``inspect --overlay``: the by-eye check of a footprints manifest (:mod:`pipeline.footprint.overlay`)."""
     from manifests import read_manifest
 
-    from .footprint.overlay import write_overlays
-    from .imagery import open_tile_source
+    from pipeline.footprint.overlay import write_overlays
+    from pipeline.tile_sources import open_tile_source
 
     fp = read_manifest(args.path, "footprints", geometry=False)
     written = write_overlays(fp, args.queries, open_tile_source(args.tiles), args.overlay, args.photo)
@@ -157,14 +164,21 @@ def os_error_message(e: OSError) -> str:
     return f"{where}{what}; {hint}"
 
 
+def settings_from_args(stage: Stage, args: argparse.Namespace):
+    """The stage's settings: its defaults < ``--config`` (the top level, then its table) < ``--set`` < its options;
+    each layer checked as it is read (an unknown key or a value of another kind is refused before any work)."""
+    layers = []
+    if getattr(args, "config", None):
+        layers.append((load_toml(args.config, stage.name, sections=STAGES), f"config file {args.config}"))
+    layers.append((parse_settings(getattr(args, "set_values", None) or []), "--set"))
+    layers.append(({k: getattr(args, k, None) for k in stage.settings_class.user_keys()}, "option"))
+    return stage.settings_class.from_layers(*layers)
+
+
 def main(argv: list[str] | None = None) -> int:
     from manifests.errors import ManifestError
-    from stages import get_stage
-    from stages.base import StageError
-
-    from .config import ConfigError
-    from .geometry.mercator import LatitudeError
-    from .progress import setup_logging
+    from pipeline.geometry.mercator import LatitudeError
+    from pipeline.progress import setup_logging
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -181,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                 _overlays(args)
             return 0
         stage = get_stage(args.stage)
-        conf = stage.config_from_args(args)
-        print(stage.execute(conf, overwrite=args.overwrite))
+        settings = settings_from_args(stage, args)
+        print(stage.execute(settings, workdir=args.workdir, overwrite=args.overwrite))
         return 0
     except (ManifestError, ConfigError, StageError, LatitudeError) as e:
         print(f"error: {e}", file=sys.stderr)
