@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= workspace
 SIZE ?= small
 
-.PHONY: install demo test clean
+.PHONY: install demo lint test clean
 
 install: $(STAMP)
 
@@ -29,7 +29,12 @@ demo: install
 	$(PY) -m pipeline inspect $(WORKDIR)/footprints.parquet --geojson $(WORKDIR)/footprints.geojson \
 		--overlay $(WORKDIR)/overlays --queries $(WORKDIR)/queries.parquet --tiles $(WORKDIR)/tiles
 
-test: install
+# the lint and format gate (ruff, configured in pyproject.toml), then the tests
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: install lint
 	$(PY) -m pytest -q
 
 clean:

@@ -28,14 +28,13 @@ import time
 
 import numpy as np
 import pandas as pd
+from photo_set import add_photo_arguments, open_photo_set  # bench/photo_set.py
 
 from pipeline.footprint.evidence import Catalogue
 from pipeline.footprint.search import FootprintSearch
 from pipeline.footprint.settings import SearchSettings
 from pipeline.geometry.geodesy import footprint_polygon, iou
 from pipeline.imagery.photos import read_photo
-
-from photo_set import add_photo_arguments, open_photo_set  # bench/photo_set.py
 
 
 def exhaustive_conf(photo_long_side: int, size_tiles: int = 4) -> dict:

@@ -66,7 +66,7 @@ def main() -> None:
     if photo is not None:
         files = {f"{photo.name} (real)": np.fromfile(photo, np.uint8), **files}
     flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-    print("cost (median of %d):" % args.repeats)
+    print(f"cost (median of {args.repeats}):")
     for name, data in files.items():
         assert jpeg_damage(data) is None, f"{name} is reported damaged"
         check = median_ms(lambda: jpeg_damage(data), args.repeats)

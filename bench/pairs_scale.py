@@ -114,6 +114,7 @@ def naive(lon: np.ndarray, lat: np.ndarray, db: Database, iou_min: float) -> int
     A window across lon 180 is a MultiPolygon of its halves on either side, as a footprint across it is
     (:func:`footprint_polygon`)."""
     import shapely
+
     from pipeline.geometry.geodesy import area_km2, footprint_polygon
 
     z = (db.keys >> 56).astype(np.int64)

@@ -25,8 +25,8 @@ from pipeline.footprint.search import FootprintSearch
 from pipeline.footprint.settings import SearchSettings
 from pipeline.footprint.wrong_labels import moved_corners, swapped_queries
 from pipeline.geometry.geodesy import footprint_polygon, iou
-from pipeline.tile_sources import open_tile_source
 from pipeline.imagery.photos import read_photo
+from pipeline.tile_sources import open_tile_source
 
 POSITIVE = ("ISS062-E-81917", "ISS056-E-153176")
 """(photo, row): the one swapped search that is no negative (the row's imagery is the photo's own)."""

@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 import pandas as pd
+from photo_set import add_photo_arguments, open_photo_set  # bench/photo_set.py
 
 from pipeline.footprint import homography as hg
 from pipeline.footprint.evidence import Catalogue
@@ -25,8 +26,6 @@ from pipeline.footprint.search import FootprintSearch
 from pipeline.footprint.settings import SearchSettings
 from pipeline.geometry.geodesy import footprint_polygon, iou
 from pipeline.imagery.photos import read_photo
-
-from photo_set import add_photo_arguments, open_photo_set  # bench/photo_set.py
 
 BEFORE = {"refine_px": 512, "refine_context": 2.0, "refine_keypoints": 1024, "refine_surroundings_keypoints": 1024,
           "refine_crop": 0.0}

@@ -21,8 +21,8 @@ from manifests import read_queries
 from pipeline.footprint import homography as hg
 from pipeline.footprint.search import FootprintSearch
 from pipeline.footprint.settings import SearchSettings
-from pipeline.tile_sources import open_tile_source
 from pipeline.imagery.photos import read_photo
+from pipeline.tile_sources import open_tile_source
 
 SETTINGS = {
     "before: 2x, 512 px, 1024/1024": {"refine_context": 2.0, "refine_px": 512, "refine_keypoints": 1024,

@@ -22,11 +22,11 @@ import numpy as np
 from manifests import read_manifest
 from pipeline.geometry.mercator import lonlat_to_mercator, resolution_m
 from pipeline.geometry.windows import Window, windows_containing
-from pipeline.tile_sources import open_tile_source
 from pipeline.matching import build_extractor, build_matcher, estimate_homography
 from pipeline.simulate.camera import camera_looking_at
 from pipeline.simulate.render import render_view
 from pipeline.simulate.sample import GLOBE
+from pipeline.tile_sources import open_tile_source
 from pipeline.world import ProceduralWorld, load_world
 
 

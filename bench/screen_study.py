@@ -29,14 +29,13 @@ import time
 
 import numpy as np
 import pandas as pd
+from photo_set import add_photo_arguments, open_photo_set  # bench/photo_set.py
 
 from pipeline.footprint import homography as hg
 from pipeline.footprint.search import FootprintSearch, Match
 from pipeline.footprint.settings import SearchSettings
 from pipeline.imagery.photos import read_photo
 from pipeline.matching import estimate_homography
-
-from photo_set import add_photo_arguments, open_photo_set  # bench/photo_set.py
 
 
 class RecordingSearch(FootprintSearch):

@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from manifests import read_manifest, read_queries  # noqa: E402
 from pipeline.footprint import homography as hg  # noqa: E402
 from pipeline.footprint.overlay import CORNERS  # noqa: E402
-from pipeline.tile_sources import open_tile_source  # noqa: E402
 from pipeline.imagery.photos import PhotoError, read_photo  # noqa: E402
+from pipeline.tile_sources import open_tile_source  # noqa: E402
 
 SIDE = 512  # the photo's long side for the masks, pixels
 BOX = 4.0  # the imagery box around the footprint, in footprint extents

@@ -3,7 +3,18 @@
 from .errors import ManifestError, Problem
 from .io import ManifestWriter, atomic_output, detect_kind, read_manifest, to_table, validate, write_manifest
 from .queries import parse_earthloc_name, read_queries
-from .schemas import CORNER_COLUMNS, DATABASE, DECISIONS, FOOTPRINTS, KINDS, PAIRS, QUERIES, STATUSES, TRUTH, ManifestKind
+from .schemas import (
+    CORNER_COLUMNS,
+    DATABASE,
+    DECISIONS,
+    FOOTPRINTS,
+    KINDS,
+    PAIRS,
+    QUERIES,
+    STATUSES,
+    TRUTH,
+    ManifestKind,
+)
 
 __all__ = [
     "CORNER_COLUMNS", "DATABASE", "DECISIONS", "FOOTPRINTS", "KINDS", "PAIRS", "QUERIES", "STATUSES", "TRUTH",

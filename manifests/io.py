@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .files import atomic_output
-
 from .errors import ManifestError, Problem
+from .files import atomic_output
 from .geoparquet import decode_geometries, encode_geometries, geo_metadata
 from .schemas import CORNER_COLUMNS, KINDS, STATUSES, ManifestKind
 
@@ -135,7 +134,7 @@ class ManifestWriter:
         with contextlib.suppress(BaseException):
             self._ctx.__exit__(type(err), err, None)
 
-    def __enter__(self) -> "ManifestWriter":
+    def __enter__(self) -> ManifestWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

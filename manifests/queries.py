@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .files import printable
-
 from .errors import ManifestError, Problem
+from .files import printable
 from .schemas import QUERIES
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp")

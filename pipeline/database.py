@@ -8,7 +8,7 @@ blocks. Rows of blocks are processed in bands, so memory stays bounded for conti
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd

@@ -51,7 +51,7 @@ class Database:
     size_tiles: int
 
     @classmethod
-    def from_columns(cls, zoom: np.ndarray, x: np.ndarray, y: np.ndarray, size_tiles: int) -> "Database":
+    def from_columns(cls, zoom: np.ndarray, x: np.ndarray, y: np.ndarray, size_tiles: int) -> Database:
         keys = np.unique(_key(zoom, x, y))
         return cls(keys, tuple(int(z) for z in np.unique(zoom)), int(size_tiles))
 

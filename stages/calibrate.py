@@ -32,10 +32,10 @@ import pandas as pd
 
 from manifests import DECISIONS, ManifestError, ManifestWriter, Problem, read_manifest, read_queries, write_manifest
 from pipeline.config import files_fingerprint, fingerprint
-from pipeline.footprint.batch import CATALOGUE, matcher_name
+from pipeline.footprint.batch import CATALOGUE, matcher_name, run_batch
 from pipeline.footprint.calibration import (
-    DEFAULT_FEATURES,
     CORNERS,
+    DEFAULT_FEATURES,
     DEFAULT_PRECISION,
     EVIDENCE_SETTINGS,
     Calibration,
@@ -44,7 +44,6 @@ from pipeline.footprint.calibration import (
     score_decisions,
     weighed,
 )
-from pipeline.footprint.batch import run_batch
 from pipeline.footprint.evidence import FEATURES
 from pipeline.footprint.settings import SearchSettings
 from pipeline.settings import Settings, group, setting
@@ -52,7 +51,6 @@ from pipeline.settings import Settings, group, setting
 from .base import Stage, StageError, StageRun, source_files
 from .cluster import check_cluster_options, dask_client, gather_isolating
 from .footprints import WORKER_MEMORY_BYTES
-
 
 
 def read_truth(path: str | Path) -> pd.DataFrame:
@@ -131,7 +129,7 @@ class Source:
         return f"{p.parent.name}/{p.name}"
 
     @classmethod
-    def parse(cls, spec: str) -> "Source":
+    def parse(cls, spec: str) -> Source:
         """``TRUTH[,queries=Q][,tiles=T][,decisions=D]``; queries and tiles default to the files beside the truth."""
         head, *rest = [s.strip() for s in str(spec).split(",")]
         truth = Path(head).resolve()

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                               formatter_class=_HelpFormatter)
         common = p.add_argument_group("common options")
         common.add_argument("--workdir", default="workspace", help="workspace folder for default inputs and outputs")
-        common.add_argument("--config", help="TOML file with this stage's settings (top level or a [%s] table)" % name)
+        common.add_argument("--config", help=f"TOML file with this stage's settings (top level or a [{name}] table)")
         common.add_argument("--set", action="append", default=None, metavar="KEY=VALUE", dest="set_values",
                             help="one setting by its key (the option's name with underscores), as a --config file "
                                  "would hold it (a TOML value: 0, 2.5, true, [10, 11], or text); repeatable; wins "
@@ -132,7 +132,6 @@ def _check_inspect_args(args) -> None:
 def _overlays(args) -> None:
     """``inspect --overlay``: the by-eye check of a footprints manifest (:mod:`pipeline.footprint.overlay`)."""
     from manifests import read_manifest
-
     from pipeline.footprint.overlay import write_overlays
     from pipeline.tile_sources import open_tile_source
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from pipeline.progress import progress, quiet_distributed
 from pipeline.runtime import cuda_device_count
@@ -123,7 +124,7 @@ def probe_scheduler(address: str, timeout: float | None = None) -> None:
     try:
         # connect() gives up on a closed port by itself (OSError); the outer deadline ends a handshake that hangs
         asyncio.run(asyncio.wait_for(handshake(), timeout + 2))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise StageError(f"--scheduler {address}: something listens there but did not answer as a Dask scheduler "
                          f"in {timeout:g} s (another service, such as the dashboard? or a blocked scheduler); give "
                          "the address the scheduler's log prints, usually tcp://host:8786") from None

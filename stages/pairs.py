@@ -33,7 +33,6 @@ from manifests import (
     write_manifest,
 )
 from manifests.queries import read_queries_table
-
 from pipeline.geometry.windows import parse_zooms
 from pipeline.settings import Settings, setting
 

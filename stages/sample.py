@@ -28,7 +28,6 @@ from pathlib import Path
 import pandas as pd
 
 from manifests import QUERIES, TRUTH, read_manifest, write_manifest
-
 from manifests.files import atomic_output
 from pipeline.geometry.windows import DEFAULT_ZOOMS, parse_zooms
 from pipeline.progress import progress

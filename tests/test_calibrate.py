@@ -135,8 +135,7 @@ def test_an_old_calibration_file_is_refused_with_what_to_do(tmp_path):
 def test_the_packaged_calibration_follows_from_its_fit():
     """The packaged model is what fitting its own decisions gives (shipped beside it), and its reports are those
     decisions' counts at its operating point."""
-    from pipeline.footprint.calibration import PACKAGED_DECISIONS
-    from pipeline.footprint.calibration import weighed
+    from pipeline.footprint.calibration import PACKAGED_DECISIONS, weighed
 
     cal = Calibration.load(PACKAGED)
     assert cal.extractor == "aliked" and 0.0 < cal.operating_point < 1.0

@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 
 from manifests import read_manifest, read_queries
-from stages.cli import main
 from pipeline.geometry.geodesy import footprint_polygon, iou
+from stages.cli import main
 
 CHEAP = """[footprints]
 zooms = [11]

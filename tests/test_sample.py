@@ -14,7 +14,6 @@ from pyproj import Geod
 import stages.sample as sample_stage
 from manifests import read_manifest
 from manifests.inspect import inspect_manifest
-from stages.cli import main
 from pipeline.geometry.mercator import lonlat_to_mercator
 from pipeline.geometry.windows import windows_containing
 from pipeline.simulate.camera import (
@@ -27,6 +26,7 @@ from pipeline.simulate.camera import (
 from pipeline.simulate.render import render_view
 from pipeline.simulate.sample import GLOBE, SIZES, split_boxes
 from pipeline.world import ProceduralWorld
+from stages.cli import main
 
 GEOD = Geod(ellps="WGS84")
 FILES = ("queries.parquet", "truth.parquet", "database.parquet", "regions.geojson", "tiles/world.toml")
@@ -252,8 +252,8 @@ def test_preview_contact_sheet(tiny, tmp_path):
 def test_photos_are_matchable_and_far_windows_are_not(tiny):
     """A clean nadir photo against the database window containing it: >= 100 inliers with
     ALIKED + LightGlue; against a window 1.5 deg away: < 15."""
-    from pipeline.tile_sources import open_tile_source
     from pipeline.matching import build_extractor, build_matcher, match_pair
+    from pipeline.tile_sources import open_tile_source
 
     db = open_tile_source(tiny / "tiles")
     lon, lat = 3.5, 45.5  # farmland and forest in the tiny region

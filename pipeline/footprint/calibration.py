@@ -30,14 +30,15 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from manifests.files import atomic_output
+
 from ..geometry.geodesy import footprint_polygon, iou
 from .evidence import FEATURES, Evidence
 from .settings import NO_MODEL_MIN_INLIERS
@@ -124,7 +125,7 @@ class DecisionModel:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DecisionModel":
+    def from_dict(cls, d: dict) -> DecisionModel:
         return cls(tuple(d["features"]), tuple(float(v) for v in d["weights"]), float(d["intercept"]),
                    tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["scale"]),
                    float(d.get("operating_point", DEFAULT_PRECISION)))
@@ -273,7 +274,7 @@ class SourceReport:
 
     @classmethod
     def of(cls, name: str, role: str, photos: int, p: np.ndarray, right: np.ndarray,
-           operating_point: float) -> "SourceReport":
+           operating_point: float) -> SourceReport:
         p, right = np.asarray(p, np.float64), np.asarray(right, bool)
         acc = p >= operating_point
         ar, aw = int((acc & right).sum()), int((acc & ~right).sum())
@@ -320,7 +321,7 @@ class Calibration:
                 before_replace(Path(tmp))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Calibration":
+    def load(cls, path: str | os.PathLike) -> Calibration:
         try:
             d = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:

@@ -56,7 +56,7 @@ class Catalogue:
     nadir_lat: float | None = None
 
     @classmethod
-    def from_row(cls, row) -> "Catalogue":
+    def from_row(cls, row) -> Catalogue:
         """From a queries row (a dict or a namedtuple); NaN and absent columns are None."""
         get = row.get if isinstance(row, dict) else (lambda k, d=None: getattr(row, k, d))
 

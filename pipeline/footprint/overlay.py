@@ -19,8 +19,9 @@ import cv2
 import numpy as np
 
 from manifests.files import atomic_output
-from ..imagery.photos import PhotoError, read_photo
+
 from ..imagery.base import TileSource
+from ..imagery.photos import PhotoError, read_photo
 from . import homography as hg
 
 log = logging.getLogger(__name__)

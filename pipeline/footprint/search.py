@@ -52,17 +52,19 @@ import logging
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 from shapely.geometry import Point, Polygon
 
-from ..config import fingerprint
 from manifests.files import atomic_output
+
+from ..config import fingerprint
 from ..geometry.geodesy import area_km2, footprint_polygon, wrap_lon
 from ..geometry.mercator import MAX_LATITUDE, TILE_SIZE, lonlat_to_mercator, resolution_m
 from ..geometry.windows import Window, windows_containing
@@ -444,7 +446,7 @@ class FootprintSearch:
         def _to_photo(points: np.ndarray) -> np.ndarray:
             return hg.apply(np.linalg.inv(to_small), points) if len(points) else np.zeros((0, 2))
 
-        for it in range(1, c.refine_iterations + 1):
+        for it in range(1, c.refine_iterations + 1):  # noqa: B007 - stop() reads it
             g = to_merc @ a  # surroundings pixels -> Mercator
             if not hg.positive_depth(g, jw, jh):
                 return stop(Match(None, 0))

@@ -112,7 +112,7 @@ class Window:
         return np.stack([lon, lat], axis=1)
 
     @classmethod
-    def from_tile_id(cls, tile_id: str, size_tiles: int = DEFAULT_SIZE_TILES) -> "Window":
+    def from_tile_id(cls, tile_id: str, size_tiles: int = DEFAULT_SIZE_TILES) -> Window:
         try:
             z, x, y = (int(v) for v in tile_id.split("_"))
         except ValueError:

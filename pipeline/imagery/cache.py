@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from manifests.files import atomic_output
+
 from ..geometry.mercator import TILE_SIZE, mercator_to_pixel, pixel_to_mercator, resolution_m
 from .base import BoundsMercator, Rendered, TileSource
 from .xyz import _decode_tile, _encode, paste_tiles

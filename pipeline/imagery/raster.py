@@ -42,8 +42,8 @@ import os
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 import rasterio
@@ -51,7 +51,8 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
-from rasterio.warp import reproject, transform as warp_transform, transform_bounds
+from rasterio.warp import reproject, transform_bounds
+from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window as RioWindow
 
 from ..geometry.mercator import MAX_LATITUDE, ORIGIN_SHIFT_M, lonlat_to_mercator

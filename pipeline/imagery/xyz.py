@@ -23,11 +23,13 @@ import math
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable
 
 import cv2
 import numpy as np
+
+from manifests.files import atomic_output
 
 from ..geometry.mercator import (
     ORIGIN_SHIFT_M,
@@ -36,7 +38,6 @@ from ..geometry.mercator import (
     resolution_m,
     tile_bounds_mercator,
 )
-from manifests.files import atomic_output
 from .base import BoundsMercator, Rendered, TileSource
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import types
-from typing import Any, Optional, Union
+from typing import Any
 
 import cv2
 import numpy as np
@@ -34,7 +34,7 @@ from torch import nn
 from . import weights
 from .superpoint import SuperPoint
 
-ImageLike = Union[np.ndarray, torch.Tensor]
+ImageLike = np.ndarray | torch.Tensor
 log = logging.getLogger(__name__)
 
 ALIKED_MODELS = ("aliked-n16", "aliked-n16rot", "aliked-n32", "aliked-t16")
@@ -399,7 +399,7 @@ EXTRACTORS: dict[str, type[Extractor]] = {
 
 
 def build_extractor(name: str, max_keypoints: int = 2048, device: str | torch.device = "cpu",
-                    weights_dir: Optional[weights.PathLike] = None, **conf: Any) -> Extractor:
+                    weights_dir: weights.PathLike | None = None, **conf: Any) -> Extractor:
     """Build an extractor by name: ``"aliked"`` (optionally ``"aliked-n32"`` etc.), ``"disk"``, ``"sift"`` or
     ``"superpoint"``.
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any, Callable, Optional
+from typing import Any
 
 import cv2
 import numpy as np
@@ -99,11 +100,11 @@ class _Matcher(nn.Module):
         return feats
 
     def match_indices(self, feats0: dict[str, Any], feats1: dict[str, Any], full_precision: bool = False,
-                      screen: Optional[Screen] = None) -> tuple[np.ndarray, np.ndarray]:
+                      screen: Screen | None = None) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
     def forward(self, feats0: dict[str, Any], feats1: dict[str, Any], full_precision: bool = False,
-                screen: Optional[Screen] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                screen: Screen | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Matched keypoints ``(M, 2)`` of each image (pixels) and their confidences ``(M,)``.
 
         ``full_precision``: match in float32 even when the matcher was built for mixed precision. ``screen``: end
@@ -133,7 +134,7 @@ class LightGlueMatcher(_Matcher):
     }
 
     def __init__(self, features: str = "aliked", device: str | torch.device = "cpu",
-                 weights_dir: Optional[weights.PathLike] = None, **conf: Any) -> None:
+                 weights_dir: weights.PathLike | None = None, **conf: Any) -> None:
         super().__init__()
         from kornia.feature import LightGlue
 
@@ -227,7 +228,7 @@ class LightGlueMatcher(_Matcher):
 
     @torch.inference_mode()
     def match_indices(self, feats0: dict[str, Any], feats1: dict[str, Any], full_precision: bool = False,
-                      screen: Optional[Screen] = None) -> tuple[np.ndarray, np.ndarray]:
+                      screen: Screen | None = None) -> tuple[np.ndarray, np.ndarray]:
         n0, n1 = len(feats0["keypoints"]), len(feats1["keypoints"])
         if n0 == 0 or n1 == 0:
             return np.zeros((0, 2), np.int64), np.zeros((0,), np.float32)
@@ -254,7 +255,7 @@ class LightGlueMatcher(_Matcher):
     @staticmethod
     def _glue(model: nn.Module, state0: tuple[torch.Tensor, torch.Tensor],
               state1: tuple[torch.Tensor, torch.Tensor],
-              screen: Optional[Screen] = None) -> tuple[torch.Tensor, torch.Tensor]:
+              screen: Screen | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """LightGlue from two encoded images (:meth:`_encode`) on: the layers with early stopping
         (``depth_confidence``) and point pruning (``width_confidence``), then the assignment.
 
@@ -312,7 +313,7 @@ class NearestNeighborMatcher(_Matcher):
 
     @torch.inference_mode()
     def match_indices(self, feats0: dict[str, Any], feats1: dict[str, Any], full_precision: bool = False,
-                      screen: Optional[Screen] = None) -> tuple[np.ndarray, np.ndarray]:
+                      screen: Screen | None = None) -> tuple[np.ndarray, np.ndarray]:
         # screen: ignored, nearest neighbours have no layers to stop between
         d0 = torch.as_tensor(feats0["descriptors"], dtype=torch.float32)
         d1 = torch.as_tensor(feats1["descriptors"], dtype=torch.float32)
@@ -334,7 +335,7 @@ class NearestNeighborMatcher(_Matcher):
         return idx, scores.numpy().astype(np.float32)
 
 
-def build_matcher(features: str, device: str | torch.device = "cpu", weights_dir: Optional[weights.PathLike] = None,
+def build_matcher(features: str, device: str | torch.device = "cpu", weights_dir: weights.PathLike | None = None,
                   **conf: Any) -> _Matcher:
     """LightGlue for ``"aliked"``/``"disk"``/``"superpoint"``, mutual NN + ratio test for ``"sift"``.
 
@@ -362,7 +363,7 @@ def estimate_homography(
     threshold_px: float = 3.0,
     confidence: float = 0.9999,
     max_iters: int = 10000,
-) -> tuple[Optional[np.ndarray], np.ndarray]:
+) -> tuple[np.ndarray | None, np.ndarray]:
     """Robustly fit ``H`` with ``kpts1 ~ H @ kpts0`` (pixel (x, y), (M, 2) each).
 
     Returns ``(H, inlier_mask)``: ``H`` is a float64 3x3 normalised so ``H[2, 2] == 1``, or ``None`` when there are
@@ -392,7 +393,7 @@ def match_pair(
     matcher: _Matcher,
     method: str = "usac_magsac",
     threshold_px: float = 3.0,
-) -> tuple[Optional[np.ndarray], int, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray | None, int, np.ndarray, np.ndarray]:
     """Extract, match and fit a homography from ``img0`` pixels to ``img1`` pixels.
 
     Returns ``(H, n_inliers, kpts0, kpts1)`` where ``kpts0``/``kpts1`` are the inlier correspondences

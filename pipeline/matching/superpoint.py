@@ -37,7 +37,7 @@ Conventions:
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -99,7 +99,7 @@ def select_keypoints(
     nms_radius: int = 4,
     detection_threshold: float = 0.005,
     remove_borders: int = 4,
-    max_keypoints: Optional[int] = None,
+    max_keypoints: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Keypoints of one ``(H, W)`` heatmap, strongest first.
 

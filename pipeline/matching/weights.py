@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any
 
 import torch
 
@@ -61,7 +62,7 @@ SUPERPOINT_HELP = (
     "Download them yourself, put both in one folder and pass it with --weights-dir DIR."
 )
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -110,7 +111,7 @@ def load_state_dict(name: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- user-supplied weights (SuperPoint)
 
 
-def user_weights_path(weights_dir: Optional[PathLike], kind: str) -> Path:
+def user_weights_path(weights_dir: PathLike | None, kind: str) -> Path:
     """Path of the ``kind`` weights (a key of :data:`USER_WEIGHTS`) in the user's folder ``weights_dir``.
 
     The first accepted file name that exists wins. Raises :class:`WeightsNotFoundError`, with a message naming the
@@ -133,7 +134,7 @@ def user_weights_path(weights_dir: Optional[PathLike], kind: str) -> Path:
                                f"{SUPERPOINT_HELP}")
 
 
-def load_user_state_dict(weights_dir: Optional[PathLike], kind: str) -> tuple[dict[str, torch.Tensor], Path]:
+def load_user_state_dict(weights_dir: PathLike | None, kind: str) -> tuple[dict[str, torch.Tensor], Path]:
     """Load the ``kind`` weights from ``weights_dir`` on the CPU (``weights_only=True``): ``(state_dict, path)``.
 
     Raises :class:`WeightsNotFoundError` (see :func:`user_weights_path`) and :class:`WeightsMismatchError` when
@@ -150,7 +151,7 @@ def load_user_state_dict(weights_dir: Optional[PathLike], kind: str) -> tuple[di
 
 
 def check_state_dict(state: Mapping[str, torch.Tensor], model: torch.nn.Module, path: PathLike,
-                     origin: Optional[Mapping[str, str]] = None, show: int = 5) -> None:
+                     origin: Mapping[str, str] | None = None, show: int = 5) -> None:
     """Raise :class:`WeightsMismatchError` unless ``state`` has exactly the keys and shapes of ``model``.
 
     The message names the file ``path`` and lists the first ``show`` missing keys, unexpected keys and shape

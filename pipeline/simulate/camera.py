@@ -89,7 +89,7 @@ class Camera:
         d = (self.forward * self.focal_mm + self.right * xm[..., None] + self.down * ym[..., None])
         return _unit(d)
 
-    def cast(self, u, v) -> "GroundHits":
+    def cast(self, u, v) -> GroundHits:
         """Ray-cast image points (u, v) (any shape) onto the WGS84 ellipsoid (height 0)."""
         d = self.rays(u, v)
         scale = np.array([1.0 / WGS84_A, 1.0 / WGS84_A, 1.0 / WGS84_B])

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from manifests.files import atomic_output
+
 from ..geometry.geodesy import wrap_lon
 from ..geometry.mercator import lonlat_to_mercator
 from ..tile_sources import open_tile_source

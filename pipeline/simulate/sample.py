@@ -185,7 +185,7 @@ def _plan_one(index: int, seed: int, reason: str, split: str, box, size: SampleS
     acquired = (pd.Timestamp(f"{2019 + year}-01-01", tz="UTC") + pd.Timedelta(days=doy, seconds=sec)).isoformat()
     app = _appearance(rng, reason)
     west, south, east, north = box
-    for attempt in range(2000):
+    for _attempt in range(2000):
         tlon = float(rng.uniform(west, east))
         tlat = float(rng.uniform(south, north))
         alt = float(rng.uniform(400e3, 420e3))

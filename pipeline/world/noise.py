@@ -63,7 +63,7 @@ class Grid:
         return (len(self.y), len(self.x))
 
     @classmethod
-    def from_box(cls, bounds, width: int, height: int, pad: int = 0) -> "Grid":
+    def from_box(cls, bounds, width: int, height: int, pad: int = 0) -> Grid:
         xmin, ymin, xmax, ymax = bounds
         px = (xmax - xmin) / width
         py = (ymax - ymin) / height

@@ -183,7 +183,7 @@ class ProceduralWorld(TileSource):
     def bounds_mercator(self) -> BoundsMercator:
         return self._bounds
 
-    def with_year(self, year: int) -> "ProceduralWorld":
+    def with_year(self, year: int) -> ProceduralWorld:
         """The same world (region, seed) in another year."""
         return ProceduralWorld(self.region_lonlat, self.seed, year, self._cache_bytes)
 

@@ -22,6 +22,7 @@ import tomllib
 from pathlib import Path
 
 from manifests.files import atomic_output
+
 from .procedural import YEARS, ProceduralWorld
 
 SPEC_NAME = "world.toml"
