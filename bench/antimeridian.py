@@ -61,8 +61,18 @@ def seam_tiles(folder: Path, res: float, seed: int) -> list[Path]:
         r = world.render((xa, north - ny * res, xb, north), nx, ny)  # its frame is lon 176..184 (its region)
         left = xa if name == "east" else xa - WORLD_M
         path = folder / f"{name}.tif"
-        with rasterio.open(path, "w", driver="GTiff", width=nx, height=ny, count=3, dtype="uint8", crs="EPSG:3857",
-                           transform=from_origin(left, north, (xb - xa) / nx, res), nodata=0) as ds:
+        with rasterio.open(
+            path,
+            "w",
+            driver="GTiff",
+            width=nx,
+            height=ny,
+            count=3,
+            dtype="uint8",
+            crs="EPSG:3857",
+            transform=from_origin(left, north, (xb - xa) / nx, res),
+            nodata=0,
+        ) as ds:
             ds.write(np.where(r.mask[None], np.maximum(r.rgb, 1).transpose(2, 0, 1), 0))
         paths.append(path)
     return paths
@@ -74,8 +84,11 @@ def main(argv=None) -> int:
     ap.add_argument("--res", type=float, default=100.0, help="imagery resolution, Mercator metres per pixel")
     ap.add_argument("--seed", type=int, default=25, help="the procedural world's seed (25: land at the seam)")
     ap.add_argument("--look-at", type=float, default=179.9, help="longitude the camera looks at (lat -17)")
-    ap.add_argument("--labels", default="179.6,179.75,179.9,-179.95,-179.99",
-                    help="weak-label longitudes (lat -17), comma-separated")
+    ap.add_argument(
+        "--labels",
+        default="179.6,179.75,179.9,-179.95,-179.99",
+        help="weak-label longitudes (lat -17), comma-separated",
+    )
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.workdir or Path(tmp)
@@ -89,14 +102,20 @@ def main(argv=None) -> int:
         hits = cam.cast(c[:, 0], c[:, 1])
         truth = np.column_stack([hits.lon, hits.lat])
         east_share = float((view.hits.lon < 0).mean())
-        print(f"photo: {photo.shape[1]}x{photo.shape[0]} px, {view.valid.mean():.1%} with imagery, "
-              f"{east_share:.0%} of it east of lon 180; true corners (lon, lat): "
-              + " ".join(f"({a:.4f}, {b:.4f})" for a, b in truth))
+        print(
+            f"photo: {photo.shape[1]}x{photo.shape[0]} px, {view.valid.mean():.1%} with imagery, "
+            f"{east_share:.0%} of it east of lon 180; true corners (lon, lat): "
+            + " ".join(f"({a:.4f}, {b:.4f})" for a, b in truth)
+        )
         # one search and one tile source per path: neither reuses the other's features or reads
-        paths = {"across": (FootprintSearch(RasterTileSource(tiles)), windows_containing),
-                 "edge": (FootprintSearch(RasterTileSource(tiles)), edge_windows)}
-        print(f"{'label lon':>10} {'side':>5} {'share':>6} {'windows':>9} {'status':>14} {'inliers':>8} {'IoU':>7} "
-              f"{'corner err m':>12} {'s':>5}")
+        paths = {
+            "across": (FootprintSearch(RasterTileSource(tiles)), windows_containing),
+            "edge": (FootprintSearch(RasterTileSource(tiles)), edge_windows),
+        }
+        print(
+            f"{'label lon':>10} {'side':>5} {'share':>6} {'windows':>9} {'status':>14} {'inliers':>8} {'IoU':>7} "
+            f"{'corner err m':>12} {'s':>5}"
+        )
         for lon in (float(v) for v in args.labels.split(",")):
             side = "east" if lon < 0 else "west"
             share = east_share if lon < 0 else 1 - east_share

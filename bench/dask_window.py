@@ -86,8 +86,12 @@ def main() -> None:
     print(f"{a.batches} batches ({4 * a.batches} photos), {a.workers} workers, tasks of {a.task_ms:g} ms")
     print(f"{'mode':<8} {'in flight':>9} {'first result s':>15} {'wall s':>8} {'peak MB above start':>20}")
     for mode in a.modes.split(","):
-        out = subprocess.run([sys.executable, "-c", CHILD, mode, str(a.batches), str(a.workers),
-                              str(a.task_ms / 1000)], cwd=ROOT, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, mode, str(a.batches), str(a.workers), str(a.task_ms / 1000)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         if out.returncode:
             sys.exit(f"{mode} failed:\n{out.stderr[-3000:]}")
         r = json.loads(out.stdout.strip().splitlines()[-1])

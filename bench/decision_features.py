@@ -21,8 +21,13 @@ import pandas as pd
 from pipeline.footprint.calibration import fit_model, weighed
 from pipeline.footprint.evidence import FEATURES
 
-SETS = (("inliers",), ("inliers", "coverage"), ("inliers", "inlier_ratio"), ("inliers", "candidate_inliers"),
-        ("inliers", "inlier_ratio", "coverage"))
+SETS = (
+    ("inliers",),
+    ("inliers", "coverage"),
+    ("inliers", "inlier_ratio"),
+    ("inliers", "candidate_inliers"),
+    ("inliers", "inlier_ratio", "coverage"),
+)
 
 
 def main() -> None:
@@ -36,12 +41,16 @@ def main() -> None:
     if not held.any():
         raise SystemExit(f"no fit source named like {args.hold_out!r}: {sorted(fit['source'].unique())}")
     out = fit[held]
-    print(f"{len(d)} decisions; held out: {sorted(out['source'].unique())} ({int(out['right'].sum())} right, "
-          f"{int((~out['right']).sum())} wrong)")
+    print(
+        f"{len(d)} decisions; held out: {sorted(out['source'].unique())} ({int(out['right'].sum())} right, "
+        f"{int((~out['right']).sum())} wrong)"
+    )
     for s, g in d.groupby("source"):
-        print(f"  {s}: {int(g['right'].sum())} right (inliers {g.loc[g['right'], 'inliers'].min():.0f}-"
-              f"{g.loc[g['right'], 'inliers'].max():.0f}), {int((~g['right']).sum())} wrong (inliers up to "
-              f"{g.loc[~g['right'], 'inliers'].max():.0f}); role {g['role'].iloc[0]}")
+        print(
+            f"  {s}: {int(g['right'].sum())} right (inliers {g.loc[g['right'], 'inliers'].min():.0f}-"
+            f"{g.loc[g['right'], 'inliers'].max():.0f}), {int((~g['right']).sum())} wrong (inliers up to "
+            f"{g.loc[~g['right'], 'inliers'].max():.0f}); role {g['role'].iloc[0]}"
+        )
     print()
     right = out[out["right"]][list(FEATURES)].to_numpy(np.float64)
     weaker = right.copy()
@@ -53,10 +62,12 @@ def main() -> None:
             p, pw = m.probabilities(right), m.probabilities(weaker)
             wrong = d[~d["right"]]
             pwrong = m.probabilities(wrong[list(FEATURES)].to_numpy(np.float64))
-            print(f"{'+'.join(feats):<36} fitted {name:<10} weights {np.round(m.weights, 2)} operating point "
-                  f"{m.operating_point:.3f} | held-out right: lowest P {p.min():.3f}, {pw.min():.3f} with 0.8x "
-                  f"inliers ({int((pw < m.operating_point).sum())} of {len(pw)} below) | strongest wrong P "
-                  f"{pwrong.max():.3f}")
+            print(
+                f"{'+'.join(feats):<36} fitted {name:<10} weights {np.round(m.weights, 2)} operating point "
+                f"{m.operating_point:.3f} | held-out right: lowest P {p.min():.3f}, {pw.min():.3f} with 0.8x "
+                f"inliers ({int((pw < m.operating_point).sum())} of {len(pw)} below) | strongest wrong P "
+                f"{pwrong.max():.3f}"
+            )
 
 
 if __name__ == "__main__":

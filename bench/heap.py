@@ -65,40 +65,58 @@ def main() -> None:
     ap.add_argument("--workdir", required=True, help="a sample workspace")
     ap.add_argument("--photos", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--modes", default="keep,release",
-                    help=f"comma-separated, the first is the reference: {', '.join(MODES)} (keep with kornia's own "
-                         "ALIKED dense maps instead of the in-place ones)")
+    ap.add_argument(
+        "--modes",
+        default="keep,release",
+        help=f"comma-separated, the first is the reference: {', '.join(MODES)} (keep with kornia's own "
+        "ALIKED dense maps instead of the in-place ones)",
+    )
     args = ap.parse_args()
     modes = tuple(args.modes.split(","))
     if len(modes) < 2 or set(modes) - set(MODES):
         ap.error(f"--modes: two or more of {', '.join(MODES)}")
     runs: dict[str, list[dict]] = {m: [] for m in modes}
     for k in range(args.rounds):
-        for mode in (modes if k % 2 == 0 else modes[::-1]):
-            out = subprocess.run([sys.executable, "-c", CHILD, mode, args.workdir, str(args.photos)],
-                                 capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)) or ".")
+        for mode in modes if k % 2 == 0 else modes[::-1]:
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, mode, args.workdir, str(args.photos)],
+                capture_output=True,
+                text=True,
+                cwd=os.path.dirname(os.path.dirname(__file__)) or ".",
+            )
             if out.returncode:
                 sys.exit(f"{mode} run failed:\n{out.stderr[-3000:]}")
             r = json.loads(out.stdout.strip().splitlines()[-1])
             runs[mode].append(r)
-            print(f"round {k + 1} {mode:<12} {sum(r['seconds']):7.1f} s for {len(r['seconds'])} photos, "
-                  f"resident {r['rss_mb'][-1]:6.0f} MB after the last, peak {r['peak_mb']:6.0f} MB, "
-                  f"heap in use {r['in_use_mb']:5.0f} MB, system CPU {r['sys_s']:5.1f} s", flush=True)
+            print(
+                f"round {k + 1} {mode:<12} {sum(r['seconds']):7.1f} s for {len(r['seconds'])} photos, "
+                f"resident {r['rss_mb'][-1]:6.0f} MB after the last, peak {r['peak_mb']:6.0f} MB, "
+                f"heap in use {r['in_use_mb']:5.0f} MB, system CPU {r['sys_s']:5.1f} s",
+                flush=True,
+            )
     if len({json.dumps(rs[0]["statuses"]) for rs in runs.values()}) > 1:
         print("note: the modes' statuses differ")
     summary = {}
     for mode, rs in runs.items():
         per_photo = [s for r in rs for s in r["seconds"]]
-        summary[mode] = (statistics.median([sum(r["seconds"]) / len(r["seconds"]) for r in rs]),
-                         statistics.median(per_photo), max(r["rss_mb"][-1] for r in rs), max(r["peak_mb"] for r in rs))
-        print(f"{mode:<12} {summary[mode][0]:.2f} s per photo (median of rounds; per-photo median "
-              f"{summary[mode][1]:.2f} s), resident after the last photo up to {summary[mode][2]:.0f} MB, "
-              f"peak {summary[mode][3]:.0f} MB")
+        summary[mode] = (
+            statistics.median([sum(r["seconds"]) / len(r["seconds"]) for r in rs]),
+            statistics.median(per_photo),
+            max(r["rss_mb"][-1] for r in rs),
+            max(r["peak_mb"] for r in rs),
+        )
+        print(
+            f"{mode:<12} {summary[mode][0]:.2f} s per photo (median of rounds; per-photo median "
+            f"{summary[mode][1]:.2f} s), resident after the last photo up to {summary[mode][2]:.0f} MB, "
+            f"peak {summary[mode][3]:.0f} MB"
+        )
     k = summary[modes[0]]
     for mode in modes[1:]:
         r = summary[mode]
-        print(f"{mode} / {modes[0]}: time {r[0] / k[0]:.3f}x, resident after the last photo {r[2] / k[2]:.2f}x, "
-              f"peak {r[3] / k[3]:.2f}x")
+        print(
+            f"{mode} / {modes[0]}: time {r[0] / k[0]:.3f}x, resident after the last photo {r[2] / k[2]:.2f}x, "
+            f"peak {r[3] / k[3]:.2f}x"
+        )
 
 
 if __name__ == "__main__":

@@ -60,7 +60,9 @@ def main() -> None:
     args = ap.parse_args()
     photo = args.photo
     if photo is None:
-        photos = sorted((ROOT.parent / "shared" / "real-sample" / "photos").glob("*.jpg"), key=lambda p: p.stat().st_size)
+        photos = sorted(
+            (ROOT.parent / "shared" / "real-sample" / "photos").glob("*.jpg"), key=lambda p: p.stat().st_size
+        )
         photo = photos[-1] if photos else None
     files = {"camera-like 6000x4000 (generated)": camera_like()}
     if photo is not None:
@@ -71,8 +73,10 @@ def main() -> None:
         assert jpeg_damage(data) is None, f"{name} is reported damaged"
         check = median_ms(lambda: jpeg_damage(data), args.repeats)
         decode = median_ms(lambda: cv2.imdecode(data, flags), max(3, args.repeats // 2))
-        print(f"  {name:<40} {data.size / 1e6:6.1f} MB  check {check:7.2f} ms  decode {decode:8.1f} ms  "
-              f"check/decode {check / decode:.4f}")
+        print(
+            f"  {name:<40} {data.size / 1e6:6.1f} MB  check {check:7.2f} ms  decode {decode:8.1f} ms  "
+            f"check/decode {check / decode:.4f}"
+        )
     rng = np.random.default_rng(0)
     print(f"damage seen by the check ({args.trials} seeded copies each):")
     for name, data in files.items():
@@ -84,8 +88,10 @@ def main() -> None:
             at = int(rng.integers(start, data.size - 18))
             bad[at : at + 16] = rng.integers(0, 256, 16, dtype=np.uint8)
             over += jpeg_damage(bad) is not None
-        print(f"  {name:<40} cut short {cut}/{args.trials} = {cut / args.trials:.0%}   "
-              f"16 bytes overwritten {over}/{args.trials} = {over / args.trials:.0%}")
+        print(
+            f"  {name:<40} cut short {cut}/{args.trials} = {cut / args.trials:.0%}   "
+            f"16 bytes overwritten {over}/{args.trials} = {over / args.trials:.0%}"
+        )
 
 
 if __name__ == "__main__":

@@ -48,9 +48,11 @@ def peak_rise_mb(fn) -> float:
     """How far one call of ``fn`` raises this process's peak resident memory above its resident memory before,
     in MB: the heap's free pages handed back first (``malloc_trim``), then Linux's peak counter reset
     (``/proc/self/clear_refs``), the call, and ``VmHWM`` read back. NaN where Linux does not offer that."""
+
     def status_kb(key: str) -> int:
         with open("/proc/self/status") as f:
             return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
     try:
         release_heap()
         with open("/proc/self/clear_refs", "w") as f:
@@ -74,8 +76,12 @@ def main() -> None:
     ap.add_argument("--photo", type=Path, default=PHOTOS / "ISS051-E-43872.jpg")
     ap.add_argument("--other", type=Path, default=PHOTOS / "ISS062-E-24032.jpg", help="a photo of another place")
     ap.add_argument("--size", type=int, default=768, help="image side, pixels")
-    ap.add_argument("--dense-size", type=int, default=1024,
-                    help="image side for the dense-map comparison, pixels (the refinement's surroundings: 1024)")
+    ap.add_argument(
+        "--dense-size",
+        type=int,
+        default=1024,
+        help="image side for the dense-map comparison, pixels (the refinement's surroundings: 1024)",
+    )
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     tune_malloc()
@@ -90,13 +96,17 @@ def main() -> None:
     t_fast, f_fast = median_s(lambda: fast(photo), args.repeats)
     dist, j = torch.cdist(torch.as_tensor(f_plain["keypoints"]), torch.as_tensor(f_fast["keypoints"])).min(1)
     ddesc = (torch.as_tensor(f_plain["descriptors"]) - torch.as_tensor(f_fast["descriptors"])[j]).abs().max()
-    print(f"\nALIKED at {args.size} x {args.size}: NCHW {t_plain:.3f} s, channels-last {t_fast:.3f} s "
-          f"({t_plain / t_fast:.2f}x); {len(f_plain['keypoints'])} / {len(f_fast['keypoints'])} keypoints, "
-          f"{float((dist < 1e-3).float().mean()):.0%} within 1e-3 px, largest shift {float(dist.max()):.2f} px, "
-          f"largest descriptor change {float(ddesc):.1e}")
+    print(
+        f"\nALIKED at {args.size} x {args.size}: NCHW {t_plain:.3f} s, channels-last {t_fast:.3f} s "
+        f"({t_plain / t_fast:.2f}x); {len(f_plain['keypoints'])} / {len(f_fast['keypoints'])} keypoints, "
+        f"{float((dist < 1e-3).float().mean()):.0%} within 1e-3 px, largest shift {float(dist.max()):.2f} px, "
+        f"largest descriptor change {float(ddesc):.1e}"
+    )
 
-    print(f"\nALIKED's dense maps at {args.dense_size} x {args.dense_size}, built in place (the default) against "
-          "kornia's own method:")
+    print(
+        f"\nALIKED's dense maps at {args.dense_size} x {args.dense_size}, built in place (the default) against "
+        "kornia's own method:"
+    )
     dense_photo = read(args.photo, args.dense_size)
     lean, kornia_own = fast, build_extractor("aliked", max_keypoints=1024, lean_dense_map=False)
     rows = {}
@@ -105,9 +115,13 @@ def main() -> None:
         t, feats = median_s(lambda: ext(dense_photo), args.repeats)
         rows[name] = (t, rise, feats)
     (tk, rk, fk), (tl, rl, fl) = rows["kornia"], rows["in place"]
-    same = all(torch.equal(torch.as_tensor(fk[k]), torch.as_tensor(fl[k])) for k in ("keypoints", "descriptors", "scores"))
-    print(f"  kornia {tk:.3f} s, peak +{rk:.0f} MB; in place {tl:.3f} s ({tk / tl:.2f}x), peak +{rl:.0f} MB "
-          f"({rl / rk:.2f}x); identical features: {same}")
+    same = all(
+        torch.equal(torch.as_tensor(fk[k]), torch.as_tensor(fl[k])) for k in ("keypoints", "descriptors", "scores")
+    )
+    print(
+        f"  kornia {tk:.3f} s, peak +{rk:.0f} MB; in place {tl:.3f} s ({tk / tl:.2f}x), peak +{rl:.0f} MB "
+        f"({rl / rk:.2f}x); identical features: {same}"
+    )
 
     f0, f_warp, f_other = fast(photo), fast(warped), fast(other)
     full, mixed = build_matcher("aliked"), build_matcher("aliked", mp=True)
@@ -119,8 +133,10 @@ def main() -> None:
             _, mask = estimate_homography(m0, m1)
             row.append((name, t, len(m0), 0 if mask is None else int(mask.sum())))
         (n0, t0, m0_, i0), (n1, t1, m1_, i1) = row
-        print(f"  {label:<18} {n0} {t0 * 1000:.0f} ms ({m0_} matches, {i0} inliers), {n1} {t1 * 1000:.0f} ms "
-              f"({m1_} matches, {i1} inliers): {t0 / t1:.2f}x")
+        print(
+            f"  {label:<18} {n0} {t0 * 1000:.0f} ms ({m0_} matches, {i0} inliers), {n1} {t1 * 1000:.0f} ms "
+            f"({m1_} matches, {i1} inliers): {t0 / t1:.2f}x"
+        )
 
     print("\nLightGlue on prepared images, per pair (median, mixed precision):")
     p0 = mixed.prepare(f0)
@@ -129,8 +145,10 @@ def main() -> None:
         t_raw, raw = median_s(lambda: mixed.match_indices(f0, f1), args.repeats)
         t_prep, prep = median_s(lambda: mixed.match_indices(p0, p1), args.repeats)
         same = np.array_equal(raw[0], prep[0]) and np.array_equal(raw[1], prep[1])
-        print(f"  {label:<18} unprepared {t_raw * 1000:.0f} ms, prepared {t_prep * 1000:.0f} ms "
-              f"({t_raw / t_prep:.2f}x), {len(prep[0])} matches, identical: {same}")
+        print(
+            f"  {label:<18} unprepared {t_raw * 1000:.0f} ms, prepared {t_prep * 1000:.0f} ms "
+            f"({t_raw / t_prep:.2f}x), {len(prep[0])} matches, identical: {same}"
+        )
 
 
 if __name__ == "__main__":

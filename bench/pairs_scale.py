@@ -83,8 +83,15 @@ def footprints(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     h = area / w
     ang = rng.uniform(0, 2 * math.pi, count)
     skew = rng.uniform(0, 0.3, count)
-    local = np.stack([np.stack([-w / 2, h / 2 * (1 + skew)], 1), np.stack([w / 2, h / 2 * (1 - skew)], 1),
-                      np.stack([w / 2, -h / 2 * np.ones(count)], 1), np.stack([-w / 2, -h / 2 * np.ones(count)], 1)], 1)
+    local = np.stack(
+        [
+            np.stack([-w / 2, h / 2 * (1 + skew)], 1),
+            np.stack([w / 2, h / 2 * (1 - skew)], 1),
+            np.stack([w / 2, -h / 2 * np.ones(count)], 1),
+            np.stack([-w / 2, -h / 2 * np.ones(count)], 1),
+        ],
+        1,
+    )
     c, s = np.cos(ang)[:, None], np.sin(ang)[:, None]
     ex, ny = local[..., 0] * c - local[..., 1] * s, local[..., 0] * s + local[..., 1] * c
     dlat = ny / 111.32
@@ -124,8 +131,11 @@ def naive(lon: np.ndarray, lat: np.ndarray, db: Database, iou_min: float) -> int
     west, north = mercator_to_lonlat(x / n * WORLD_M - WORLD_M / 2, WORLD_M / 2 - y / n * WORLD_M)
     east, south = mercator_to_lonlat((x + 4) / n * WORLD_M - WORLD_M / 2, WORLD_M / 2 - (y + 4) / n * WORLD_M)
     across = east > 180.0
-    near = (((west <= lon.max() + 1) & (east >= lon.min() - 1)) | across) & (south <= lat.max() + 1) & (
-        north >= lat.min() - 1)
+    near = (
+        (((west <= lon.max() + 1) & (east >= lon.min() - 1)) | across)
+        & (south <= lat.max() + 1)
+        & (north >= lat.min() - 1)
+    )
     boxes = shapely.box(west[near], south[near], np.minimum(east[near], 180.0), north[near])
     for j in np.flatnonzero(across[near]):
         b = boxes[j].bounds
@@ -157,17 +167,24 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--naive", type=int, default=300, help="footprints for the naive comparison (0: skip)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--stage", metavar="DIR", help="also write the workload as manifests in DIR and time "
-                    "`python -m pipeline run pairs` on them (Dask, Parquet in and out)")
+    ap.add_argument(
+        "--stage",
+        metavar="DIR",
+        help="also write the workload as manifests in DIR and time "
+        "`python -m pipeline run pairs` on them (Dask, Parquet in and out)",
+    )
     args = ap.parse_args()
 
     t0 = time.perf_counter()
     db = database(args.seed, fraction=args.windows_fraction)
     lon, lat = footprints(args.footprints, args.seed)
-    print(f"workload: {len(db.keys):,} windows (zooms {db.zooms}), {len(lon):,} footprints; "
-          f"built in {time.perf_counter() - t0:.1f} s", flush=True)
+    print(
+        f"workload: {len(db.keys):,} windows (zooms {db.zooms}), {len(lon):,} footprints; "
+        f"built in {time.perf_counter() - t0:.1f} s",
+        flush=True,
+    )
 
-    chunks = [(lon[i:i + args.chunk], lat[i:i + args.chunk], args.iou) for i in range(0, len(lon), args.chunk)]
+    chunks = [(lon[i : i + args.chunk], lat[i : i + args.chunk], args.iou) for i in range(0, len(lon), args.chunk)]
     t = time.perf_counter()
     with ProcessPoolExecutor(args.workers, initializer=_init, initargs=(args.seed, args.windows_fraction)) as ex:
         list(ex.map(_init_noop, range(args.workers)))
@@ -177,14 +194,19 @@ def main() -> None:
         wall = time.perf_counter() - t
     pairs = sum(r[0] for r in results)
     photos = sum(r[1] for r in results)
-    print(f"join: {pairs:,} pairs for {photos:,} of {len(lon):,} footprints ({pairs / len(lon):.2f} per footprint) "
-          f"in {wall:.1f} s on {args.workers} workers ({len(lon) / wall:,.0f} footprints/s; workers ready in "
-          f"{t_ready:.1f} s)", flush=True)
+    print(
+        f"join: {pairs:,} pairs for {photos:,} of {len(lon):,} footprints ({pairs / len(lon):.2f} per footprint) "
+        f"in {wall:.1f} s on {args.workers} workers ({len(lon) / wall:,.0f} footprints/s; workers ready in "
+        f"{t_ready:.1f} s)",
+        flush=True,
+    )
 
     if args.naive:
-        seam = np.flatnonzero((np.abs(lon) > 178.0).any(1))[:args.naive]
-        for what, sub in ((f"the first {args.naive} footprints", np.arange(min(args.naive, len(lon)))),
-                          (f"{len(seam)} footprints within 2 deg of lon 180", seam)):
+        seam = np.flatnonzero((np.abs(lon) > 178.0).any(1))[: args.naive]
+        for what, sub in (
+            (f"the first {args.naive} footprints", np.arange(min(args.naive, len(lon)))),
+            (f"{len(seam)} footprints within 2 deg of lon 180", seam),
+        ):
             k = len(sub)
             t = time.perf_counter()
             found = join(footprint_rings(lon[sub], lat[sub]), db, args.iou)
@@ -193,9 +215,11 @@ def main() -> None:
             slow_pairs = naive(lon[sub], lat[sub], db, args.iou)
             slow = time.perf_counter() - t
             across = int((found["x"].to_numpy() == (1 << found["zoom"].to_numpy()) - 2).sum())
-            print(f"{what}, one process: fast {fast:.2f} s ({k / fast:,.0f}/s, {len(found)} pairs, {across} with "
-                  f"windows across lon 180), naive {slow:.1f} s ({k / slow:,.1f}/s, {slow_pairs} pairs): "
-                  f"{slow / fast:,.0f}x")
+            print(
+                f"{what}, one process: fast {fast:.2f} s ({k / fast:,.0f}/s, {len(found)} pairs, {across} with "
+                f"windows across lon 180), naive {slow:.1f} s ({k / slow:,.1f}/s, {slow_pairs} pairs): "
+                f"{slow / fast:,.0f}x"
+            )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
     print(f"peak memory: this process {rss:.2f} GB, largest worker {kids:.2f} GB", flush=True)
@@ -225,24 +249,51 @@ def stage(args, db: Database, lon: np.ndarray, lat: np.ndarray) -> None:
         for zoom in np.unique(z):
             idx = np.flatnonzero(z == zoom)
             for i in range(0, len(idx), 500_000):
-                part = idx[i:i + 500_000]
+                part = idx[i : i + 500_000]
                 w.write(window_rows(int(zoom), x[part], y[part], 4, None))
-    cols = {f"{c}_{k}": (lon if k == "lon" else lat)[:, j] for j, c in enumerate(("tl", "tr", "br", "bl"))
-            for k in ("lat", "lon")}
+    cols = {
+        f"{c}_{k}": (lon if k == "lon" else lat)[:, j]
+        for j, c in enumerate(("tl", "tr", "br", "bl"))
+        for k in ("lat", "lon")
+    }
     ring = np.stack([lon, lat], 2)
-    write_manifest(pd.DataFrame({"photo_id": [f"P{i:07d}" for i in range(len(lon))], "status": "localized",
-                                 "geometry": shapely.polygons(np.concatenate([ring, ring[:, :1]], 1)), **cols}),
-                   d / "footprints.parquet", FOOTPRINTS)
+    write_manifest(
+        pd.DataFrame(
+            {
+                "photo_id": [f"P{i:07d}" for i in range(len(lon))],
+                "status": "localized",
+                "geometry": shapely.polygons(np.concatenate([ring, ring[:, :1]], 1)),
+                **cols,
+            }
+        ),
+        d / "footprints.parquet",
+        FOOTPRINTS,
+    )
     print(f"stage inputs written to {d} in {time.perf_counter() - t:.0f} s", flush=True)
     t = time.perf_counter()
-    cmd = [sys.executable, "-m", "pipeline", "run", "pairs", "--workdir", str(d), "--iou", str(args.iou),
-           "--workers", str(args.workers), "--overwrite", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "run",
+        "pairs",
+        "--workdir",
+        str(d),
+        "--iou",
+        str(args.iou),
+        "--workers",
+        str(args.workers),
+        "--overwrite",
+        "-q",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t
     print(res.stdout if res.returncode == 0 else res.stdout + res.stderr[-3000:])
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
-    print(f"stage: {wall:.1f} s wall for {len(lon):,} footprints x {len(db.keys):,} windows "
-          f"({len(lon) / wall:,.0f} footprints/s); peak memory of a process in it {kids:.2f} GB")
+    print(
+        f"stage: {wall:.1f} s wall for {len(lon):,} footprints x {len(db.keys):,} windows "
+        f"({len(lon) / wall:,.0f} footprints/s); peak memory of a process in it {kids:.2f} GB"
+    )
 
 
 def _init_noop(_):

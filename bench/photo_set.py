@@ -1,7 +1,7 @@
 """The photos a bench script runs on: a sample workspace, or queries + tiles + truth given one by one.
 
-    ap = argparse.ArgumentParser(); add_photo_arguments(ap); args = ap.parse_args()
-    queries, truth, source = open_photo_set(args)  # every query; truth indexed by photo_id
+ap = argparse.ArgumentParser(); add_photo_arguments(ap); args = ap.parse_args()
+queries, truth, source = open_photo_set(args)  # every query; truth indexed by photo_id
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ def open_photo_set(args: argparse.Namespace):
     """(all queries as a DataFrame, the truth indexed by photo_id, the tile source)."""
     q, _ = read_queries(args.queries or f"{args.workdir}/queries.parquet")
     truth_path = args.truth or f"{args.workdir}/truth.parquet"
-    truth = (pd.read_csv(truth_path) if truth_path.endswith(".csv")
-             else read_manifest(truth_path, "truth", geometry=False)).set_index("photo_id")
+    truth = (
+        pd.read_csv(truth_path) if truth_path.endswith(".csv") else read_manifest(truth_path, "truth", geometry=False)
+    ).set_index("photo_id")
     return q, truth, open_tile_source(args.tiles or f"{args.workdir}/tiles")

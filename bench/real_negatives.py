@@ -45,11 +45,19 @@ def main() -> None:
     truth = pd.read_csv(rs / "truth.csv").set_index("photo_id")
     runs = swapped_queries(queries)
     if args.only:
-        runs = runs[(np.arange(len(runs)) < args.only) | ((runs["photo"] == POSITIVE[0]) & (runs["row"] == POSITIVE[1]))]
+        runs = runs[
+            (np.arange(len(runs)) < args.only) | ((runs["photo"] == POSITIVE[0]) & (runs["row"] == POSITIVE[1]))
+        ]
     t = truth.loc[POSITIVE[0]]
-    positive_truth = moved_corners(np.array([[t[f"{c}_lon"], t[f"{c}_lat"]] for c in CORNERS]),
-                                   str(rs / truth.loc[POSITIVE[0], "mosaic"]), str(rs / truth.loc[POSITIVE[1], "mosaic"]))
-    search = FootprintSearch(open_tile_source(rs / "mosaics"), SearchSettings(calibration=None if args.calibration == "none" else args.calibration))
+    positive_truth = moved_corners(
+        np.array([[t[f"{c}_lon"], t[f"{c}_lat"]] for c in CORNERS]),
+        str(rs / truth.loc[POSITIVE[0], "mosaic"]),
+        str(rs / truth.loc[POSITIVE[1], "mosaic"]),
+    )
+    search = FootprintSearch(
+        open_tile_source(rs / "mosaics"),
+        SearchSettings(calibration=None if args.calibration == "none" else args.calibration),
+    )
     rows = []
     t0 = time.perf_counter()
     for r in runs.itertuples():
@@ -58,27 +66,47 @@ def main() -> None:
         score = float("nan")
         if res.corners_lonlat is not None:
             score = iou(footprint_polygon(res.corners_lonlat), footprint_polygon(positive_truth)) if positive else 0.0
-        rows.append({"photo": r.photo, "row": r.row, "positive": positive, "status": res.status,
-                     "inliers": res.inliers, "confidence": res.confidence, "iou": score, "seconds": res.elapsed_s,
-                     "pairs": res.pairs_matched, "reason": res.reason})
-        print(f"  {r.photo:<16} under {r.row:<16} {'POSITIVE ' if positive else ''}{res.status:<13} inliers "
-              f"{res.inliers:>4d}  P {res.confidence if res.confidence is not None else float('nan'):.3g}  "
-              f"{res.elapsed_s:5.1f} s  {res.reason or f'IoU {score:.3f}'}", flush=True)
+        rows.append(
+            {
+                "photo": r.photo,
+                "row": r.row,
+                "positive": positive,
+                "status": res.status,
+                "inliers": res.inliers,
+                "confidence": res.confidence,
+                "iou": score,
+                "seconds": res.elapsed_s,
+                "pairs": res.pairs_matched,
+                "reason": res.reason,
+            }
+        )
+        print(
+            f"  {r.photo:<16} under {r.row:<16} {'POSITIVE ' if positive else ''}{res.status:<13} inliers "
+            f"{res.inliers:>4d}  P {res.confidence if res.confidence is not None else float('nan'):.3g}  "
+            f"{res.elapsed_s:5.1f} s  {res.reason or f'IoU {score:.3f}'}",
+            flush=True,
+        )
     df = pd.DataFrame(rows)
     neg, pos = df[~df["positive"]], df[df["positive"]]
     wrong = neg[neg["confidence"].notna()]
     print(f"\n{len(df)} searches in {time.perf_counter() - t0:.0f} s ({df['seconds'].mean():.1f} s each)")
     print(f"  negatives localized: {int((neg['status'] == 'localized').sum())}/{len(neg)}")
     for p in pos.itertuples():
-        print(f"  the positive ({p.photo} under {p.row}): {p.status}, {p.inliers} inliers, P {p.confidence:.6f}, "
-              f"IoU {p.iou:.3f} with its footprint in that imagery")
+        print(
+            f"  the positive ({p.photo} under {p.row}): {p.status}, {p.inliers} inliers, P {p.confidence:.6f}, "
+            f"IoU {p.iou:.3f} with its footprint in that imagery"
+        )
     if len(wrong):
         w = wrong.sort_values("confidence").iloc[-1]
-        print(f"  strongest wrong evidence: {w.photo} under {w.row}: P {w.confidence:.3g} at {w.inliers} inliers "
-              f"({w.status}); most inliers of a wrong footprint: {int(wrong['inliers'].max())}")
+        print(
+            f"  strongest wrong evidence: {w.photo} under {w.row}: P {w.confidence:.3g} at {w.inliers} inliers "
+            f"({w.status}); most inliers of a wrong footprint: {int(wrong['inliers'].max())}"
+        )
     else:
-        print(f"  no wrong footprint survived refinement and the checks; most candidate inliers seen: "
-              f"{int(neg['inliers'].max())}")
+        print(
+            f"  no wrong footprint survived refinement and the checks; most candidate inliers seen: "
+            f"{int(neg['inliers'].max())}"
+        )
     if args.csv:
         df.to_csv(args.csv, index=False)
 

@@ -79,21 +79,36 @@ def main() -> None:
         f_in, f_far = ext(db.read_window(win).rgb), ext(db.read_window(far).rgb)
         results.setdefault(row.reason, []).append((inliers(photo, f_in), inliers(photo, f_far)))
         if row.reason == "ok":  # the same place as a clean nadir photo of another season
-            cam, _ = camera_looking_at(row.target_lon, row.target_lat, 0.0, 0.0, 0.0, 410e3,
-                                       410e3 * 36 / (row.width * res_ground) * row.width / 640, 640, 427)
+            cam, _ = camera_looking_at(
+                row.target_lon,
+                row.target_lat,
+                0.0,
+                0.0,
+                0.0,
+                410e3,
+                410e3 * 36 / (row.width * res_ground) * row.width / 640,
+                640,
+                427,
+            )
             clean = render_view(cam, ProceduralWorld(GLOBE, seed=seed, year=(row.world_year + 1) % 4)).rgb
             w2 = nearest_window(row.target_lon, row.target_lat, zoom)
             far2 = Window(zoom, w2.x + 2 * w2.size_tiles, w2.y + w2.size_tiles, w2.size_tiles)
             results.setdefault("clean nadir", []).append(
-                (inliers(clean, ext(db.read_window(w2).rgb)), inliers(clean, ext(db.read_window(far2).rgb))))
-        print(f"  {row.photo_id} {row.reason:<12} zoom {zoom}  containing {results[row.reason][-1][0]:>4d}  "
-              f"far {results[row.reason][-1][1]:>3d}", flush=True)
+                (inliers(clean, ext(db.read_window(w2).rgb)), inliers(clean, ext(db.read_window(far2).rgb)))
+            )
+        print(
+            f"  {row.photo_id} {row.reason:<12} zoom {zoom}  containing {results[row.reason][-1][0]:>4d}  "
+            f"far {results[row.reason][-1][1]:>3d}",
+            flush=True,
+        )
     print(f"\nALIKED + LightGlue inliers, best of 4 rotations ({time.perf_counter() - t0:.0f} s)")
     print(f"  {'kind':<12} {'n':>3}  {'containing: median [min, max]':<32} far: median [min, max]")
     for kind, v in results.items():
         a = np.array(v)
-        print(f"  {kind:<12} {len(a):>3}  {np.median(a[:, 0]):>8.0f} [{a[:, 0].min():>4d}, {a[:, 0].max():>4d}]"
-              f"{'':<15} {np.median(a[:, 1]):>5.0f} [{a[:, 1].min():>3d}, {a[:, 1].max():>3d}]")
+        print(
+            f"  {kind:<12} {len(a):>3}  {np.median(a[:, 0]):>8.0f} [{a[:, 0].min():>4d}, {a[:, 0].max():>4d}]"
+            f"{'':<15} {np.median(a[:, 1]):>5.0f} [{a[:, 1].min():>3d}, {a[:, 1].max():>3d}]"
+        )
 
 
 if __name__ == "__main__":

@@ -71,18 +71,22 @@ def table(d: pd.DataFrame, thresholds: list[int]) -> str:
     loc = d[d["localizable"]]
     best = loc.loc[loc.groupby("photo_id")["final"].idxmax()]
     best = best[best["final"] >= 15]
-    lines = [f"{len(d)} pairs of {d['photo_id'].nunique()} photos: {len(nothing)} match nothing (< 15 inliers), "
-             f"{len(good)} have 15 or more; {len(best)} localizable photos have a pair with 15 or more; "
-             f"pairs stopped by LightGlue before the screen: {int(d['at_screen'].isna().sum())}",
-             f"lowest screen inliers of a localizable photo's best pair: {best['at_screen'].min()}",
-             "   R  ended (match nothing)  ended (>= 15)  best pair ended  photos lost"]
+    lines = [
+        f"{len(d)} pairs of {d['photo_id'].nunique()} photos: {len(nothing)} match nothing (< 15 inliers), "
+        f"{len(good)} have 15 or more; {len(best)} localizable photos have a pair with 15 or more; "
+        f"pairs stopped by LightGlue before the screen: {int(d['at_screen'].isna().sum())}",
+        f"lowest screen inliers of a localizable photo's best pair: {best['at_screen'].min()}",
+        "   R  ended (match nothing)  ended (>= 15)  best pair ended  photos lost",
+    ]
     for r in thresholds:
         ended = d["at_screen"].notna() & (d["at_screen"] < r)
         ended_best = sorted(best.loc[ended[best.index], "photo_id"])
         keeps = d[~ended & (d["final"] >= 15) & d["localizable"]]["photo_id"]
         lost = sorted(set(best["photo_id"]) - set(keeps))
-        lines.append(f"{r:4d}  {ended[nothing.index].mean():21.1%}  {int(ended[good.index].sum()):13d}  "
-                     f"{', '.join(ended_best) or '-':>15}  {', '.join(lost) or '-'}")
+        lines.append(
+            f"{r:4d}  {ended[nothing.index].mean():21.1%}  {int(ended[good.index].sum()):13d}  "
+            f"{', '.join(ended_best) or '-':>15}  {', '.join(lost) or '-'}"
+        )
     return "\n".join(lines)
 
 
@@ -91,8 +95,12 @@ def main() -> None:
     add_photo_arguments(ap)
     ap.add_argument("--layer", type=int, default=1, help="LightGlue layer after which pairs are screened")
     ap.add_argument("--csv", help="write the per-pair rows here")
-    ap.add_argument("--tabulate", nargs="+", metavar="CSV", help="only print the table for rows written before "
-                    "(several files: their pairs together)")
+    ap.add_argument(
+        "--tabulate",
+        nargs="+",
+        metavar="CSV",
+        help="only print the table for rows written before (several files: their pairs together)",
+    )
     args = ap.parse_args()
     if args.tabulate:
         d = pd.concat([pd.read_csv(f) for f in args.tabulate], ignore_index=True)
@@ -109,12 +117,23 @@ def main() -> None:
         search.at_screen.clear()
         cands = list(search.candidates(img, r.center_lon, r.center_lat, r.focal_length_mm))
         for c, s in zip(cands, search.at_screen):
-            rows.append({"photo_id": r.photo_id, "localizable": bool(truth.loc[r.photo_id, "localizable"]),
-                         "zoom": c.window.zoom, "tile": c.window.tile_id, "rotation_deg": c.rotation_deg,
-                         "at_screen": s, "final": c.inliers})
+            rows.append(
+                {
+                    "photo_id": r.photo_id,
+                    "localizable": bool(truth.loc[r.photo_id, "localizable"]),
+                    "zoom": c.window.zoom,
+                    "tile": c.window.tile_id,
+                    "rotation_deg": c.rotation_deg,
+                    "at_screen": s,
+                    "final": c.inliers,
+                }
+            )
         el = time.perf_counter() - t0
-        print(f"  {i}/{len(q)} {r.photo_id}: {len(cands)} pairs, best {max((c.inliers for c in cands), default=0)} "
-              f"inliers  ({el / i:.1f} s per photo, {el / i * (len(q) - i):.0f} s left)", flush=True)
+        print(
+            f"  {i}/{len(q)} {r.photo_id}: {len(cands)} pairs, best {max((c.inliers for c in cands), default=0)} "
+            f"inliers  ({el / i:.1f} s per photo, {el / i * (len(q) - i):.0f} s left)",
+            flush=True,
+        )
     d = pd.DataFrame(rows)
     d["at_screen"] = d["at_screen"].astype("Int64")
     if args.csv:

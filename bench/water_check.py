@@ -50,8 +50,9 @@ def water(rgb: np.ndarray, blue_minus_red: float) -> np.ndarray:
     return cv2.morphologyEx(m.astype(np.uint8), cv2.MORPH_OPEN, np.ones((7, 7), np.uint8)) > 0
 
 
-def check(photo: np.ndarray, corners_lonlat: np.ndarray, source, blue_minus_red: float, poses: int,
-          seed: int = 0) -> dict:
+def check(
+    photo: np.ndarray, corners_lonlat: np.ndarray, source, blue_minus_red: float, poses: int, seed: int = 0
+) -> dict:
     """Water-mask IoU at the footprint and at the poses a chance alignment could take.
 
     Args:
@@ -102,16 +103,22 @@ def check(photo: np.ndarray, corners_lonlat: np.ndarray, source, blue_minus_red:
         j, t = rng.integers(len(vx)), rng.uniform(0, 2 * np.pi)
         px, py = vx[j] + 0.5, vy[j] + 0.5
         c, si = np.cos(t), np.sin(t)
-        move = np.array([[c, -si, px - c * centre[0] + si * centre[1]],
-                         [si, c, py - si * centre[0] - c * centre[1]], [0, 0, 1]])
+        move = np.array(
+            [[c, -si, px - c * centre[0] + si * centre[1]], [si, c, py - si * centre[0] - c * centre[1]], [0, 0, 1]]
+        )
         iou, cover = score(move @ to_box)
         if cover >= 0.9:
             rand.append(iou)
     a, b, _ = masks(to_box)
     picture = np.zeros((h, w, 3), np.uint8)  # photo's water red, imagery's green, both yellow
     picture[..., 0], picture[..., 1] = a * 255, b * 255
-    return {"water": float(mp.mean()), "pose": score(to_box)[0], "near": max(near), "random": np.array(rand),
-            "picture": picture}
+    return {
+        "water": float(mp.mean()),
+        "pose": score(to_box)[0],
+        "near": max(near),
+        "random": np.array(rand),
+        "picture": picture,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,8 +158,11 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.png).mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(Path(args.png) / f"{row['photo_id']}.water.png"), r["picture"][..., ::-1])
         rand = r["random"]
-        q = f"{np.quantile(rand, 0.999):12.3f} {rand.max():6.3f}  {(rand >= r['pose']).sum()} of {len(rand)}" \
-            if len(rand) else f"{'-':>12s} {'-':>6s}  no random pose on imagery"
+        q = (
+            f"{np.quantile(rand, 0.999):12.3f} {rand.max():6.3f}  {(rand >= r['pose']).sum()} of {len(rand)}"
+            if len(rand)
+            else f"{'-':>12s} {'-':>6s}  no random pose on imagery"
+        )
         print(f"{row['photo_id']:18s} {r['water']:6.3f} {r['pose']:6.3f} {r['near']:6.3f} {q}")
     return 0
 

@@ -34,8 +34,9 @@ def main() -> None:
     results = {}
     for threads in (1, 2):
         env = dict(os.environ, PROCEDURAL_WORLD_THREADS=str(threads))
-        out = subprocess.run([sys.executable, "-c", CHILD, str(args.repeats)], env=env, check=True,
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(args.repeats)], env=env, check=True, capture_output=True, text=True
+        ).stdout
         for line in out.split("\n"):
             if line.strip():
                 z, s = line.split()

@@ -17,7 +17,25 @@ from .schemas import (
 )
 
 __all__ = [
-    "CORNER_COLUMNS", "DATABASE", "DECISIONS", "FOOTPRINTS", "KINDS", "PAIRS", "QUERIES", "STATUSES", "TRUTH",
-    "ManifestError", "ManifestKind", "ManifestWriter", "Problem", "atomic_output", "detect_kind",
-    "parse_earthloc_name", "read_manifest", "read_queries", "to_table", "validate", "write_manifest",
+    "CORNER_COLUMNS",
+    "DATABASE",
+    "DECISIONS",
+    "FOOTPRINTS",
+    "KINDS",
+    "PAIRS",
+    "QUERIES",
+    "STATUSES",
+    "TRUTH",
+    "ManifestError",
+    "ManifestKind",
+    "ManifestWriter",
+    "Problem",
+    "atomic_output",
+    "detect_kind",
+    "parse_earthloc_name",
+    "read_manifest",
+    "read_queries",
+    "to_table",
+    "validate",
+    "write_manifest",
 ]

@@ -21,8 +21,10 @@ def _histogram(values: np.ndarray, bins: int = 10, width: int = 40) -> list[str]
         return []
     counts, edges = np.histogram(values, bins=bins)
     top = counts.max() or 1
-    return [f"    [{edges[i]:>9.4g}, {edges[i + 1]:>9.4g})  {counts[i]:>8d}  {'#' * int(round(width * counts[i] / top))}"
-            for i in range(len(counts))]
+    return [
+        f"    [{edges[i]:>9.4g}, {edges[i + 1]:>9.4g})  {counts[i]:>8d}  {'#' * int(round(width * counts[i] / top))}"
+        for i in range(len(counts))
+    ]
 
 
 def _column_summary(name: str, col: pa.ChunkedArray) -> str:
@@ -63,28 +65,40 @@ def inspect_manifest(path: str | os.PathLike, geojson: str | os.PathLike | None 
     kind = detect_kind(path)
     table = pf.read()
     meta = pf.schema_arrow.metadata or {}
-    lines = [f"{path}", f"  kind: {kind.name if kind else 'unknown'}   rows: {table.num_rows}   "
-             f"row groups: {pf.num_row_groups}   size: {path.stat().st_size / 2**20:.2f} MiB"]
+    lines = [
+        f"{path}",
+        f"  kind: {kind.name if kind else 'unknown'}   rows: {table.num_rows}   "
+        f"row groups: {pf.num_row_groups}   size: {path.stat().st_size / 2**20:.2f} MiB",
+    ]
     if b"geo" in meta:
         geo = json.loads(meta[b"geo"])
         col = geo["columns"][geo["primary_column"]]
         crs = col.get("crs", {})
-        crs_name = crs.get("id", {}).get("authority", "OGC") + ":" + str(crs.get("id", {}).get("code", "CRS84")) \
-            if crs else "OGC:CRS84 (default)"
-        lines.append(f"  GeoParquet {geo.get('version')}: column {geo['primary_column']!r}, {col.get('encoding')}, "
-                     f"CRS {crs_name}, types {col.get('geometry_types')}"
-                     + (", bbox covering column" if "covering" in col else ""))
+        crs_name = (
+            crs.get("id", {}).get("authority", "OGC") + ":" + str(crs.get("id", {}).get("code", "CRS84"))
+            if crs
+            else "OGC:CRS84 (default)"
+        )
+        lines.append(
+            f"  GeoParquet {geo.get('version')}: column {geo['primary_column']!r}, {col.get('encoding')}, "
+            f"CRS {crs_name}, types {col.get('geometry_types')}"
+            + (", bbox covering column" if "covering" in col else "")
+        )
     lines.append("  columns:")
     for name in table.column_names:
         if name in ("geometry", "bbox", "homography"):
-            lines.append(f"  {name:<18} {str(table.schema.field(name).type)[:28]:<28} nulls {table[name].null_count:>8d}")
+            lines.append(
+                f"  {name:<18} {str(table.schema.field(name).type)[:28]:<28} nulls {table[name].null_count:>8d}"
+            )
             continue
         lines.append(_column_summary(name, table[name]))
     if kind is not None and kind.name == "footprints":
         counts = pc.value_counts(table["status"]).to_pylist()
         lines.append("  status:")
         for d in sorted(counts, key=lambda d: -d["counts"]):
-            lines.append(f"    {d['values']:<14} {d['counts']:>8d}  ({100.0 * d['counts'] / max(table.num_rows, 1):.1f} %)")
+            lines.append(
+                f"    {d['values']:<14} {d['counts']:>8d}  ({100.0 * d['counts'] / max(table.num_rows, 1):.1f} %)"
+            )
         if "reason" in table.column_names and table["reason"].null_count < table.num_rows:
             lines.append("  reasons (top 5):")
             vc = sorted(pc.value_counts(table["reason"].drop_null()).to_pylist(), key=lambda d: -d["counts"])
@@ -93,9 +107,13 @@ def inspect_manifest(path: str | os.PathLike, geojson: str | os.PathLike | None 
             lines.append("  inliers histogram:")
             lines += _histogram(table["inliers"].to_numpy(zero_copy_only=False).astype(np.float64))
     if kind is not None and kind.name == "database":
-        lines.append("  windows per zoom: " + ", ".join(
-            f"z{d['values']}: {d['counts']}" for d in sorted(pc.value_counts(table["zoom"]).to_pylist(),
-                                                            key=lambda d: d["values"])))
+        lines.append(
+            "  windows per zoom: "
+            + ", ".join(
+                f"z{d['values']}: {d['counts']}"
+                for d in sorted(pc.value_counts(table["zoom"]).to_pylist(), key=lambda d: d["values"])
+            )
+        )
     if kind is not None and kind.name == "pairs":
         lines.append("  IoU histogram:")
         lines += _histogram(table["iou"].to_numpy(zero_copy_only=False), bins=8)
@@ -127,15 +145,21 @@ def export_geojson(path: str | os.PathLike, out: str | os.PathLike) -> int:
         df = pd.read_parquet(path)
         gdf = gpd.GeoDataFrame(df, geometry=gpd.points_from_xy(df.center_lon, df.center_lat), crs="OGC:CRS84")
     else:
-        raise ManifestError(path, "has no geometry to export; --geojson works on footprints, database, truth and "
-                                  "queries manifests (pairs link photo_id to tile_id: export the footprints or "
-                                  "the database instead)")
+        raise ManifestError(
+            path,
+            "has no geometry to export; --geojson works on footprints, database, truth and "
+            "queries manifests (pairs link photo_id to tile_id: export the footprints or "
+            "the database instead)",
+        )
     gdf = gdf[~gdf.geometry.isna()]
     gdf = gdf.drop(columns=[c for c in ("bbox",) if c in gdf.columns])
     for c in gdf.columns:
         if c != gdf.geometry.name and gdf[c].dtype == object:
-            gdf[c] = gdf[c].map(lambda v: v if v is None or isinstance(v, str) else json.dumps(
-                v.tolist() if hasattr(v, "tolist") else v))
+            gdf[c] = gdf[c].map(
+                lambda v: (
+                    v if v is None or isinstance(v, str) else json.dumps(v.tolist() if hasattr(v, "tolist") else v)
+                )
+            )
     with atomic_output(out) as tmp:
         # RFC 7946: WGS84 lon/lat without a "crs" member (GDAL's older form keeps one), counter-clockwise
         # exterior rings; coordinates with 15 decimals as the manifests have them (RFC 7946 mode would cut them

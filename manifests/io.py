@@ -67,8 +67,9 @@ def _file_metadata(kind: ManifestKind) -> dict[bytes, bytes]:
     return meta
 
 
-def write_manifest(df: pd.DataFrame, path: str | os.PathLike, kind: ManifestKind,
-                   before_replace: Callable[[Path], None] | None = None) -> Path:
+def write_manifest(
+    df: pd.DataFrame, path: str | os.PathLike, kind: ManifestKind, before_replace: Callable[[Path], None] | None = None
+) -> Path:
     """Write a whole manifest atomically (GeoParquet 1.1 when ``kind`` has a geometry); ``before_replace``: see
     :class:`ManifestWriter`."""
     with ManifestWriter(path, kind, before_replace=before_replace) as writer:
@@ -85,8 +86,13 @@ class ManifestWriter:
     replaced.
     """
 
-    def __init__(self, path: str | os.PathLike, kind: ManifestKind, row_group_size: int = 64_000,
-                 before_replace: Callable[[Path], None] | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        kind: ManifestKind,
+        row_group_size: int = 64_000,
+        before_replace: Callable[[Path], None] | None = None,
+    ):
         self.path = Path(path)
         self.kind = kind
         self.rows = 0
@@ -178,8 +184,13 @@ def read_manifest(
     if missing:
         raise ManifestError(
             path,
-            [Problem(f"required column is missing from this {kind.name} manifest; regenerate it with "
-                     f"{kind.produced_by}", column=c) for c in missing],
+            [
+                Problem(
+                    f"required column is missing from this {kind.name} manifest; regenerate it with {kind.produced_by}",
+                    column=c,
+                )
+                for c in missing
+            ],
         )
     wanted = [c for c in (columns or kind.schema.names) if c in schema.names]
     df = pq.read_table(path, columns=wanted).to_pandas()
@@ -192,8 +203,9 @@ def read_manifest(
 def _bad_rows(df: pd.DataFrame, mask: np.ndarray, column: str, message: str, id_col: str | None) -> list[Problem]:
     rows = np.flatnonzero(mask)
     ids = df[id_col].to_numpy() if id_col in df else None
-    return [Problem(message, row=int(r), column=column,
-                    photo_id=str(ids[r]) if ids is not None else None) for r in rows]
+    return [
+        Problem(message, row=int(r), column=column, photo_id=str(ids[r]) if ids is not None else None) for r in rows
+    ]
 
 
 def validate(df: pd.DataFrame, kind: ManifestKind, path: str | os.PathLike | None = None) -> None:
@@ -220,10 +232,21 @@ def validate(df: pd.DataFrame, kind: ManifestKind, path: str | os.PathLike | Non
         has = df["tl_lat"].notna().to_numpy()
         loc = df["status"].eq("localized").fillna(False).to_numpy(dtype=bool)
         other = df["status"].isin(("not_localized", "error")).to_numpy()
-        problems += _bad_rows(df, loc & ~has, "tl_lat", "a localized row without its footprint's corners; rerun "
-                              "`run footprints` for this photo, or mark the row not_localized", id_col)
-        problems += _bad_rows(df, other & has, "tl_lat", "corners on a row that is not localized; clear them, or "
-                              "mark the row localized if the footprint is right", id_col)
+        problems += _bad_rows(
+            df,
+            loc & ~has,
+            "tl_lat",
+            "a localized row without its footprint's corners; rerun "
+            "`run footprints` for this photo, or mark the row not_localized",
+            id_col,
+        )
+        problems += _bad_rows(
+            df,
+            other & has,
+            "tl_lat",
+            "corners on a row that is not localized; clear them, or mark the row localized if the footprint is right",
+            id_col,
+        )
     if kind.name in ("footprints", "queries", "truth") and "photo_id" in df:
         dup = df["photo_id"].duplicated(keep="first").to_numpy()
         problems += _bad_rows(df, dup, "photo_id", "duplicate photo_id: each photo must appear once", id_col)

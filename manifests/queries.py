@@ -27,9 +27,13 @@ PHOTO_ID = re.compile(r"^[A-Z]{2,6}\d{0,4}[A-Z]?-[A-Z]{1,2}-\d+$")
 
 _NUMERIC = ("center_lat", "center_lon", "nadir_lat", "nadir_lon", "focal_length_mm", "tilt_deg", "cloud_pct")
 _RANGES = {
-    "center_lat": (-90.0, 90.0), "center_lon": (-180.0, 180.0),
-    "nadir_lat": (-90.0, 90.0), "nadir_lon": (-180.0, 180.0),
-    "focal_length_mm": (0.0, 10_000.0), "tilt_deg": (0.0, 90.0), "cloud_pct": (0.0, 100.0),
+    "center_lat": (-90.0, 90.0),
+    "center_lon": (-180.0, 180.0),
+    "nadir_lat": (-90.0, 90.0),
+    "nadir_lon": (-180.0, 180.0),
+    "focal_length_mm": (0.0, 10_000.0),
+    "tilt_deg": (0.0, 90.0),
+    "cloud_pct": (0.0, 100.0),
 }
 
 
@@ -49,8 +53,11 @@ def parse_earthloc_name(name: str) -> dict:
         try:
             return float(fields[i])
         except (IndexError, ValueError):
-            raise ValueError(f"field {i + 1} of {name!r} should be a number, found {fields[i]!r}" if i < len(fields)
-                             else f"{name!r} has too few '@' fields") from None
+            raise ValueError(
+                f"field {i + 1} of {name!r} should be a number, found {fields[i]!r}"
+                if i < len(fields)
+                else f"{name!r} has too few '@' fields"
+            ) from None
 
     row: dict = {"photo_id": fields[id_at]}
     if id_at == 8:  # localized form: 4 corners, id, date, centre lat, centre lon, ...
@@ -69,8 +76,11 @@ def _read_folder(folder: Path) -> tuple[pd.DataFrame, list[Problem]]:
     rows, problems = [], []
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ManifestError(folder, "no images (.jpg, .png, .tif, .webp) in this folder; "
-                                    "pass a queries CSV/Parquet or a folder of EarthLoc-named photos")
+        raise ManifestError(
+            folder,
+            "no images (.jpg, .png, .tif, .webp) in this folder; "
+            "pass a queries CSV/Parquet or a folder of EarthLoc-named photos",
+        )
     for p in files:
         name = printable(p.name)  # bytes that are not UTF-8 escaped: the row, the manifest and messages are text
         try:
@@ -78,8 +88,14 @@ def _read_folder(folder: Path) -> tuple[pd.DataFrame, list[Problem]]:
                 raise ValueError(f"the file name {name!r} is not valid UTF-8 (a table of text cannot hold it)")
             row = parse_earthloc_name(p.name)
         except ValueError as e:
-            problems.append(Problem(f"{e}; rename it as @lat@lon@...@PHOTO_ID@...@.jpg or list the photos "
-                                    "in a queries CSV", row=len(rows), column="file name", photo_id=name))
+            problems.append(
+                Problem(
+                    f"{e}; rename it as @lat@lon@...@PHOTO_ID@...@.jpg or list the photos in a queries CSV",
+                    row=len(rows),
+                    column="file name",
+                    photo_id=name,
+                )
+            )
             row = {"photo_id": name, "center_lat": np.nan, "center_lon": np.nan}
         row["image_path"] = name
         rows.append(row)
@@ -99,8 +115,13 @@ def read_queries_table(path: str | os.PathLike) -> tuple[pd.DataFrame, Path]:
     suffix = path.suffix.lower()
     try:
         if suffix in (".csv", ".txt"):
-            df = pd.read_csv(path, sep=_csv_separator(path), skipinitialspace=True,
-                             dtype={"photo_id": str, "image_path": str}, keep_default_na=True)
+            df = pd.read_csv(
+                path,
+                sep=_csv_separator(path),
+                skipinitialspace=True,
+                dtype={"photo_id": str, "image_path": str},
+                keep_default_na=True,
+            )
         elif suffix in (".parquet", ".pq", ".geoparquet"):
             df = pd.read_parquet(path)
         else:
@@ -165,8 +186,13 @@ def read_queries(
     if missing:
         hint = ", ".join(QUERIES.required)
         found = ", ".join(repr(str(c)) for c in list(df.columns)[:12]) or "none"
-        raise ManifestError(path, [Problem(f"required column is missing (a queries file needs {hint}; found: "
-                                           f"{found})", column=c) for c in missing])
+        raise ManifestError(
+            path,
+            [
+                Problem(f"required column is missing (a queries file needs {hint}; found: {found})", column=c)
+                for c in missing
+            ],
+        )
     unknown = [c for c in df.columns if c not in QUERIES.schema.names]
     df = df.drop(columns=unknown)
     for c in QUERIES.optional:
@@ -182,8 +208,14 @@ def read_queries(
     dup = ids.duplicated(keep="first") & ~empty
     for r in np.flatnonzero(dup.to_numpy()):
         first = int(np.flatnonzero((ids == ids.iloc[r]).to_numpy())[0])
-        file_problems.append(Problem(f"duplicate photo_id (first seen in row {first + 1}); ids must be unique",
-                                     row=int(r), column="photo_id", photo_id=str(ids.iloc[r])))
+        file_problems.append(
+            Problem(
+                f"duplicate photo_id (first seen in row {first + 1}); ids must be unique",
+                row=int(r),
+                column="photo_id",
+                photo_id=str(ids.iloc[r]),
+            )
+        )
     if file_problems:
         raise ManifestError(path, file_problems)
     df["photo_id"] = ids.astype(str)
@@ -194,45 +226,67 @@ def read_queries(
         num = pd.to_numeric(raw, errors="coerce")
         not_number = num.isna() & raw.notna()
         for r in np.flatnonzero(not_number.to_numpy()):
-            row_problems.append(Problem(f"{raw.iloc[r]!r} is not a number", row=int(r), column=c,
-                                        photo_id=df["photo_id"].iloc[r]))
+            row_problems.append(
+                Problem(f"{raw.iloc[r]!r} is not a number", row=int(r), column=c, photo_id=df["photo_id"].iloc[r])
+            )
         lo, hi = _RANGES[c]
         v = num.to_numpy(dtype=np.float64, na_value=np.nan)
         required = c in QUERIES.required
         if required:
             for r in np.flatnonzero(np.isnan(v) & ~not_number.to_numpy()):
-                row_problems.append(Problem("value is missing or NaN; the weak label needs both center_lat and "
-                                            "center_lon in degrees", row=int(r), column=c,
-                                            photo_id=df["photo_id"].iloc[r]))
+                row_problems.append(
+                    Problem(
+                        "value is missing or NaN; the weak label needs both center_lat and center_lon in degrees",
+                        row=int(r),
+                        column=c,
+                        photo_id=df["photo_id"].iloc[r],
+                    )
+                )
         for r in np.flatnonzero(~np.isnan(v) & ((v < lo) | (v > hi) | ~np.isfinite(v))):
-            row_problems.append(Problem(f"value {v[r]:g} is outside [{lo:g}, {hi:g}]" +
-                                        (" degrees" if c.endswith(("lat", "lon")) else ""),
-                                        row=int(r), column=c, photo_id=df["photo_id"].iloc[r]))
+            row_problems.append(
+                Problem(
+                    f"value {v[r]:g} is outside [{lo:g}, {hi:g}]" + (" degrees" if c.endswith(("lat", "lon")) else ""),
+                    row=int(r),
+                    column=c,
+                    photo_id=df["photo_id"].iloc[r],
+                )
+            )
         df[c] = num.astype(np.float64)
     df["acquired_at"] = pd.to_datetime(df["acquired_at"], utc=True, errors="coerce")
 
     paths = []
     for r, p in enumerate(df["image_path"].tolist()):
         if p is None or (isinstance(p, float) and np.isnan(p)) or str(p).strip() == "":
-            row_problems.append(Problem("image_path is empty", row=r, column="image_path",
-                                        photo_id=df["photo_id"].iloc[r]))
+            row_problems.append(
+                Problem("image_path is empty", row=r, column="image_path", photo_id=df["photo_id"].iloc[r])
+            )
             paths.append("")
             continue
         full = Path(p) if os.path.isabs(str(p)) else (base / str(p))
         full = full.resolve()
         paths.append(str(full))
         if check_images and not full.is_file():
-            row_problems.append(Problem(f"image file {str(full)!r} does not exist; fix the path (relative paths "
-                                        "start from the queries file's folder) or drop the row",
-                                        row=r, column="image_path", photo_id=df["photo_id"].iloc[r]))
+            row_problems.append(
+                Problem(
+                    f"image file {str(full)!r} does not exist; fix the path (relative paths "
+                    "start from the queries file's folder) or drop the row",
+                    row=r,
+                    column="image_path",
+                    photo_id=df["photo_id"].iloc[r],
+                )
+            )
     df["image_path"] = paths
     if name_problems:  # the file name is the problem, not the missing label it leaves
         named = {p.row for p in name_problems}
         row_problems = name_problems + [p for p in row_problems if p.row not in named]
 
     rejected = pd.DataFrame(
-        {"photo_id": [p.photo_id for p in row_problems], "row": [p.row for p in row_problems],
-         "column": [p.column for p in row_problems], "reason": [p.format(path) for p in row_problems]}
+        {
+            "photo_id": [p.photo_id for p in row_problems],
+            "row": [p.row for p in row_problems],
+            "column": [p.column for p in row_problems],
+            "reason": [p.format(path) for p in row_problems],
+        }
     )
     if row_problems and on_error == "raise":
         raise ManifestError(path, sorted(row_problems, key=lambda p: (p.row, p.column)))

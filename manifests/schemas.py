@@ -9,17 +9,17 @@ import pyarrow as pa
 CORNER_COLUMNS = ("tl_lat", "tl_lon", "tr_lat", "tr_lon", "br_lat", "br_lon", "bl_lat", "bl_lon")
 """Ground points (degrees) of the top-left, top-right, bottom-right and bottom-left pixels."""
 
-BBOX_TYPE = pa.struct(
-    [("xmin", pa.float64()), ("ymin", pa.float64()), ("xmax", pa.float64()), ("ymax", pa.float64())]
-)
+BBOX_TYPE = pa.struct([("xmin", pa.float64()), ("ymin", pa.float64()), ("xmax", pa.float64()), ("ymax", pa.float64())])
 
 STATUSES = ("localized", "not_localized", "error")
 
 
 def _evidence() -> list[pa.Field]:
     """The decision's evidence beside ``inliers`` (pipeline.footprint.evidence.FEATURES, in its order)."""
-    return [pa.field(name, pa.int32() if name == "candidate_inliers" else pa.float64())
-            for name in ("inlier_ratio", "coverage", "candidate_inliers", "shift", "area_ratio", "keystone", "aspect")]
+    return [
+        pa.field(name, pa.int32() if name == "candidate_inliers" else pa.float64())
+        for name in ("inlier_ratio", "coverage", "candidate_inliers", "shift", "area_ratio", "keystone", "aspect")
+    ]
 
 
 def _corners(nullable: bool) -> list[pa.Field]:
@@ -169,9 +169,26 @@ TRUTH = ManifestKind(
             pa.field("bbox", BBOX_TYPE),
         ]
     ),
-    required=("photo_id", "split", "localizable", "reason", "center_lat", "center_lon", "target_lat", "target_lon",
-              "nadir_lat", "nadir_lon", "altitude_km", "focal_length_mm", "tilt_deg", "azimuth_deg", "roll_deg",
-              "width", "height", "world_year"),
+    required=(
+        "photo_id",
+        "split",
+        "localizable",
+        "reason",
+        "center_lat",
+        "center_lon",
+        "target_lat",
+        "target_lon",
+        "nadir_lat",
+        "nadir_lon",
+        "altitude_km",
+        "focal_length_mm",
+        "tilt_deg",
+        "azimuth_deg",
+        "roll_deg",
+        "width",
+        "height",
+        "world_year",
+    ),
     geometry="geometry",
     geometry_types=("Polygon", "MultiPolygon"),
     produced_by="`python -m pipeline run sample` (the simulated photos' ground truth)",
@@ -217,5 +234,3 @@ with no candidate to refine, one error row per photo that could not be searched;
 and ``right`` once scored against the truth."""
 
 KINDS = {k.name: k for k in (QUERIES, DATABASE, FOOTPRINTS, PAIRS, TRUTH, DECISIONS)}
-
-

@@ -23,8 +23,9 @@ class ConfigError(ValueError):
     """A config file or option that cannot be used; the message says which key and why."""
 
 
-def load_toml(path: str | os.PathLike, section: str | None = None,
-              sections: Iterable[str] | None = None) -> dict[str, Any]:
+def load_toml(
+    path: str | os.PathLike, section: str | None = None, sections: Iterable[str] | None = None
+) -> dict[str, Any]:
     """Read a TOML config. Keys may sit at the top level or in a ``[section]`` table (which wins).
 
     ``sections``: the table names that may appear (the stages); another one (``[footprint]``) is an
@@ -41,8 +42,10 @@ def load_toml(path: str | os.PathLike, section: str | None = None,
         sections = list(sections)
         unknown = [k for k, v in data.items() if isinstance(v, dict) and k not in sections]
         if unknown:
-            raise ConfigError(f"{path}: unknown table [{unknown[0]}]; tables are named after the stages: "
-                              + ", ".join(f"[{s}]" for s in sections))
+            raise ConfigError(
+                f"{path}: unknown table [{unknown[0]}]; tables are named after the stages: "
+                + ", ".join(f"[{s}]" for s in sections)
+            )
     flat = {k: v for k, v in data.items() if not isinstance(v, dict)}
     if section and isinstance(data.get(section), dict):
         flat.update(data[section])

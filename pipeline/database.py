@@ -37,8 +37,15 @@ def window_rows(zoom: int, xs: np.ndarray, ys: np.ndarray, size_tiles: int, year
     east, south = pixel_to_lonlat(xs + size_tiles, ys + size_tiles, zoom, 1)
     west, north, east, south = (np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (west, north, east, south))
     ring = np.stack(
-        [np.stack([west, south], -1), np.stack([east, south], -1), np.stack([east, north], -1),
-         np.stack([west, north], -1), np.stack([west, south], -1)], axis=1)  # (N, 5, 2), counter-clockwise
+        [
+            np.stack([west, south], -1),
+            np.stack([east, south], -1),
+            np.stack([east, north], -1),
+            np.stack([west, north], -1),
+            np.stack([west, south], -1),
+        ],
+        axis=1,
+    )  # (N, 5, 2), counter-clockwise
     geoms = shapely.polygons(ring)
     across = east > 180.0
     if across.any():

@@ -118,8 +118,9 @@ def _candidates(rings: Rings, zoom: int, db: Database, iou_min: float) -> tuple[
     # zoom filter: a window's area near the footprint's centre, with a margin for latitude
     yc = (ymin + ymax) / 2.0
     side = size * tile_m
-    approx = box_area_km2_mercator(np.column_stack([np.zeros_like(yc), yc - side / 2, np.full_like(yc, side),
-                                                    yc + side / 2]))
+    approx = box_area_km2_mercator(
+        np.column_stack([np.zeros_like(yc), yc - side / 2, np.full_like(yc, side), yc + side / 2])
+    )
     ratio = approx / rings.area_km2
     margin = 2.0
     ok = (ratio >= iou_min / margin) & (ratio <= margin / iou_min)
@@ -172,12 +173,21 @@ def join(rings: Rings, db: Database, iou_min: float, zooms: list[int] | None = N
         f, xw, y0, boxes, a_w, a_f = f[keep], xw[keep], y0[keep], boxes[keep], a_w[keep], a_f[keep]
         xs, ys, n = rings.take(f)
         valid = np.arange(xs.shape[1])[None, :] < n[:, None]
-        ib = np.column_stack([np.maximum(boxes[:, 0], np.where(valid, xs, np.inf).min(1)),
-                              np.maximum(boxes[:, 1], np.where(valid, ys, np.inf).min(1)),
-                              np.minimum(boxes[:, 2], np.where(valid, xs, -np.inf).max(1)),
-                              np.minimum(boxes[:, 3], np.where(valid, ys, -np.inf).max(1))])
-        i_max = np.where((ib[:, 2] > ib[:, 0]) & (ib[:, 3] > ib[:, 1]), box_area_km2_mercator(
-            np.column_stack([ib[:, 0], ib[:, 1], np.maximum(ib[:, 2], ib[:, 0]), np.maximum(ib[:, 3], ib[:, 1])])), 0.0)
+        ib = np.column_stack(
+            [
+                np.maximum(boxes[:, 0], np.where(valid, xs, np.inf).min(1)),
+                np.maximum(boxes[:, 1], np.where(valid, ys, np.inf).min(1)),
+                np.minimum(boxes[:, 2], np.where(valid, xs, -np.inf).max(1)),
+                np.minimum(boxes[:, 3], np.where(valid, ys, -np.inf).max(1)),
+            ]
+        )
+        i_max = np.where(
+            (ib[:, 2] > ib[:, 0]) & (ib[:, 3] > ib[:, 1]),
+            box_area_km2_mercator(
+                np.column_stack([ib[:, 0], ib[:, 1], np.maximum(ib[:, 2], ib[:, 0]), np.maximum(ib[:, 3], ib[:, 1])])
+            ),
+            0.0,
+        )
         keep = i_max >= iou_min * (a_f + a_w - i_max) * (1 - 1e-9)
         if not keep.any():
             continue
@@ -191,11 +201,34 @@ def join(rings: Rings, db: Database, iou_min: float, zooms: list[int] | None = N
         inter = np.minimum(inter, np.minimum(a_f, a_w))
         iou = inter / (a_f + a_w - inter)
         keep = iou >= iou_min
-        out.append(pd.DataFrame({"fp": f[keep], "zoom": np.full(int(keep.sum()), zoom, np.int32), "x": xw[keep],
-                                 "y": y0[keep], "iou": iou[keep], "intersection_km2": inter[keep],
-                                 "photo_area_km2": a_f[keep], "tile_area_km2": a_w[keep]}))
+        out.append(
+            pd.DataFrame(
+                {
+                    "fp": f[keep],
+                    "zoom": np.full(int(keep.sum()), zoom, np.int32),
+                    "x": xw[keep],
+                    "y": y0[keep],
+                    "iou": iou[keep],
+                    "intersection_km2": inter[keep],
+                    "photo_area_km2": a_f[keep],
+                    "tile_area_km2": a_w[keep],
+                }
+            )
+        )
     if not out:
-        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in (("fp", "int64"), ("zoom", "int32"), ("x", "int64"),
-                             ("y", "int64"), ("iou", "float64"), ("intersection_km2", "float64"),
-                             ("photo_area_km2", "float64"), ("tile_area_km2", "float64"))})
+        return pd.DataFrame(
+            {
+                c: pd.Series(dtype=t)
+                for c, t in (
+                    ("fp", "int64"),
+                    ("zoom", "int32"),
+                    ("x", "int64"),
+                    ("y", "int64"),
+                    ("iou", "float64"),
+                    ("intersection_km2", "float64"),
+                    ("photo_area_km2", "float64"),
+                    ("tile_area_km2", "float64"),
+                )
+            }
+        )
     return pd.concat(out, ignore_index=True).sort_values(["fp", "zoom", "y", "x"], kind="stable").reset_index(drop=True)

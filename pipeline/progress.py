@@ -37,5 +37,14 @@ def progress(iterable=None, total: int | None = None, desc: str = "", unit: str 
         tty = sys.stderr.isatty()
     except (AttributeError, ValueError):
         tty = False
-    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True,
-                smoothing=0.1, file=sys.stderr, mininterval=0.5 if tty else 30.0)
+    return tqdm(
+        iterable,
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=disable,
+        dynamic_ncols=True,
+        smoothing=0.1,
+        file=sys.stderr,
+        mininterval=0.5 if tty else 30.0,
+    )

@@ -35,9 +35,19 @@ IDENTITY = "identity"
 RUNTIME = "runtime"
 
 
-def setting(default: Any, help: str, *, runtime: bool = False, partition: bool = False, derived: bool = False,
-            flag: str | None = None, parse: Callable[[Any], Any] | None = None, choices: Iterable[Any] | None = None,
-            repeat: bool = False, metavar: str | None = None) -> Any:
+def setting(
+    default: Any,
+    help: str,
+    *,
+    runtime: bool = False,
+    partition: bool = False,
+    derived: bool = False,
+    flag: str | None = None,
+    parse: Callable[[Any], Any] | None = None,
+    choices: Iterable[Any] | None = None,
+    repeat: bool = False,
+    metavar: str | None = None,
+) -> Any:
     """A settings field.
 
     ``runtime``: does not change the output (ignored when an existing output is compared).
@@ -49,9 +59,17 @@ def setting(default: Any, help: str, *, runtime: bool = False, partition: bool =
     option's value, ``"8-12"`` in a file) into the value; raises ValueError. ``choices``: the values
     allowed. ``repeat``: a tuple option given once per item (``--exclude A --exclude B``).
     """
-    meta = {"help": help, "runtime": runtime or partition, "partition": partition, "derived": derived,
-            "flag": flag, "parse": parse, "choices": tuple(choices) if choices is not None else None,
-            "repeat": repeat, "metavar": metavar}
+    meta = {
+        "help": help,
+        "runtime": runtime or partition,
+        "partition": partition,
+        "derived": derived,
+        "flag": flag,
+        "parse": parse,
+        "choices": tuple(choices) if choices is not None else None,
+        "repeat": repeat,
+        "metavar": metavar,
+    }
     return field(default=default, metadata=meta)
 
 
@@ -200,20 +218,24 @@ class Settings:
         """What the output is made from: the non-runtime keys that have a value, lists for tuples (as TOML keeps
         them). Saved beside the output as the stage's table; compared on the next run."""
         keys = self.keys()
-        return {n: (list(v) if isinstance(v, tuple) else v) for n, v in self.flat().items()
-                if not keys[n].meta["runtime"] and v is not None}
+        return {
+            n: (list(v) if isinstance(v, tuple) else v)
+            for n, v in self.flat().items()
+            if not keys[n].meta["runtime"] and v is not None
+        }
 
     def partition(self) -> dict[str, Any]:
         keys = self.keys()
         return {n: v for n, v in self.flat().items() if keys[n].meta["partition"]}
 
 
-def add_arguments(cls: type[Settings], parser: argparse.ArgumentParser | argparse._ArgumentGroup,
-                  only: Iterable[str] | None = None) -> None:
+def add_arguments(
+    cls: type[Settings], parser: argparse.ArgumentParser | argparse._ArgumentGroup, only: Iterable[str] | None = None
+) -> None:
     """One option per user key of ``cls`` (or those in ``only``), its help ending with its default and kind. Each
     option's ``dest`` is its key and its default None (not given), so the options layer over --config and --set."""
     keys = cls.user_keys()
-    for name in (only if only is not None else keys):
+    for name in only if only is not None else keys:
         k = keys[name]
         m = k.meta
         flag = m["flag"] or "--" + name.replace("_", "-")
@@ -313,19 +335,24 @@ def _coerce(name: str, value: Any, tp: Any, f: dataclasses.Field, source: str | 
             value = value2
     if not ok:
         default = f.default if f.default is not dataclasses.MISSING else None
-        how = (f"write it as the default is written: {name} = {_show(default)}" if default not in (None, ())
-               else "in TOML a string is quoted, a number or a boolean is not")
+        how = (
+            f"write it as the default is written: {name} = {_show(default)}"
+            if default not in (None, ())
+            else "in TOML a string is quoted, a number or a boolean is not"
+        )
         raise ConfigError(f"{where} {name!r} must be {_kind_name(tp)}, got {value!r}; {how}")
     choices = f.metadata.get("choices")
     if choices is not None and value not in choices:
-        raise ConfigError(f"{where} {name!r} = {_show(value)}: choose from "
-                          + ", ".join(_show(c) for c in choices if c is not None))
+        raise ConfigError(
+            f"{where} {name!r} = {_show(value)}: choose from " + ", ".join(_show(c) for c in choices if c is not None)
+        )
     return value
 
 
 def _list_text(item: Any) -> Callable[[str], list]:
     """An option's text as a list: ``"0,90"``, ``"[0, 90]"`` or ``"a,b"``; items that are not of the kind stay
     text, for the kind check to name."""
+
     def parse(text: str) -> list:
         out = []
         for v in text.strip().strip("[]").split(","):

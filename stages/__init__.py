@@ -12,7 +12,9 @@ from .index import IndexStage
 from .pairs import PairsStage
 from .sample import SampleStage
 
-STAGES: dict[str, Stage] = {s.name: s for s in (SampleStage(), IndexStage(), FootprintsStage(), CalibrateStage(), PairsStage())}
+STAGES: dict[str, Stage] = {
+    s.name: s for s in (SampleStage(), IndexStage(), FootprintsStage(), CalibrateStage(), PairsStage())
+}
 
 
 def get_stage(name: str) -> Stage:

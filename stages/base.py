@@ -126,7 +126,10 @@ class Stage:
 
     def record(self, settings: Any) -> dict[str, Any]:
         """What is saved beside the output: ``{stage name: the settings' identity, "inputs": fingerprint}``."""
-        return {self.name: settings.identity(), "inputs": {"fingerprint": files_fingerprint(self.input_files(settings))}}
+        return {
+            self.name: settings.identity(),
+            "inputs": {"fingerprint": files_fingerprint(self.input_files(settings))},
+        }
 
     def changed_settings(self, run: StageRun, inputs: bool = True) -> list[str]:
         """What differs between ``run.record`` and the config saved beside the existing output: the changed keys,
@@ -140,16 +143,20 @@ class Stage:
             with open(cfg, "rb") as f:
                 old = tomllib.load(f)
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise StageError(f"{cfg} is not valid TOML ({e}); it records the settings of {out}, so "
-                             "they cannot be compared: pass --overwrite to rebuild the output, or --out elsewhere") from None
+            raise StageError(
+                f"{cfg} is not valid TOML ({e}); it records the settings of {out}, so "
+                "they cannot be compared: pass --overwrite to rebuild the output, or --out elsewhere"
+            ) from None
         keys = self.settings_class.keys()
         old_conf = {k: v for k, v in old.get(self.name, {}).items() if not (k in keys and keys[k].meta["runtime"])}
         diff = changed_keys(old_conf, run.record[self.name])
         if inputs and old.get("inputs") != run.record["inputs"]:
             diff.append("input files")
         if "output" in old and out.is_file() and old["output"] != output_identity(out):
-            diff.append(f"the output itself ({out.name} is not the file {cfg.name} was written for: changed or "
-                        "replaced since, or a run stopped between writing the two)")
+            diff.append(
+                f"the output itself ({out.name} is not the file {cfg.name} was written for: changed or "
+                "replaced since, or a run stopped between writing the two)"
+            )
         return diff
 
     def execute(self, settings: Any, workdir: str | os.PathLike = "workspace", overwrite: bool = False) -> str:
@@ -163,7 +170,9 @@ class Stage:
         between the two leaves it to be taken by the next (:meth:`take_pending_config`). Any other output its
         config does not describe is refused like changed settings."""
         if not isinstance(settings, self.settings_class):
-            raise TypeError(f"{self.name}: settings must be {self.settings_class.__name__}, got {type(settings).__name__}")
+            raise TypeError(
+                f"{self.name}: settings must be {self.settings_class.__name__}, got {type(settings).__name__}"
+            )
         run = StageRun(self, self.resolve(settings, Path(workdir)), Path(workdir), overwrite)
         return self._execute(run)
 
@@ -176,20 +185,28 @@ class Stage:
         self.prepare(run)
         self.check(run)
         if any(out.resolve() == f.resolve() for f in self.input_files(run.settings)):
-            raise StageError(f"--out {out} is one of this stage's inputs; writing there would destroy it: "
-                             "pass --out with another path")
+            raise StageError(
+                f"--out {out} is one of this stage's inputs; writing there would destroy it: "
+                "pass --out with another path"
+            )
         record = self.record(run.settings)
         if out.exists() and not run.overwrite:
             if not cfg.exists():
-                raise StageError(f"{out} exists but has no {cfg.name} beside it, so it may come from other "
-                                 "settings; pass --overwrite to rebuild it, or --out elsewhere")
+                raise StageError(
+                    f"{out} exists but has no {cfg.name} beside it, so it may come from other "
+                    "settings; pass --overwrite to rebuild it, or --out elsewhere"
+                )
             run.record = record
             diff = self.changed_settings(run)
             if not diff:
-                return f"{self.name}: {out} is up to date with this config and these inputs (nothing to do; " \
-                       f"pass --overwrite to redo it){self.up_to_date(run)}"
-            raise StageError(f"{out} was made with different settings (changed: {', '.join(diff)}); pass "
-                             "--overwrite to replace it, or --out to write elsewhere")
+                return (
+                    f"{self.name}: {out} is up to date with this config and these inputs (nothing to do; "
+                    f"pass --overwrite to redo it){self.up_to_date(run)}"
+                )
+            raise StageError(
+                f"{out} was made with different settings (changed: {', '.join(diff)}); pass "
+                "--overwrite to replace it, or --out to write elsewhere"
+            )
         parts = self.parts_root(run.settings)  # with --overwrite too: parts for this very work stay valid
         start = time.perf_counter()
         run.record = record
@@ -252,8 +269,9 @@ def check_output_path(out: Path) -> None:
     """Fail in a second, not after hours of work, when ``out`` cannot be written: a folder in its
     place, a file where its folder should be, or a location that refuses new files."""
     if out.is_dir():
-        raise StageError(f"the output {out} is a folder; pass --out with a file path, such as "
-                         f"{out / (out.name + '.parquet')}")
+        raise StageError(
+            f"the output {out} is a folder; pass --out with a file path, such as {out / (out.name + '.parquet')}"
+        )
     blocker = next((p for p in out.parents if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
         raise StageError(f"cannot write {out}: {blocker} is a file, not a folder; pass --out with another path")
@@ -262,8 +280,10 @@ def check_output_path(out: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=out.parent, prefix=f".{out.name}.", suffix=".probe"):
             pass
     except OSError as e:
-        raise StageError(f"cannot write {out}: {out.parent} does not take new files ({e.strerror or e}); "
-                         "pass --out with a path in a writable folder") from None
+        raise StageError(
+            f"cannot write {out}: {out.parent} does not take new files ({e.strerror or e}); "
+            "pass --out with a path in a writable folder"
+        ) from None
 
 
 __all__ = ["ConfigError", "Stage", "StageError", "StageRun"]

@@ -66,27 +66,41 @@ def read_truth(path: str | Path) -> pd.DataFrame:
         try:
             df = pd.read_csv(path, dtype={"photo_id": str})  # ids of digits stay text, as the footprints' ids
         except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
-            raise ManifestError(path, f"not a readable CSV table ({e}); a truth CSV has a header line with "
-                                      f"{', '.join(need)}") from None
+            raise ManifestError(
+                path, f"not a readable CSV table ({e}); a truth CSV has a header line with {', '.join(need)}"
+            ) from None
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise StageError(f"{path}: truth needs columns {missing}")
     problems = []
     flags = df["localizable"].map(_truth_flag)
     for i in np.flatnonzero(flags.isna().to_numpy()):
-        problems.append(Problem(f"localizable must be True or False (also true/false, 1/0, yes/no), got "
-                                f"{_shown(df['localizable'].iloc[i])}", row=int(i), column="localizable",
-                                photo_id=str(df["photo_id"].iloc[i])))
+        problems.append(
+            Problem(
+                f"localizable must be True or False (also true/false, 1/0, yes/no), got "
+                f"{_shown(df['localizable'].iloc[i])}",
+                row=int(i),
+                column="localizable",
+                photo_id=str(df["photo_id"].iloc[i]),
+            )
+        )
     df = df.assign(localizable=flags.fillna(False).astype(bool))
     for c in need[2:]:  # a localizable photo's footprint: eight finite numbers
         v = pd.to_numeric(df[c], errors="coerce")
         for i in np.flatnonzero((df["localizable"] & ~np.isfinite(v.to_numpy(dtype=float))).to_numpy()):
-            problems.append(Problem(f"a localizable photo needs its corner as a number, got {_shown(df[c].iloc[i])}",
-                                    row=int(i), column=c, photo_id=str(df["photo_id"].iloc[i])))
+            problems.append(
+                Problem(
+                    f"a localizable photo needs its corner as a number, got {_shown(df[c].iloc[i])}",
+                    row=int(i),
+                    column=c,
+                    photo_id=str(df["photo_id"].iloc[i]),
+                )
+            )
         df[c] = v
     if problems:
-        raise ManifestError(path, problems[:20] + ([Problem(f"... and {len(problems) - 20} more")]
-                                                  if len(problems) > 20 else []))
+        raise ManifestError(
+            path, problems[:20] + ([Problem(f"... and {len(problems) - 20} more")] if len(problems) > 20 else [])
+        )
     return df.set_index("photo_id")
 
 
@@ -110,8 +124,10 @@ def check_truth_path(path: Path) -> None:
     if path.is_dir():
         raise StageError(f"--truth {path} is a folder; pass the truth file itself (truth.parquet or a truth CSV)")
     if not path.is_file():
-        raise StageError(f"truth file not found: {path}; a sample workspace has truth.parquet "
-                         "(`python -m pipeline run sample`), or pass --truth FILE")
+        raise StageError(
+            f"truth file not found: {path}; a sample workspace has truth.parquet "
+            "(`python -m pipeline run sample`), or pass --truth FILE"
+        )
 
 
 @dataclass(frozen=True)
@@ -137,8 +153,10 @@ class Source:
         for item in rest:
             key, eq, value = item.partition("=")
             if not eq or key not in ("queries", "tiles", "decisions") or not value:
-                raise StageError(f"source {spec!r}: {item!r} is not queries=PATH, tiles=PATH or decisions=PATH; a "
-                                 "source is TRUTH[,queries=Q][,tiles=T][,decisions=D]")
+                raise StageError(
+                    f"source {spec!r}: {item!r} is not queries=PATH, tiles=PATH or decisions=PATH; a "
+                    "source is TRUTH[,queries=Q][,tiles=T][,decisions=D]"
+                )
             opts[key] = str(Path(value).resolve())
         if "queries" not in opts:
             found = [truth.parent / n for n in ("queries.parquet", "queries.csv") if (truth.parent / n).is_file()]
@@ -159,7 +177,7 @@ def _specs(value) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
     if not isinstance(value, (list, tuple)):
-        raise ValueError("a list of sources (TRUTH[,queries=Q][,tiles=T]), e.g. truth = [\"truth.csv\"]")
+        raise ValueError('a list of sources (TRUTH[,queries=Q][,tiles=T]), e.g. truth = ["truth.csv"]')
     return tuple(value)
 
 
@@ -170,17 +188,29 @@ class CalibrateSettings(Settings):
 
     section = "calibrate setting"
 
-    truth: tuple[str, ...] = setting((), "photos with truth to fit on: TRUTH[,queries=Q][,tiles=T][,decisions=D] "
-                                         "(queries and tiles default to queries.parquet/.csv and tiles/ beside the "
-                                         "truth); repeat for more sources (default: WORKDIR/truth.parquet)",
-                                     repeat=True, parse=_specs, metavar="SOURCE")
-    validation: tuple[str, ...] = setting((), "photos with truth to score but not fit on (same form); repeat for "
-                                              "more", repeat=True, parse=_specs, metavar="SOURCE")
+    truth: tuple[str, ...] = setting(
+        (),
+        "photos with truth to fit on: TRUTH[,queries=Q][,tiles=T][,decisions=D] "
+        "(queries and tiles default to queries.parquet/.csv and tiles/ beside the "
+        "truth); repeat for more sources (default: WORKDIR/truth.parquet)",
+        repeat=True,
+        parse=_specs,
+        metavar="SOURCE",
+    )
+    validation: tuple[str, ...] = setting(
+        (),
+        "photos with truth to score but not fit on (same form); repeat for more",
+        repeat=True,
+        parse=_specs,
+        metavar="SOURCE",
+    )
     out: str = setting("", "the calibration (default: WORKDIR/calibration.json)")
-    features: tuple[str, ...] = setting(DEFAULT_FEATURES, f"evidence the model weighs, comma-separated, of "
-                                                          f"{', '.join(FEATURES)}")
-    precision: float = setting(DEFAULT_PRECISION, "the operating point: a footprint is localized from this "
-                                                  "probability of being right")
+    features: tuple[str, ...] = setting(
+        DEFAULT_FEATURES, f"evidence the model weighs, comma-separated, of {', '.join(FEATURES)}"
+    )
+    precision: float = setting(
+        DEFAULT_PRECISION, "the operating point: a footprint is localized from this probability of being right"
+    )
     iou: float = setting(0.5, "a footprint is right from this IoU with the truth")
     top: int = setting(3, "distinct candidates refined per photo")
     limit: int | None = setting(None, "only the first N photos of each source")
@@ -191,10 +221,16 @@ class CalibrateSettings(Settings):
 
     def check(self) -> None:
         self.need(0.5 <= self.precision < 1.0, "precision", "must be in [0.5, 1)")
-        self.need(0.0 < self.iou <= 1.0, "iou", "must be in (0, 1] (a footprint is right from this IoU with the "
-                  "truth); leave it out for 0.5")
-        self.need(bool(self.features) and all(f in FEATURES for f in self.features), "features",
-                  f"choose one or more of {', '.join(FEATURES)}")
+        self.need(
+            0.0 < self.iou <= 1.0,
+            "iou",
+            "must be in (0, 1] (a footprint is right from this IoU with the truth); leave it out for 0.5",
+        )
+        self.need(
+            bool(self.features) and all(f in FEATURES for f in self.features),
+            "features",
+            f"choose one or more of {', '.join(FEATURES)}",
+        )
         self.need(self.top >= 1, "top", "must be at least 1 (candidates refined per photo)")
         self.need(self.limit is None or self.limit >= 1, "limit", "must be at least 1")
         self.need(self.batch_size >= 1, "batch_size", "must be at least 1")
@@ -208,23 +244,38 @@ class CalibrateStage(Stage):
     name = "calibrate"
     help = "fit the footprint decision (a calibrated model of the evidence) on photos with truth"
     settings_class = CalibrateSettings
-    options = ("truth", "validation", "out", "features", "precision", "iou", "extractor", "top", "limit",
-               "batch_size", "workers")
+    options = (
+        "truth",
+        "validation",
+        "out",
+        "features",
+        "precision",
+        "iou",
+        "extractor",
+        "top",
+        "limit",
+        "batch_size",
+        "workers",
+    )
 
     def resolve(self, s: CalibrateSettings, workdir: Path) -> CalibrateSettings:
         truth = s.truth or (str(Path(workdir) / "truth.parquet"),)
-        return replace(s, workdir=s.workdir or str(Path(workdir).resolve()),
-                       truth=tuple(_spec(Source.parse(t)) for t in truth),
-                       validation=tuple(_spec(Source.parse(t)) for t in s.validation),
-                       out=str(Path(s.out or Path(workdir) / "calibration.json").resolve()))
+        return replace(
+            s,
+            workdir=s.workdir or str(Path(workdir).resolve()),
+            truth=tuple(_spec(Source.parse(t)) for t in truth),
+            validation=tuple(_spec(Source.parse(t)) for t in s.validation),
+            out=str(Path(s.out or Path(workdir) / "calibration.json").resolve()),
+        )
 
     def output(self, s: CalibrateSettings) -> Path:
         return Path(s.out)
 
     @staticmethod
     def sources(conf: CalibrateSettings) -> list[tuple[Source, str]]:
-        return ([(Source.parse(s), "fit") for s in conf.truth]
-                + [(Source.parse(s), "validation") for s in conf.validation])
+        return [(Source.parse(s), "fit") for s in conf.truth] + [
+            (Source.parse(s), "validation") for s in conf.validation
+        ]
 
     def input_files(self, conf: CalibrateSettings) -> list[Path]:
         files = []
@@ -251,11 +302,13 @@ class CalibrateStage(Stage):
                     raise StageError(f"decisions not found: {src.decisions} (source {src.truth})")
                 continue
             if not Path(src.queries).exists():
-                raise StageError(f"queries not found: {src.queries} (source {src.truth}); give them as "
-                                 f"{src.truth},queries=PATH")
+                raise StageError(
+                    f"queries not found: {src.queries} (source {src.truth}); give them as {src.truth},queries=PATH"
+                )
             if not Path(src.tiles).exists():
-                raise StageError(f"tiles not found: {src.tiles} (source {src.truth}); give them as "
-                                 f"{src.truth},tiles=PATH")
+                raise StageError(
+                    f"tiles not found: {src.tiles} (source {src.truth}); give them as {src.truth},tiles=PATH"
+                )
         check_cluster_options(None, conf.workers)
 
     def run(self, run: StageRun) -> str:
@@ -269,13 +322,19 @@ class CalibrateStage(Stage):
                 lines.append(summary)
             d = score_decisions(read_manifest(path, DECISIONS), truth, float(conf.iou)).assign(source=src.name)
             if d.empty:
-                raise StageError(f"no photo_id in common between the decisions {path} and the truth {src.truth}; "
-                                 "pass the truth of these photos, or their queries")
+                raise StageError(
+                    f"no photo_id in common between the decisions {path} and the truth {src.truth}; "
+                    "pass the truth of these photos, or their queries"
+                )
             scored.append((src, role, d, int(d["photo_id"].nunique())))
         fit = pd.concat([weighed(d) for _, role, d, _ in scored if role == "fit"], ignore_index=True)
         try:
-            model = fit_model(fit[list(FEATURES)].to_numpy(np.float64), fit["right"].to_numpy(bool),
-                              conf.features, float(conf.precision))
+            model = fit_model(
+                fit[list(FEATURES)].to_numpy(np.float64),
+                fit["right"].to_numpy(bool),
+                conf.features,
+                float(conf.precision),
+            )
         except ValueError as e:
             raise StageError(f"{', '.join(s.truth for s, role, _, _ in scored if role == 'fit')}: {e}") from None
         reports = []
@@ -286,27 +345,39 @@ class CalibrateStage(Stage):
         search = {k: v for k, v in conf.search_settings().identity().items() if k in EVIDENCE_SETTINGS}
         cal = Calibration(model, conf.search.extractor, float(conf.iou), search, reports)
         decisions_out = decisions_path(conf.out)
-        write_manifest(pd.concat([d.assign(role=role) for _, role, d, _ in scored], ignore_index=True), decisions_out,
-                       DECISIONS)
+        write_manifest(
+            pd.concat([d.assign(role=role) for _, role, d, _ in scored], ignore_index=True), decisions_out, DECISIONS
+        )
         cal.save(conf.out, before_replace=run.before_replace)
         terms = " + ".join(f"{w:+.3f} z({f})" for f, w in zip(model.features, model.weights))
-        lines += [f"calibrate: fitted on {len(fit)} decisions ({int(fit['right'].sum())} right, "
-                  f"{int((~fit['right']).sum())} wrong) of {len([r for r in reports if r.role == 'fit'])} sources",
-                  f"  P(right) = 1 / (1 + exp(-({model.intercept:.3f} {terms})))",
-                  f"  operating point: localized at P >= {model.operating_point:g}"]
+        lines += [
+            f"calibrate: fitted on {len(fit)} decisions ({int(fit['right'].sum())} right, "
+            f"{int((~fit['right']).sum())} wrong) of {len([r for r in reports if r.role == 'fit'])} sources",
+            f"  P(right) = 1 / (1 + exp(-({model.intercept:.3f} {terms})))",
+            f"  operating point: localized at P >= {model.operating_point:g}",
+        ]
         lines += ["  " + line for r in reports for line in r.lines()]
-        lines.append(f"  wrote {conf.out} (run footprints uses it from WORKDIR, or pass --calibration FILE) and the "
-                     f"scored decisions {decisions_out.name}")
+        lines.append(
+            f"  wrote {conf.out} (run footprints uses it from WORKDIR, or pass --calibration FILE) and the "
+            f"scored decisions {decisions_out.name}"
+        )
         return "\n".join(lines)
 
     def _decisions(self, conf: CalibrateSettings, src: Source) -> tuple[str, str]:
         """The decisions of a source's photos (searched now, or found from an earlier run with the same search and
         files); resumable from its parts. (path, summary)"""
         search = conf.search_settings()
-        key = fingerprint({"search": search.flat(), "top": conf.top, "limit": conf.limit, "floor": 0,
-                           "files": files_fingerprint(source_files(src.queries, image_folder=True)
-                                                      + source_files(src.tiles)), "queries": src.queries,
-                           "tiles": src.tiles})
+        key = fingerprint(
+            {
+                "search": search.flat(),
+                "top": conf.top,
+                "limit": conf.limit,
+                "floor": 0,
+                "files": files_fingerprint(source_files(src.queries, image_folder=True) + source_files(src.tiles)),
+                "queries": src.queries,
+                "tiles": src.tiles,
+            }
+        )
         out = Path(conf.workdir) / "calibration" / f"decisions-{Path(src.truth).parent.name}-{key}.parquet"
         if out.is_file():
             return str(out), f"calibrate: {src.name}: decisions found in {out}"
@@ -318,8 +389,10 @@ class CalibrateStage(Stage):
         bs = int(conf.batch_size)
         parts = out.with_name(out.name + ".parts")
         parts.mkdir(parents=True, exist_ok=True)
-        work = [(str(parts / f"batch{k:05d}.parquet"), records[i : i + bs])
-                for k, i in enumerate(range(0, len(records), bs))]
+        work = [
+            (str(parts / f"batch{k:05d}.parquet"), records[i : i + bs])
+            for k, i in enumerate(range(0, len(records), bs))
+        ]
         todo = [(part, rows) for part, rows in work if not Path(part).exists()]
         t0 = time.perf_counter()
         if todo:
@@ -331,20 +404,44 @@ class CalibrateStage(Stage):
             Path(part).unlink(missing_ok=True)
         parts.rmdir()
         n_bad = len(rejected)
-        return str(out), (f"calibrate: {src.name}: {len(records)} photos searched in {time.perf_counter() - t0:.0f} s"
-                          + (f" ({n_bad} bad queries rows left out)" if n_bad else "") + f" -> {out}")
+        return str(out), (
+            f"calibrate: {src.name}: {len(records)} photos searched in {time.perf_counter() - t0:.0f} s"
+            + (f" ({n_bad} bad queries rows left out)" if n_bad else "")
+            + f" -> {out}"
+        )
 
-    def _run_dask(self, conf: CalibrateSettings, search: SearchSettings, src: Source, todo: list[tuple[str, list]],
-                  key: str) -> None:
+    def _run_dask(
+        self, conf: CalibrateSettings, search: SearchSettings, src: Source, todo: list[tuple[str, list]], key: str
+    ) -> None:
         matcher = matcher_name(search.extractor)
         with dask_client(None, conf.workers, False, _worker_environ(), WORKER_MEMORY_BYTES) as (client, threads):
+
             def submit(rows: list[dict], part: str, suffix: str):
-                return client.submit(run_batch, rows, src.tiles, search, "cpu", part, threads,
-                                     int(conf.top), key=f"decisions-{key}-{suffix}", retries=2, pure=False)
+                return client.submit(
+                    run_batch,
+                    rows,
+                    src.tiles,
+                    search,
+                    "cpu",
+                    part,
+                    threads,
+                    int(conf.top),
+                    key=f"decisions-{key}-{suffix}",
+                    retries=2,
+                    pure=False,
+                )
 
             def failed_rows(row: dict, e: BaseException) -> pd.DataFrame:
-                return pd.DataFrame([{"photo_id": row["photo_id"], "status": "error", "matcher": matcher,
-                                      "reason": f"its task failed each time it ran ({type(e).__name__}: {e})"}])
+                return pd.DataFrame(
+                    [
+                        {
+                            "photo_id": row["photo_id"],
+                            "status": "error",
+                            "matcher": matcher,
+                            "reason": f"its task failed each time it ran ({type(e).__name__}: {e})",
+                        }
+                    ]
+                )
 
             def assemble(part: str, pieces: list) -> None:
                 with ManifestWriter(part, DECISIONS) as writer:
@@ -356,8 +453,10 @@ class CalibrateStage(Stage):
 
 def _spec(src: Source) -> str:
     """A source as a string with absolute paths (the config file records it so)."""
-    return ",".join([src.truth, f"queries={src.queries}", f"tiles={src.tiles}"]
-                    + ([f"decisions={src.decisions}"] if src.decisions else []))
+    return ",".join(
+        [src.truth, f"queries={src.queries}", f"tiles={src.tiles}"]
+        + ([f"decisions={src.decisions}"] if src.decisions else [])
+    )
 
 
 def _worker_environ() -> dict[str, str]:

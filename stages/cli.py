@@ -41,21 +41,41 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     parser.set_defaults(own_parser=parser)  # each command's parser replaces it: its usage goes with its errors
 
-    run = sub.add_parser("run", help="run a stage", description="Run one stage of the pipeline. Stages: "
-                         + ", ".join(STAGES) + ".")
-    stages = run.add_subparsers(dest="stage", metavar="STAGE", required=True,
-                                title="stages", description="(python -m pipeline run STAGE --help for its options)")
+    run = sub.add_parser(
+        "run", help="run a stage", description="Run one stage of the pipeline. Stages: " + ", ".join(STAGES) + "."
+    )
+    stages = run.add_subparsers(
+        dest="stage",
+        metavar="STAGE",
+        required=True,
+        title="stages",
+        description="(python -m pipeline run STAGE --help for its options)",
+    )
     for name, stage in STAGES.items():
-        p = stages.add_parser(name, help=stage.help, description=stage.help[:1].upper() + stage.help[1:] + ".",
-                              formatter_class=_HelpFormatter)
+        p = stages.add_parser(
+            name,
+            help=stage.help,
+            description=stage.help[:1].upper() + stage.help[1:] + ".",
+            formatter_class=_HelpFormatter,
+        )
         common = p.add_argument_group("common options")
         common.add_argument("--workdir", default="workspace", help="workspace folder for default inputs and outputs")
         common.add_argument("--config", help=f"TOML file with this stage's settings (top level or a [{name}] table)")
-        common.add_argument("--set", action="append", default=None, metavar="KEY=VALUE", dest="set_values",
-                            help="one setting by its key (the option's name with underscores), as a --config file "
-                                 "would hold it (a TOML value: 0, 2.5, true, [10, 11], or text); repeatable; wins "
-                                 "over --config, loses to the options")
-        common.add_argument("--overwrite", action="store_true", help="replace the output even if it is up to date or was made with other settings (the old one stays until the new one is written)")
+        common.add_argument(
+            "--set",
+            action="append",
+            default=None,
+            metavar="KEY=VALUE",
+            dest="set_values",
+            help="one setting by its key (the option's name with underscores), as a --config file "
+            "would hold it (a TOML value: 0, 2.5, true, [10, 11], or text); repeatable; wins "
+            "over --config, loses to the options",
+        )
+        common.add_argument(
+            "--overwrite",
+            action="store_true",
+            help="replace the output even if it is up to date or was made with other settings (the old one stays until the new one is written)",
+        )
         common.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
         common.add_argument("-q", "--quiet", action="count", default=0, help="less logging, no progress bars")
         keys = stage.settings_class.user_keys()
@@ -63,17 +83,27 @@ def build_parser() -> argparse.ArgumentParser:
         add_arguments(stage.settings_class, p.add_argument_group(f"{name} options"), own)
         rest = [k for k in keys if k not in own]
         if rest:
-            add_arguments(stage.settings_class, p.add_argument_group(
-                f"{name} settings (also --config keys and --set KEY=VALUE)"), rest)
+            add_arguments(
+                stage.settings_class,
+                p.add_argument_group(f"{name} settings (also --config keys and --set KEY=VALUE)"),
+                rest,
+            )
         p.set_defaults(own_parser=p)
 
-    ins = sub.add_parser("inspect", help="summarize a Parquet manifest",
-                         description="Print a manifest's kind, schema, row count and per-column summaries "
-                                     "(for footprints: the status breakdown and an inlier histogram).")
+    ins = sub.add_parser(
+        "inspect",
+        help="summarize a Parquet manifest",
+        description="Print a manifest's kind, schema, row count and per-column summaries "
+        "(for footprints: the status breakdown and an inlier histogram).",
+    )
     ins.add_argument("path", help="a Parquet manifest (queries, database, footprints or pairs)")
     ins.add_argument("--geojson", metavar="OUT", help="also export the geometries to this GeoJSON file")
-    ins.add_argument("--overlay", metavar="DIR", help="footprints: write DIR/PHOTO_ID.png per localized photo, the "
-                     "photo beside the imagery under its footprint (needs --queries and --tiles)")
+    ins.add_argument(
+        "--overlay",
+        metavar="DIR",
+        help="footprints: write DIR/PHOTO_ID.png per localized photo, the "
+        "photo beside the imagery under its footprint (needs --queries and --tiles)",
+    )
     ins.add_argument("--queries", help="with --overlay: the queries the footprints came from")
     ins.add_argument("--tiles", help="with --overlay: the tile source they were found in")
     ins.add_argument("--photo", action="append", default=None, help="with --overlay: only this photo (repeatable)")
@@ -92,8 +122,12 @@ def unrecognized_message(parser: argparse.ArgumentParser, extra: list[str]) -> s
     if len(extra) > 1 and all(Path(x).exists() for x in extra):
         return msg + "; they look like the files of a glob the shell expanded: quote it, e.g. --tiles '/data/*.tif'"
     known = {o.lstrip("-"): o for a in parser._actions for o in a.option_strings if o.startswith("--")}
-    close = [known[m] for x in extra if x.startswith("-")  # compared without the dashes every option shares
-             for m in difflib.get_close_matches(x.split("=", 1)[0].lstrip("-"), known, n=1, cutoff=0.6)]
+    close = [
+        known[m]
+        for x in extra
+        if x.startswith("-")  # compared without the dashes every option shares
+        for m in difflib.get_close_matches(x.split("=", 1)[0].lstrip("-"), known, n=1, cutoff=0.6)
+    ]
     if close:
         return msg + f"; did you mean {' or '.join(dict.fromkeys(close))}? ({parser.prog} --help lists them all)"
     return msg + f"; {parser.prog} --help lists the options"
@@ -108,16 +142,21 @@ def _check_inspect_args(args) -> None:
 
     given = [f"--{k}" for k in ("queries", "tiles", "photo") if getattr(args, k)]
     if given and not args.overlay:
-        raise ManifestError(args.path, f"{', '.join(given)} only work with --overlay DIR (they say where the photos "
-                                       "and the imagery of the overlays are)")
+        raise ManifestError(
+            args.path,
+            f"{', '.join(given)} only work with --overlay DIR (they say where the photos "
+            "and the imagery of the overlays are)",
+        )
     if args.overlay and Path(args.path).is_file():
         try:
             kind = detect_kind(args.path)
         except Exception:  # not Parquet at all: inspect_manifest says so
             return
         if kind is not None and kind.name != "footprints":
-            raise ManifestError(args.path, f"--overlay needs a footprints manifest (from `run footprints`); this "
-                                           f"is a {kind.name} manifest")
+            raise ManifestError(
+                args.path,
+                f"--overlay needs a footprints manifest (from `run footprints`); this is a {kind.name} manifest",
+            )
     if args.overlay:
         if not (args.queries and args.tiles):
             raise ManifestError(args.path, "--overlay needs --queries (the photos) and --tiles (the imagery) as well")
@@ -148,7 +187,9 @@ def os_error_message(e: OSError) -> str:
     what = e.strerror or str(e)
     if e.filename2:
         what += f" (-> {e.filename2})"
-    full = "free some space, or write elsewhere (--out, --workdir); finished parts are kept, so the same command resumes"
+    full = (
+        "free some space, or write elsewhere (--out, --workdir); finished parts are kept, so the same command resumes"
+    )
     hint = {
         errno.ENOSPC: full,
         errno.EDQUOT: full,

@@ -35,8 +35,10 @@ def check_device(device: Any, remote: bool = False) -> None:
 
         if not torch.cuda.is_available():
             why = "torch was built without CUDA" if torch.version.cuda is None else "no GPU is visible"
-            raise StageError(f"--device {device}: CUDA is not available here ({why}); use --device cpu, or "
-                             "--scheduler with a cluster whose workers have GPUs")
+            raise StageError(
+                f"--device {device}: CUDA is not available here ({why}); use --device cpu, or "
+                "--scheduler with a cluster whose workers have GPUs"
+            )
 
 
 def resolve_device(device: str, remote: bool = False) -> str:
@@ -64,9 +66,11 @@ def cluster_device(device: str, client: Any, scheduler: str) -> str:
         device = "cuda" if gpus else "cpu"
         log.info("--device auto: %s (%d of the %d workers of %s declare a GPU)", device, gpus, len(workers), scheduler)
     elif device.startswith("cuda") and not gpus:
-        raise StageError(f"--device {device}: none of the {len(workers)} workers of {scheduler} declares the GPU "
-                         "resource, so the tasks would wait for ever; start the workers with `dask worker "
-                         f"{scheduler} --resources GPU=1` on machines with a GPU, or pass --device cpu")
+        raise StageError(
+            f"--device {device}: none of the {len(workers)} workers of {scheduler} declares the GPU "
+            "resource, so the tasks would wait for ever; start the workers with `dask worker "
+            f"{scheduler} --resources GPU=1` on machines with a GPU, or pass --device cpu"
+        )
     return device
 
 
@@ -80,8 +84,10 @@ def check_cluster_options(scheduler: Any, workers: Any) -> None:
     from stages.base import StageError
 
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise StageError(f"--workers must be an integer of at least 1 (local worker processes), got {workers!r}; "
-                         "leave it out for one per core")
+        raise StageError(
+            f"--workers must be an integer of at least 1 (local worker processes), got {workers!r}; "
+            "leave it out for one per core"
+        )
     if scheduler is None:
         return
     if not isinstance(scheduler, str) or not scheduler:
@@ -92,8 +98,10 @@ def check_cluster_options(scheduler: Any, workers: Any) -> None:
 
     scheme, loc = parse_address(scheduler)
     if scheme not in backends:
-        raise StageError(f"--scheduler {scheduler}: Dask does not speak {scheme}://; give the scheduler's own "
-                         f"address (its log prints it), e.g. tcp://host:8786, not its dashboard")
+        raise StageError(
+            f"--scheduler {scheduler}: Dask does not speak {scheme}://; give the scheduler's own "
+            f"address (its log prints it), e.g. tcp://host:8786, not its dashboard"
+        )
     if scheme in ("tcp", "tls"):
         try:
             parse_host_port(loc)
@@ -125,12 +133,16 @@ def probe_scheduler(address: str, timeout: float | None = None) -> None:
         # connect() gives up on a closed port by itself (OSError); the outer deadline ends a handshake that hangs
         asyncio.run(asyncio.wait_for(handshake(), timeout + 2))
     except TimeoutError:
-        raise StageError(f"--scheduler {address}: something listens there but did not answer as a Dask scheduler "
-                         f"in {timeout:g} s (another service, such as the dashboard? or a blocked scheduler); give "
-                         "the address the scheduler's log prints, usually tcp://host:8786") from None
+        raise StageError(
+            f"--scheduler {address}: something listens there but did not answer as a Dask scheduler "
+            f"in {timeout:g} s (another service, such as the dashboard? or a blocked scheduler); give "
+            "the address the scheduler's log prints, usually tcp://host:8786"
+        ) from None
     except OSError as e:
-        raise StageError(f"cannot reach the Dask scheduler at {address} ({e}); is it running, and is this its "
-                         "address (the scheduler's log prints it)?") from None
+        raise StageError(
+            f"cannot reach the Dask scheduler at {address} ({e}); is it running, and is this its "
+            "address (the scheduler's log prints it)?"
+        ) from None
 
 
 def local_worker_count(requested: int | None, units: int, memory_bytes: float, need_bytes: float | None) -> int:
@@ -143,23 +155,40 @@ def local_worker_count(requested: int | None, units: int, memory_bytes: float, n
     gb = 2**30
     if requested:
         if need_bytes and memory_bytes / requested < need_bytes:
-            log.warning("--workers %d: %.1f GB of memory each, less than the %.1f GB a worker should have; Dask "
-                        "pauses and restarts workers that near their limit: fewer --workers may finish sooner",
-                        requested, memory_bytes / requested / gb, need_bytes / gb)
+            log.warning(
+                "--workers %d: %.1f GB of memory each, less than the %.1f GB a worker should have; Dask "
+                "pauses and restarts workers that near their limit: fewer --workers may finish sooner",
+                requested,
+                memory_bytes / requested / gb,
+                need_bytes / gb,
+            )
         return int(requested)
     n = max(1, int(units))
     if need_bytes:
         fit = max(1, int(memory_bytes // need_bytes))
         if fit < n:
-            log.warning("%d worker%s, not %d: %.1f GB of memory holds %d at the %.1f GB a worker should have "
-                        "(--workers overrides)", fit, "s" if fit > 1 else "", n, memory_bytes / gb, fit, need_bytes / gb)
+            log.warning(
+                "%d worker%s, not %d: %.1f GB of memory holds %d at the %.1f GB a worker should have "
+                "(--workers overrides)",
+                fit,
+                "s" if fit > 1 else "",
+                n,
+                memory_bytes / gb,
+                fit,
+                need_bytes / gb,
+            )
             n = fit
     return n
 
 
 @contextmanager
-def dask_client(scheduler: str | None, workers: int | None, gpu: bool = False,
-                environ: dict[str, str] | None = None, worker_memory: float | None = None) -> Iterator[tuple[Any, int]]:
+def dask_client(
+    scheduler: str | None,
+    workers: int | None,
+    gpu: bool = False,
+    environ: dict[str, str] | None = None,
+    worker_memory: float | None = None,
+) -> Iterator[tuple[Any, int]]:
     """Yields ``(client, torch threads per worker)``; a local cluster is closed on exit.
 
     Local cluster: one process per core (per GPU with ``gpu``: worker k then uses GPU k, see
@@ -181,8 +210,10 @@ def dask_client(scheduler: str | None, workers: int | None, gpu: bool = False,
         except OSError as e:
             from stages.base import StageError
 
-            raise StageError(f"cannot reach the Dask scheduler at {scheduler} ({e}); is it running, and is this "
-                             "its address (the scheduler's log prints it)?") from None
+            raise StageError(
+                f"cannot reach the Dask scheduler at {scheduler} ({e}); is it running, and is this "
+                "its address (the scheduler's log prints it)?"
+            ) from None
     else:
         import dask
         from distributed.system import MEMORY_LIMIT  # the machine's memory, or its cgroup's / rlimit's limit
@@ -193,8 +224,14 @@ def dask_client(scheduler: str | None, workers: int | None, gpu: bool = False,
         env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **(environ or {})}
         # ":0": the scheduler's HTTP server on a free port, so runs side by side never fight over 8787
         with dask.config.set({"distributed.nanny.pre-spawn-environ": env}):
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
-                                   silence_logs=logging.WARNING, resources={"GPU": 1} if gpu else None)
+            cluster = LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=logging.WARNING,
+                resources={"GPU": 1} if gpu else None,
+            )
         client = Client(cluster)
     try:
         yield client, threads
@@ -232,9 +269,16 @@ def in_flight_batches(client: Any) -> int:
     return max(8, 4 * sum(client.nthreads().values()))
 
 
-def gather_isolating(client: Any, work: list[tuple[str, list]], submit: Callable[[list, str, str], Any],
-                     failed_rows: Callable[[Any, BaseException], Any], assemble: Callable[[str, list], None],
-                     desc: str, postfix: str, in_flight: int | None = None) -> list[str]:
+def gather_isolating(
+    client: Any,
+    work: list[tuple[str, list]],
+    submit: Callable[[list, str, str], Any],
+    failed_rows: Callable[[Any, BaseException], Any],
+    assemble: Callable[[str, list], None],
+    desc: str,
+    postfix: str,
+    in_flight: int | None = None,
+) -> list[str]:
     """Run batches as Dask tasks with a progress bar; a batch that fails for good is run again item by item.
 
     Args:
@@ -269,9 +313,11 @@ def gather_isolating(client: Any, work: list[tuple[str, list]], submit: Callable
     def cancelled(part: str, e: BaseException) -> None:
         from stages.base import StageError
 
-        raise StageError(f"{Path(part).name}'s task was cancelled ({type(e).__name__}: {e}): the connection to the "
-                         "Dask scheduler was lost, or the task was cancelled on the cluster. The finished batches are "
-                         "kept: run the same command again to go on from them") from None
+        raise StageError(
+            f"{Path(part).name}'s task was cancelled ({type(e).__name__}: {e}): the connection to the "
+            "Dask scheduler was lost, or the task was cancelled on the cluster. The finished batches are "
+            "kept: run the same command again to go on from them"
+        ) from None
 
     def single_part(b: int, j: int | None) -> str:
         return work[b][0] if j is None else f"{work[b][0]}.{j:03d}"
@@ -289,6 +335,7 @@ def gather_isolating(client: Any, work: list[tuple[str, list]], submit: Callable
                 Path(f"{part}.{k:03d}").unlink(missing_ok=True)
 
     with progress(total=sum(len(items) for _, items in work), desc=desc, unit="photo") as bar:
+
         def count(res: dict) -> None:
             nonlocal done
             done += res[postfix]
@@ -323,8 +370,13 @@ def gather_isolating(client: Any, work: list[tuple[str, list]], submit: Callable
                 cancelled(part, e)
             except Exception as e:  # noqa: BLE001 - whatever it was, the other batches go on
                 if j is None and len(items) > 1:
-                    log.warning("%s: the task failed for good (%s: %s); running its %d items one by one",
-                                Path(part).name, type(e).__name__, e, len(items))
+                    log.warning(
+                        "%s: the task failed for good (%s: %s); running its %d items one by one",
+                        Path(part).name,
+                        type(e).__name__,
+                        e,
+                        len(items),
+                    )
                     pieces[b] = {}
                     for k, item in enumerate(items):
                         g = submit([item], single_part(b, k), f"{b}-{k}")

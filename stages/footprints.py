@@ -45,32 +45,52 @@ class FootprintsSettings(Settings):
 
     section = "footprints setting"
 
-    queries: str = setting("", "queries CSV/Parquet or photo folder (default: WORKDIR/queries.parquet, the sample "
-                               "workspace, created when missing)")
+    queries: str = setting(
+        "",
+        "queries CSV/Parquet or photo folder (default: WORKDIR/queries.parquet, the sample "
+        "workspace, created when missing)",
+    )
     tiles: str = setting("", "tile source (default: WORKDIR/tiles)")
     out: str = setting("", "footprints manifest (default: WORKDIR/footprints.parquet)")
-    calibration: str | None = setting("", "calibration.json from `run calibrate` (default: WORKDIR/calibration.json "
-                                          "if present, else the packaged one for aliked; none: no calibration)")
-    min_inliers: int | None = setting(None, "inliers a footprint needs besides the calibrated decision (default 0; "
-                                            f"with --calibration none it is the decision: {NO_MODEL_MIN_INLIERS})")
+    calibration: str | None = setting(
+        "",
+        "calibration.json from `run calibrate` (default: WORKDIR/calibration.json "
+        "if present, else the packaged one for aliked; none: no calibration)",
+    )
+    min_inliers: int | None = setting(
+        None,
+        "inliers a footprint needs besides the calibrated decision (default 0; "
+        f"with --calibration none it is the decision: {NO_MODEL_MIN_INLIERS})",
+    )
     limit: int | None = setting(None, "only the first N rows of the queries (bad rows among them end as errors)")
     batch_size: int = setting(4, "photos per Dask task", partition=True)
-    device: str = setting("auto", "auto (cuda when a GPU is visible, on --scheduler when a worker declares one; "
-                                  "else cpu), cpu, cuda or cuda:N", runtime=True)
+    device: str = setting(
+        "auto",
+        "auto (cuda when a GPU is visible, on --scheduler when a worker declares one; else cpu), cpu, cuda or cuda:N",
+        runtime=True,
+    )
     # device: like the threads per worker, it changes inlier counts by a few at most (float16 autocast on CUDA), and
     # an output made on a GPU machine must be up to date, resumable and retryable on another
-    workers: int | None = setting(None, "local Dask worker processes (default: one per core, one thread each; "
-                                        "with cuda: one per GPU)", runtime=True)
+    workers: int | None = setting(
+        None,
+        "local Dask worker processes (default: one per core, one thread each; with cuda: one per GPU)",
+        runtime=True,
+    )
     scheduler: str | None = setting(None, "address of an existing Dask scheduler, e.g. tcp://host:8786", runtime=True)
-    retry_errors: bool = setting(False, "localize again only the photos whose rows in the existing --out are errors "
-                                        "(and any photo of the queries it lacks), keeping every other row; after "
-                                        "fixing files or paths", partition=True)
+    retry_errors: bool = setting(
+        False,
+        "localize again only the photos whose rows in the existing --out are errors "
+        "(and any photo of the queries it lacks), keeping every other row; after "
+        "fixing files or paths",
+        partition=True,
+    )
     calibration_model: str | None = setting(None, "a fingerprint of the calibration's model", derived=True)
     search: SearchSettings = group(SearchSettings, exclude=("calibration", "min_inliers"))
 
     def check(self) -> None:
-        self.need(self.limit is None or self.limit >= 1, "limit", "must be at least 1 (the first N rows of the "
-                  "queries)")
+        self.need(
+            self.limit is None or self.limit >= 1, "limit", "must be at least 1 (the first N rows of the queries)"
+        )
         self.need(self.batch_size >= 1, "batch_size", "must be at least 1")
         self.need(self.min_inliers is None or self.min_inliers >= 0, "min_inliers", "an integer of at least 0")
 
@@ -84,16 +104,32 @@ class FootprintsSettings(Settings):
         if feature_dir:
             tiles_id = fingerprint({"tiles": self.tiles, "files": files_fingerprint(source_files(self.tiles))})
             feature_dir = str(Path(feature_dir).resolve() / f"tiles-{tiles_id}")
-        return replace(self.search, calibration=self.calibration, min_inliers=self.min_inliers or 0,
-                       feature_dir=feature_dir)
+        return replace(
+            self.search, calibration=self.calibration, min_inliers=self.min_inliers or 0, feature_dir=feature_dir
+        )
 
 
 class FootprintsStage(Stage):
     name = "footprints"
     help = "localize photos from their weak labels: full footprints (candidates, LightGlue, refinement)"
     settings_class = FootprintsSettings
-    options = ("queries", "tiles", "out", "extractor", "weights_dir", "zooms", "min_inliers", "calibration",
-               "batch_size", "limit", "feature_dir", "device", "workers", "scheduler", "retry_errors")
+    options = (
+        "queries",
+        "tiles",
+        "out",
+        "extractor",
+        "weights_dir",
+        "zooms",
+        "min_inliers",
+        "calibration",
+        "batch_size",
+        "limit",
+        "feature_dir",
+        "device",
+        "workers",
+        "scheduler",
+        "retry_errors",
+    )
 
     def resolve(self, s: FootprintsSettings, workdir: Path) -> FootprintsSettings:
         """Absolute paths, the device, the calibration that applies and the inliers floor."""
@@ -109,16 +145,26 @@ class FootprintsStage(Stage):
             except WeightsNotFoundError as e:
                 raise StageError(str(e)) from None
         try:
-            calibration, model = choose_calibration("none" if s.calibration is None else s.calibration,
-                                                    workdir / "calibration.json", search.extractor, s.identity())
+            calibration, model = choose_calibration(
+                "none" if s.calibration is None else s.calibration,
+                workdir / "calibration.json",
+                search.extractor,
+                s.identity(),
+            )
         except ValueError as e:
             raise StageError(str(e)) from None
         min_inliers = s.min_inliers if s.min_inliers is not None else (0 if calibration else NO_MODEL_MIN_INLIERS)
-        return replace(s, queries=str(Path(s.queries or workdir / "queries.parquet").resolve()),
-                       tiles=str(Path(s.tiles or workdir / "tiles").resolve()),
-                       out=str(Path(s.out or workdir / "footprints.parquet").resolve()),
-                       device=resolve_device(s.device, remote=bool(s.scheduler)), calibration=calibration,
-                       calibration_model=model, min_inliers=min_inliers, search=search)
+        return replace(
+            s,
+            queries=str(Path(s.queries or workdir / "queries.parquet").resolve()),
+            tiles=str(Path(s.tiles or workdir / "tiles").resolve()),
+            out=str(Path(s.out or workdir / "footprints.parquet").resolve()),
+            device=resolve_device(s.device, remote=bool(s.scheduler)),
+            calibration=calibration,
+            calibration_model=model,
+            min_inliers=min_inliers,
+            search=search,
+        )
 
     def output(self, s: FootprintsSettings) -> Path:
         return Path(s.out)
@@ -137,8 +183,10 @@ class FootprintsStage(Stage):
         s = run.settings
         qpath = Path(s.queries)
         if not qpath.exists():
-            raise StageError(f"queries not found: {qpath}; pass --queries with a CSV or Parquet file (photo_id, "
-                             "image_path, center_lat, center_lon) or a folder of EarthLoc-named photos")
+            raise StageError(
+                f"queries not found: {qpath}; pass --queries with a CSV or Parquet file (photo_id, "
+                "image_path, center_lat, center_lon) or a folder of EarthLoc-named photos"
+            )
         try:  # here, once, not in every Dask task: a wrong path would make every photo an error row
             from pipeline.tile_sources import open_tile_source
 
@@ -155,8 +203,10 @@ class FootprintsStage(Stage):
             try:
                 fdir.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                raise StageError(f"--feature-dir {fdir}: cannot make this folder ({e.strerror or e}); pass a "
-                                 "folder that exists or can be made") from None
+                raise StageError(
+                    f"--feature-dir {fdir}: cannot make this folder ({e.strerror or e}); pass a "
+                    "folder that exists or can be made"
+                ) from None
 
     def _check_coverage(self, run: StageRun, bounds, pad: float = 0.0) -> None:
         """Refuse a run in which no weak label lies in the tile source's extent ``bounds`` (EPSG:3857) grown by
@@ -170,22 +220,32 @@ class FootprintsStage(Stage):
             return
         xmin, ymin, xmax, ymax = bounds
         (lo0, lo1), (la0, la1) = mercator_to_lonlat(np.array([xmin, xmax]), np.array([ymin, ymax]))
-        raise StageError(f"none of the {len(queries)} weak labels of {run.settings.queries} lies in the imagery of "
-                         f"--tiles {run.settings.tiles} (lon {lo0:.2f} to {lo1:.2f}, lat {la0:.2f} to {la1:.2f}; the "
-                         f"labels span lon {queries['center_lon'].min():.2f} to {queries['center_lon'].max():.2f}, "
-                         f"lat {queries['center_lat'].min():.2f} to {queries['center_lat'].max():.2f}): pass --tiles "
-                         "with imagery that covers the photos (without --tiles it is the sample workspace's)")
+        raise StageError(
+            f"none of the {len(queries)} weak labels of {run.settings.queries} lies in the imagery of "
+            f"--tiles {run.settings.tiles} (lon {lo0:.2f} to {lo1:.2f}, lat {la0:.2f} to {la1:.2f}; the "
+            f"labels span lon {queries['center_lon'].min():.2f} to {queries['center_lon'].max():.2f}, "
+            f"lat {queries['center_lat'].min():.2f} to {queries['center_lat'].max():.2f}): pass --tiles "
+            "with imagery that covers the photos (without --tiles it is the sample workspace's)"
+        )
 
     def up_to_date(self, run: StageRun) -> str:
         out = run.output
         try:
             status = pq.read_table(out, columns=["status"])["status"].to_pandas()
         except Exception as e:  # noqa: BLE001
-            raise StageError(f"{out} cannot be read as a footprints manifest ({type(e).__name__}: {e}); pass "
-                             "--overwrite to rebuild it") from None
+            raise StageError(
+                f"{out} cannot be read as a footprints manifest ({type(e).__name__}: {e}); pass "
+                "--overwrite to rebuild it"
+            ) from None
         n = int((status == "error").sum())
-        return (f"; {n} of its {len(status)} rows are errors: once their files or paths are fixed, the same "
-                "command with --retry-errors redoes only them") if n else ""
+        return (
+            (
+                f"; {n} of its {len(status)} rows are errors: once their files or paths are fixed, the same "
+                "command with --retry-errors redoes only them"
+            )
+            if n
+            else ""
+        )
 
     def execute(self, settings: FootprintsSettings, workdir="workspace", overwrite: bool = False) -> str:
         """As every stage, except with ``retry_errors``: the existing output must come from the same
@@ -201,14 +261,18 @@ class FootprintsStage(Stage):
         cfg = config_path(out)
         self.take_pending_config(out)
         if not (out.is_file() and cfg.is_file()):
-            raise StageError(f"--retry-errors needs an existing output and its config ({out}, {cfg.name}); "
-                             "run without --retry-errors first")
+            raise StageError(
+                f"--retry-errors needs an existing output and its config ({out}, {cfg.name}); "
+                "run without --retry-errors first"
+            )
         # inputs may differ: fixed paths or restored photos are the point of a retry
         run.record = self.record(run.settings)
         diff = self.changed_settings(run, inputs=False)
         if diff:
-            raise StageError(f"{out} was made with different settings (changed: {', '.join(diff)}); its rows "
-                             "cannot be kept beside new ones: use the same settings, or --overwrite to redo all")
+            raise StageError(
+                f"{out} was made with different settings (changed: {', '.join(diff)}); its rows "
+                "cannot be kept beside new ones: use the same settings, or --overwrite to redo all"
+            )
         return self._execute(run)
 
     @staticmethod
@@ -220,14 +284,19 @@ class FootprintsStage(Stage):
         try:
             old = pq.read_table(out)
         except Exception as e:  # noqa: BLE001
-            raise StageError(f"--retry-errors: {out} cannot be read as a footprints manifest ({type(e).__name__}: "
-                             f"{e}); its rows cannot be kept: run with --overwrite to redo them all") from None
+            raise StageError(
+                f"--retry-errors: {out} cannot be read as a footprints manifest ({type(e).__name__}: "
+                f"{e}); its rows cannot be kept: run with --overwrite to redo them all"
+            ) from None
         ids = set(queries["photo_id"]) | (set(rejected["photo_id"]) if len(rejected) else set())
         redo = pc.and_(pc.equal(old["status"], "error"), pc.is_in(old["photo_id"], value_set=pa.array(sorted(ids))))
         kept = old.filter(pc.invert(redo))
         done = set(kept["photo_id"].to_pylist())
-        return (kept, queries[~queries["photo_id"].isin(done)],
-                rejected[~rejected["photo_id"].isin(done)] if len(rejected) else rejected)
+        return (
+            kept,
+            queries[~queries["photo_id"].isin(done)],
+            rejected[~rejected["photo_id"].isin(done)] if len(rejected) else rejected,
+        )
 
     @staticmethod
     def _read_queries(run: StageRun) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -246,9 +315,12 @@ class FootprintsStage(Stage):
         queries = queries.assign(_row=np.setdiff1d(np.arange(len(queries) + len(rejected)), bad_rows))
         file_rows = None
         if s.retry_errors:  # old rows and new are sorted together: every photo's row in the file
-            file_rows = pd.Series(np.concatenate([queries["_row"].to_numpy(), bad_rows]),
-                                  index=pd.concat([queries["photo_id"], rejected["photo_id"].astype(str)]
-                                                  if len(rejected) else [queries["photo_id"]]).to_numpy())
+            file_rows = pd.Series(
+                np.concatenate([queries["_row"].to_numpy(), bad_rows]),
+                index=pd.concat(
+                    [queries["photo_id"], rejected["photo_id"].astype(str)] if len(rejected) else [queries["photo_id"]]
+                ).to_numpy(),
+            )
         if s.limit is not None:  # the first N rows of the file, bad ones (reported as errors) included
             rejected = rejected[rejected["row"] < s.limit] if len(rejected) else rejected
             queries = queries.head(max(0, s.limit - len(rejected)))
@@ -282,18 +354,23 @@ class FootprintsStage(Stage):
         return self._summary(s, out, n_run, time.perf_counter() - t0, resumed, retried)
 
     @staticmethod
-    def _summary(s: FootprintsSettings, out: Path, n_run: int, wall_s: float, resumed: int,
-                 retried: tuple[int, int] | None) -> str:
+    def _summary(
+        s: FootprintsSettings, out: Path, n_run: int, wall_s: float, resumed: int, retried: tuple[int, int] | None
+    ) -> str:
         table = pq.read_table(out, columns=["status", "reason", "elapsed_s"]).to_pandas()
         counts = table["status"].value_counts()
-        lines = [f"footprints: {len(table)} photos -> {out}", "  decision: " + decision_line(s.calibration,
-                                                                                            s.min_inliers)]
+        lines = [
+            f"footprints: {len(table)} photos -> {out}",
+            "  decision: " + decision_line(s.calibration, s.min_inliers),
+        ]
         for status in ("localized", "not_localized", "error"):
             lines.append(f"  {status:<14} {int(counts.get(status, 0)):>7d}")
         secs = table.loc[table["status"] != "error", "elapsed_s"].dropna()  # searched photos only
-        lines.append(f"  {secs.mean() if len(secs) else 0.0:.1f} s per searched photo of worker time (median "
-                     f"{secs.median() if len(secs) else 0.0:.1f}); this run: {n_run} photos in {wall_s:.0f} s wall"
-                     + (f", {resumed} batches resumed" if resumed else ""))
+        lines.append(
+            f"  {secs.mean() if len(secs) else 0.0:.1f} s per searched photo of worker time (median "
+            f"{secs.median() if len(secs) else 0.0:.1f}); this run: {n_run} photos in {wall_s:.0f} s wall"
+            + (f", {resumed} batches resumed" if resumed else "")
+        )
         if retried is not None:
             lines.append(f"  retry: {retried[0]} photos searched again, {retried[1]} rows kept")
         errors = table.loc[table["status"] == "error", "reason"]
@@ -301,8 +378,10 @@ class FootprintsStage(Stage):
             lines.append(f"  {len(errors)} photos ended as errors; the commonest reasons (with counts):")
             for reason, n in errors.value_counts().head(3).items():
                 lines.append(f"    {n:>7d}  {reason[:160]}")
-            lines.append(f"  all rows: python -m pipeline inspect {out}; once fixed, the same command with "
-                         "--retry-errors redoes only these")
+            lines.append(
+                f"  all rows: python -m pipeline inspect {out}; once fixed, the same command with "
+                "--retry-errors redoes only these"
+            )
         return "\n".join(lines)
 
     @staticmethod
@@ -312,23 +391,46 @@ class FootprintsStage(Stage):
         search = s.search_settings()
         device = s.device
         matcher = matcher_name(search.extractor)
-        with dask_client(s.scheduler, s.workers, device.startswith("cuda"), worker_environ(),
-                         WORKER_MEMORY_BYTES) as (client, threads):
+        with dask_client(s.scheduler, s.workers, device.startswith("cuda"), worker_environ(), WORKER_MEMORY_BYTES) as (
+            client,
+            threads,
+        ):
             if s.scheduler:
                 device = cluster_device(device, client, s.scheduler)
             gpu = device.startswith("cuda")
 
             def submit(rows: list[dict], part: str, suffix: str):
-                return client.submit(run_batch, rows, s.tiles, search, device, part, threads,
-                                     key=f"footprints-{parts.name}-{suffix}", retries=2,
-                                     resources={"GPU": 1} if gpu else None, pure=False)
+                return client.submit(
+                    run_batch,
+                    rows,
+                    s.tiles,
+                    search,
+                    device,
+                    part,
+                    threads,
+                    key=f"footprints-{parts.name}-{suffix}",
+                    retries=2,
+                    resources={"GPU": 1} if gpu else None,
+                    pure=False,
+                )
 
             def failed_rows(row: dict, e: BaseException) -> pd.DataFrame:
-                why = ("its worker process died each time it ran (out of memory, or a crash in native code)"
-                       if type(e).__name__ == "KilledWorker" else f"its task failed each time it ran ({type(e).__name__}: {e})")
-                return pd.DataFrame([{"photo_id": row["photo_id"], "status": "error", "matcher": matcher,
-                                      "reason": f"{why}; the other photos went on. Check {row['image_path']} by hand, "
-                                                "or give the workers more memory (fewer --workers)"}])
+                why = (
+                    "its worker process died each time it ran (out of memory, or a crash in native code)"
+                    if type(e).__name__ == "KilledWorker"
+                    else f"its task failed each time it ran ({type(e).__name__}: {e})"
+                )
+                return pd.DataFrame(
+                    [
+                        {
+                            "photo_id": row["photo_id"],
+                            "status": "error",
+                            "matcher": matcher,
+                            "reason": f"{why}; the other photos went on. Check {row['image_path']} by hand, "
+                            "or give the workers more memory (fewer --workers)",
+                        }
+                    ]
+                )
 
             def assemble(part: str, pieces: list) -> None:
                 with ManifestWriter(part, FOOTPRINTS) as writer:

@@ -31,8 +31,9 @@ MANY_WINDOWS = 50_000_000
 class IndexSettings(Settings):
     section = "index setting"
 
-    tiles: str = setting("", "tile source: GeoTIFF/COG/VRT, folder or glob of them, or XYZ folder (default: "
-                             "WORKDIR/tiles)")
+    tiles: str = setting(
+        "", "tile source: GeoTIFF/COG/VRT, folder or glob of them, or XYZ folder (default: WORKDIR/tiles)"
+    )
     out: str = setting("", "database manifest to write (default: WORKDIR/database.parquet)")
     zooms: tuple[int, ...] = setting(DEFAULT_ZOOMS, "zoom levels, e.g. 8-12 or 9,11", parse=parse_zooms)
     size_tiles: int = setting(4, "window side in 256-px tiles, even (half-window stride)")
@@ -41,8 +42,11 @@ class IndexSettings(Settings):
     year: int | None = setting(None, "value of the year column (imagery year)")
 
     def check(self) -> None:
-        self.need(self.size_tiles >= 2 and self.size_tiles % 2 == 0, "size_tiles",
-                  "must be even and at least 2 (half-window stride)")
+        self.need(
+            self.size_tiles >= 2 and self.size_tiles % 2 == 0,
+            "size_tiles",
+            "must be even and at least 2 (half-window stride)",
+        )
         self.need(0.0 <= self.min_valid <= 1.0, "min_valid", "must lie in [0, 1]")
         self.need(self.block_px >= 1, "block_px", "must be at least 1")
 
@@ -53,8 +57,10 @@ class IndexStage(Stage):
     settings_class = IndexSettings
 
     def resolve(self, s: IndexSettings, workdir: Path) -> IndexSettings:
-        return s.replace(tiles=str(Path(s.tiles).resolve()) if s.tiles else str((workdir / "tiles").resolve()),
-                         out=str(Path(s.out or workdir / "database.parquet").resolve()))
+        return s.replace(
+            tiles=str(Path(s.tiles).resolve()) if s.tiles else str((workdir / "tiles").resolve()),
+            out=str(Path(s.out or workdir / "database.parquet").resolve()),
+        )
 
     def output(self, s: IndexSettings) -> Path:
         return Path(s.out)
@@ -65,8 +71,10 @@ class IndexStage(Stage):
     def check(self, run: StageRun) -> None:
         tiles = run.settings.tiles
         if not Path(tiles).exists() and not any(ch in tiles for ch in "*?["):
-            raise StageError(f"no tile source at {tiles}; pass --tiles PATH (a GeoTIFF/COG/VRT, a folder or glob "
-                             "of them, or an XYZ folder {z}/{x}/{y}.png)")
+            raise StageError(
+                f"no tile source at {tiles}; pass --tiles PATH (a GeoTIFF/COG/VRT, a folder or glob "
+                "of them, or an XYZ folder {z}/{x}/{y}.png)"
+            )
 
     def run(self, run: StageRun) -> str:
         conf = run.settings
@@ -74,16 +82,25 @@ class IndexStage(Stage):
         parts = run.parts_dir()
         parts.mkdir(parents=True, exist_ok=True)
         per_zoom: dict[int, tuple[int, int]] = {}
-        todo = {zoom: count_candidate_windows(source, zoom, conf.size_tiles) for zoom in conf.zooms
-                if not (parts / f"zoom{zoom:02d}.parquet").exists()}
+        todo = {
+            zoom: count_candidate_windows(source, zoom, conf.size_tiles)
+            for zoom in conf.zooms
+            if not (parts / f"zoom{zoom:02d}.parquet").exists()
+        }
         n_todo = sum(todo.values())
         if todo:
-            log.info("index: %s candidate windows to examine (%s)", f"{n_todo:,}",
-                     ", ".join(f"zoom {z}: {n:,}" for z, n in todo.items()))
+            log.info(
+                "index: %s candidate windows to examine (%s)",
+                f"{n_todo:,}",
+                ", ".join(f"zoom {z}: {n:,}" for z, n in todo.items()),
+            )
         if n_todo > MANY_WINDOWS:
-            log.warning("index: %s candidate windows is far more than a retrieval database needs (AstroLoc's has "
-                        "5.2 M, zooms 8-12); zooms finer than the imagery only upsample it. Check --zooms; "
-                        "Ctrl-C stops here, finished zooms are kept", f"{n_todo:,}")
+            log.warning(
+                "index: %s candidate windows is far more than a retrieval database needs (AstroLoc's has "
+                "5.2 M, zooms 8-12); zooms finer than the imagery only upsample it. Check --zooms; "
+                "Ctrl-C stops here, finished zooms are kept",
+                f"{n_todo:,}",
+            )
         for zoom in conf.zooms:
             part = parts / f"zoom{zoom:02d}.parquet"
             if zoom not in todo:
@@ -93,10 +110,13 @@ class IndexStage(Stage):
                 continue
             total = todo[zoom]
             examined = 0
-            with ManifestWriter(part, DATABASE) as writer, \
-                    progress(total=total, desc=f"index z{zoom}", unit="win") as bar:
-                for rows, n in iter_database_windows(source, zoom, conf.size_tiles, conf.min_valid,
-                                                     conf.block_px, year=conf.year):
+            with (
+                ManifestWriter(part, DATABASE) as writer,
+                progress(total=total, desc=f"index z{zoom}", unit="win") as bar,
+            ):
+                for rows, n in iter_database_windows(
+                    source, zoom, conf.size_tiles, conf.min_valid, conf.block_px, year=conf.year
+                ):
                     writer.write(rows)
                     examined += n
                     bar.update(n)
@@ -113,6 +133,7 @@ class IndexStage(Stage):
             ex = f"of {examined} examined" if examined >= 0 else "(resumed)"
             lines.append(f"  zoom {zoom:>2}: {kept:>9d} windows {ex}")
         if total_kept == 0:
-            lines.append("  warning: no window is at least "
-                         f"{conf.min_valid:.0%} valid; check the tile source and --zooms")
+            lines.append(
+                f"  warning: no window is at least {conf.min_valid:.0%} valid; check the tile source and --zooms"
+            )
         return "\n".join(lines)

@@ -51,19 +51,27 @@ def check_manifest_path(path: str, kind: ManifestKind, option: str) -> None:
     (a CSV...) or a manifest of another kind (queries given as the database...)."""
     p = Path(path)
     if p.is_dir():
-        raise StageError(f"--{option} {p} is a folder; pass the {kind.name} manifest file itself (made by "
-                         f"{kind.produced_by})")
+        raise StageError(
+            f"--{option} {p} is a folder; pass the {kind.name} manifest file itself (made by {kind.produced_by})"
+        )
     if not p.is_file():
-        raise StageError(f"{kind.name} manifest not found: {p}; make it with {kind.produced_by} or pass "
-                         f"--{option} FILE")
+        raise StageError(
+            f"{kind.name} manifest not found: {p}; make it with {kind.produced_by} or pass --{option} FILE"
+        )
     try:
         found = detect_kind(p)
     except Exception:  # pyarrow raises several types for non-Parquet input
-        raise ManifestError(p, f"not a Parquet file (or a damaged one); pass --{option} with the {kind.name} "
-                               f"manifest made by {kind.produced_by}") from None
+        raise ManifestError(
+            p,
+            f"not a Parquet file (or a damaged one); pass --{option} with the {kind.name} "
+            f"manifest made by {kind.produced_by}",
+        ) from None
     if found is not None and found.name != kind.name:
-        raise ManifestError(p, f"this is a {found.name} manifest, not a {kind.name} manifest; pass --{option} with "
-                               f"the one made by {kind.produced_by}")
+        raise ManifestError(
+            p,
+            f"this is a {found.name} manifest, not a {kind.name} manifest; pass --{option} with "
+            f"the one made by {kind.produced_by}",
+        )
 
 
 def load_database(path: str):
@@ -79,8 +87,9 @@ def load_database(path: str):
         if len(sizes) > 1:
             raise StageError(f"{path}: windows of several sizes ({sizes.tolist()} tiles); index one size per database")
         _DATABASES.clear()
-        _DATABASES[path] = Database.from_columns(t["zoom"].to_numpy(), t["x"].to_numpy(), t["y"].to_numpy(),
-                                                 int(sizes[0]))
+        _DATABASES[path] = Database.from_columns(
+            t["zoom"].to_numpy(), t["x"].to_numpy(), t["y"].to_numpy(), int(sizes[0])
+        )
     return _DATABASES[path]
 
 
@@ -89,23 +98,40 @@ def localized_footprints(path: str) -> pd.DataFrame:
     fp = read_manifest(path, FOOTPRINTS, geometry=False)
     missing = [c for c in CORNER_COLUMNS if c not in fp.columns]
     if missing:
-        raise ManifestError(path, f"no corner columns {', '.join(missing)}: pairs are made from the footprints' "
-                                  "corners; regenerate it with `python -m pipeline run footprints`")
+        raise ManifestError(
+            path,
+            f"no corner columns {', '.join(missing)}: pairs are made from the footprints' "
+            "corners; regenerate it with `python -m pipeline run footprints`",
+        )
     return fp[fp["status"] == "localized"].reset_index(drop=True)
 
 
-def run_chunk(photo_ids: list[str], lon: np.ndarray, lat: np.ndarray, database: str, iou: float,
-              zooms: list[int] | None, part: str) -> dict:
+def run_chunk(
+    photo_ids: list[str],
+    lon: np.ndarray,
+    lat: np.ndarray,
+    database: str,
+    iou: float,
+    zooms: list[int] | None,
+    part: str,
+) -> dict:
     """A Dask task: the pairs of one chunk of footprints, written atomically to ``part``."""
     from pipeline.pairs import footprint_rings, join
 
     db = load_database(database)
     pairs = join(footprint_rings(lon, lat), db, iou, zooms)
     ids = np.asarray(photo_ids, dtype=object)
-    df = pd.DataFrame({"photo_id": ids[pairs["fp"].to_numpy()],
-                       "tile_id": [f"{z}_{x}_{y}" for z, x, y in zip(pairs["zoom"], pairs["x"], pairs["y"])],
-                       "iou": pairs["iou"], "zoom": pairs["zoom"], "intersection_km2": pairs["intersection_km2"],
-                       "photo_area_km2": pairs["photo_area_km2"], "tile_area_km2": pairs["tile_area_km2"]})
+    df = pd.DataFrame(
+        {
+            "photo_id": ids[pairs["fp"].to_numpy()],
+            "tile_id": [f"{z}_{x}_{y}" for z, x, y in zip(pairs["zoom"], pairs["x"], pairs["y"])],
+            "iou": pairs["iou"],
+            "zoom": pairs["zoom"],
+            "intersection_km2": pairs["intersection_km2"],
+            "photo_area_km2": pairs["photo_area_km2"],
+            "tile_area_km2": pairs["tile_area_km2"],
+        }
+    )
     write_manifest(df, part, PAIRS)
     return {"photos": len(photo_ids), "pairs": len(df)}
 
@@ -124,12 +150,16 @@ def split_photo_ids(queries: str | None, name: str) -> set[str]:
     q, _ = read_queries_table(queries)
     missing = [c for c in ("photo_id", "split") if c not in q.columns]
     if missing:
-        raise StageError(f"{queries} has no {' or '.join(missing)} column for --exclude {spec}; exclude by region "
-                         "instead (--exclude regions.geojson#eval)")
+        raise StageError(
+            f"{queries} has no {' or '.join(missing)} column for --exclude {spec}; exclude by region "
+            "instead (--exclude regions.geojson#eval)"
+        )
     chosen = q["split"] == name
     if not chosen.any():
-        raise StageError(f"--exclude {spec}: no query of {queries} has split {name!r} (present: "
-                         f"{_present(q['split'])}); name one of those")
+        raise StageError(
+            f"--exclude {spec}: no query of {queries} has split {name!r} (present: "
+            f"{_present(q['split'])}); name one of those"
+        )
     return set(q.loc[chosen, "photo_id"].astype(str))
 
 
@@ -144,18 +174,23 @@ def read_regions(path: str, name: str) -> np.ndarray:
     try:
         regions = gpd.read_file(path)
     except Exception as e:  # GDAL raises several types for what it cannot read
-        raise StageError(f"--exclude {spec}: not a region file GDAL can read ({str(e).split(';')[0]}); "
-                         "pass a GeoJSON of polygons, or use split:NAME") from None
+        raise StageError(
+            f"--exclude {spec}: not a region file GDAL can read ({str(e).split(';')[0]}); "
+            "pass a GeoJSON of polygons, or use split:NAME"
+        ) from None
     if not isinstance(regions, gpd.GeoDataFrame) or not regions.geometry.notna().any():
-        raise StageError(f"--exclude {spec}: no region in the file (no geometry); pass a GeoJSON of polygons, or "
-                         "use split:NAME")
+        raise StageError(
+            f"--exclude {spec}: no region in the file (no geometry); pass a GeoJSON of polygons, or use split:NAME"
+        )
     if name:
         if "split" not in regions.columns:
             raise StageError(f"{path} has no 'split' property to select {name!r}; drop '#{name}' to use every region")
         chosen = regions["split"] == name
         if not chosen.any():
-            raise StageError(f"--exclude {spec}: no region of {path} has split {name!r} (present: "
-                             f"{_present(regions['split'])}); name one of those after '#'")
+            raise StageError(
+                f"--exclude {spec}: no region of {path} has split {name!r} (present: "
+                f"{_present(regions['split'])}); name one of those after '#'"
+            )
         regions = regions[chosen]
     return regions.geometry.to_numpy()
 
@@ -171,8 +206,15 @@ def excluded_photos(footprints: pd.DataFrame, spec: str, queries: str | None) ->
 
     path, _, name = spec.partition("#")
     area = shapely.union_all(read_regions(path, name))
-    polys = shapely.polygons(np.stack([footprints[[f"{c}_lon" for c in CORNERS]].to_numpy(),
-                                       footprints[[f"{c}_lat" for c in CORNERS]].to_numpy()], axis=2))
+    polys = shapely.polygons(
+        np.stack(
+            [
+                footprints[[f"{c}_lon" for c in CORNERS]].to_numpy(),
+                footprints[[f"{c}_lat" for c in CORNERS]].to_numpy(),
+            ],
+            axis=2,
+        )
+    )
     return shapely.intersects(polys, area)
 
 
@@ -190,7 +232,7 @@ def _specs(value) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
     if not isinstance(value, (list, tuple)):
-        raise ValueError("a list of specs (split:NAME or regions.geojson#NAME), e.g. exclude = [\"split:test\"]")
+        raise ValueError('a list of specs (split:NAME or regions.geojson#NAME), e.g. exclude = ["split:test"]')
     return tuple(value)
 
 
@@ -204,13 +246,18 @@ class PairsSettings(Settings):
     out: str = setting("", "pairs manifest (default: WORKDIR/pairs.parquet)")
     iou: float = setting(0.2, "minimum IoU on the ellipsoid (AstroLoc's 0.2)")
     zooms: tuple[int, ...] | None = setting(None, "only these database zooms, e.g. 8-12 (none: all)", parse=parse_zooms)
-    exclude: tuple[str, ...] = setting((), "keep these photos out of the pairs: split:eval (the queries' split), "
-                                           "regions.geojson (any region) or regions.geojson#eval (its features with "
-                                           "split=eval); repeatable", repeat=True, parse=_specs, metavar="SPEC")
+    exclude: tuple[str, ...] = setting(
+        (),
+        "keep these photos out of the pairs: split:eval (the queries' split), "
+        "regions.geojson (any region) or regions.geojson#eval (its features with "
+        "split=eval); repeatable",
+        repeat=True,
+        parse=_specs,
+        metavar="SPEC",
+    )
     chunk: int = setting(10_000, "footprints per Dask task", partition=True)
     workers: int | None = setting(None, "local Dask worker processes (default: one per core)", runtime=True)
-    scheduler: str | None = setting(None, "address of an existing Dask scheduler, e.g. tcp://host:8786",
-                                    runtime=True)
+    scheduler: str | None = setting(None, "address of an existing Dask scheduler, e.g. tcp://host:8786", runtime=True)
 
     def check(self) -> None:
         self.need(0.0 < self.iou <= 1.0, "iou", "must be in (0, 1]")
@@ -223,9 +270,17 @@ class PairsStage(Stage):
     settings_class = PairsSettings
 
     def resolve(self, s: PairsSettings, workdir: Path) -> PairsSettings:
-        return s.replace(**{key: str(Path(getattr(s, key) or workdir / default).resolve())
-                            for key, default in (("footprints", "footprints.parquet"), ("database", "database.parquet"),
-                                                 ("queries", "queries.parquet"), ("out", "pairs.parquet"))})
+        return s.replace(
+            **{
+                key: str(Path(getattr(s, key) or workdir / default).resolve())
+                for key, default in (
+                    ("footprints", "footprints.parquet"),
+                    ("database", "database.parquet"),
+                    ("queries", "queries.parquet"),
+                    ("out", "pairs.parquet"),
+                )
+            }
+        )
 
     def output(self, s: PairsSettings) -> Path:
         return Path(s.out)
@@ -277,18 +332,34 @@ class PairsStage(Stage):
         per = t.groupby("photo_id").size().reindex(ids, fill_value=0) if ids else pd.Series(dtype=int)
         lines = [f"  {len(t)} pairs -> {out} ({seconds:.1f} s{photo_rate(len(ids), seconds)})"]
         if len(per):
-            lines.append(f"  pairs per photo: mean {per.mean():.2f}, median {per.median():.0f}, max {per.max()}; "
-                         f"photos with no pair: {int((per == 0).sum())} of {len(per)}")
+            lines.append(
+                f"  pairs per photo: mean {per.mean():.2f}, median {per.median():.0f}, max {per.max()}; "
+                f"photos with no pair: {int((per == 0).sum())} of {len(per)}"
+            )
         if len(t):
             q = np.quantile(t["iou"], [0.05, 0.25, 0.5, 0.75, 0.95])
             lines.append("  IoU quantiles 5/25/50/75/95 %: " + " / ".join(f"{v:.3f}" for v in q))
-            lines.append("  pairs per zoom: " + ", ".join(f"z{z}: {n}" for z, n in t["zoom"].value_counts()
-                                                          .sort_index().items()))
+            lines.append(
+                "  pairs per zoom: " + ", ".join(f"z{z}: {n}" for z, n in t["zoom"].value_counts().sort_index().items())
+            )
         return lines
 
     def _run_dask(self, conf, ids, lon, lat, chunks, todo, parts) -> None:
         with dask_client(conf.scheduler, conf.workers) as (client, _):
-            futures = [client.submit(run_chunk, ids[chunks[k]], lon[chunks[k]], lat[chunks[k]], conf.database,
-                                     float(conf.iou), conf.zooms, str(parts / f"chunk{k:05d}.parquet"),
-                                     key=f"pairs-{parts.name}-{k}", retries=2, pure=False) for k in todo]
+            futures = [
+                client.submit(
+                    run_chunk,
+                    ids[chunks[k]],
+                    lon[chunks[k]],
+                    lat[chunks[k]],
+                    conf.database,
+                    float(conf.iou),
+                    conf.zooms,
+                    str(parts / f"chunk{k:05d}.parquet"),
+                    key=f"pairs-{parts.name}-{k}",
+                    retries=2,
+                    pure=False,
+                )
+                for k in todo
+            ]
             gather(futures, sum(len(ids[chunks[k]]) for k in todo), "pairs", "pairs")

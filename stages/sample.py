@@ -71,14 +71,22 @@ class SampleSettings(Settings):
     section = "sample setting"
 
     out: str = setting("", "workspace folder to create (default: --workdir)")
-    size: str = setting("small", "tiny (2x2 deg, 10 photos, for tests), small (6x4 deg, 200 photos), large "
-                                 "(30x20 deg, 3000 photos, for benchmarks)", choices=sorted(SIZES))
+    size: str = setting(
+        "small",
+        "tiny (2x2 deg, 10 photos, for tests), small (6x4 deg, 200 photos), large "
+        "(30x20 deg, 3000 photos, for benchmarks)",
+        choices=sorted(SIZES),
+    )
     seed: int = setting(0, "random seed: the same seed gives byte-identical manifests")
     photos: int | None = setting(None, "number of photos (default: the size's)")
     zooms: tuple[int, ...] = setting(DEFAULT_ZOOMS, "database zoom levels, e.g. 8-12", parse=parse_zooms)
     workers: int | None = setting(None, "rendering processes (default: up to 2, one per core)", runtime=True)
-    preview: str | None = setting(None, "also write a contact sheet of photos beside their north-up truth to this "
-                                        "PNG", runtime=True, metavar="PNG")
+    preview: str | None = setting(
+        None,
+        "also write a contact sheet of photos beside their north-up truth to this PNG",
+        runtime=True,
+        metavar="PNG",
+    )
 
     def check(self) -> None:
         self.need(self.photos is None or self.photos >= 1, "photos", "must be at least 1")
@@ -91,8 +99,9 @@ class SampleStage(Stage):
     settings_class = SampleSettings
 
     def resolve(self, s: SampleSettings, workdir: Path) -> SampleSettings:
-        return s.replace(out=str(Path(s.out or workdir).resolve()),
-                         preview=str(Path(s.preview).resolve()) if s.preview else None)
+        return s.replace(
+            out=str(Path(s.out or workdir).resolve()), preview=str(Path(s.preview).resolve()) if s.preview else None
+        )
 
     def output(self, s: SampleSettings) -> Path:
         return Path(s.out) / "queries.parquet"
@@ -147,8 +156,9 @@ class SampleStage(Stage):
         truth = pd.DataFrame([r["truth"] for r in rows])
         queries = pd.DataFrame([r["query"] for r in rows])
 
-        index = IndexSettings(tiles=str(out / "tiles"), out=str(out / "database.parquet"), zooms=conf.zooms,
-                              min_valid=INDEX_MIN_VALID)
+        index = IndexSettings(
+            tiles=str(out / "tiles"), out=str(out / "database.parquet"), zooms=conf.zooms, min_valid=INDEX_MIN_VALID
+        )
         index_summary = IndexStage().execute(index, workdir=out, overwrite=True)
         write_manifest(truth, out / "truth.parquet", TRUTH)
         self._write_regions(out / "regions.geojson", size.region, size.eval_fraction)
@@ -165,8 +175,13 @@ class SampleStage(Stage):
         feats = []
         for split, (w, s, e, n) in split_boxes(region, eval_fraction).items():
             ring = [[w, s], [e, s], [e, n], [w, n], [w, s]]
-            feats.append({"type": "Feature", "properties": {"split": split},
-                          "geometry": {"type": "Polygon", "coordinates": [ring]}})
+            feats.append(
+                {
+                    "type": "Feature",
+                    "properties": {"split": split},
+                    "geometry": {"type": "Polygon", "coordinates": [ring]},
+                }
+            )
         with atomic_output(path) as tmp:
             tmp.write_text(json.dumps({"type": "FeatureCollection", "features": feats}, indent=1))
 
@@ -181,8 +196,9 @@ class SampleStage(Stage):
         if len(area):
             q = area.quantile([0.05, 0.5, 0.95])
             lines.append(f"  footprint area km2: 5% {q[0.05]:.0f}  median {q[0.5]:.0f}  95% {q[0.95]:.0f}")
-        lines.append("  wrote queries.parquet, truth.parquet, database.parquet, regions.geojson, photos/, "
-                     "tiles/world.toml")
+        lines.append(
+            "  wrote queries.parquet, truth.parquet, database.parquet, regions.geojson, photos/, tiles/world.toml"
+        )
         lines += ["  " + line for line in index_summary.splitlines()[:1]]
         return "\n".join(lines)
 

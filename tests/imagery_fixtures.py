@@ -83,7 +83,10 @@ def seam_rasters(folder: Path, res: float = 1000.0, width: int = 8, height: int 
     By default red counts the columns (east: 10, 11, ...; west: 100, 101, ...) and green is 50."""
     top = height * res / 2
     paths = []
-    for name, data, left, red0 in (("east", east, ORIGIN_SHIFT_M - width * res, 10), ("west", west, -ORIGIN_SHIFT_M, 100)):
+    for name, data, left, red0 in (
+        ("east", east, ORIGIN_SHIFT_M - width * res, 10),
+        ("west", west, -ORIGIN_SHIFT_M, 100),
+    ):
         if data is None:
             data = np.full((3, height, width), 50, np.uint8)
             data[0] = red0 + np.arange(width)

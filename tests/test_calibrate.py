@@ -89,19 +89,25 @@ def test_overlapping_data_put_the_operating_point_at_the_target_precision():
 
 def test_too_few_right_or_wrong_decisions_are_refused():
     wrong, right = np.arange(10), np.arange(30, 40)
-    cases = ((right, np.ones(10, bool)), (np.r_[wrong[:9], right], np.arange(19) >= 9),
-             (np.r_[wrong, right[:9]], np.arange(19) >= 10))
+    cases = (
+        (right, np.ones(10, bool)),
+        (np.r_[wrong[:9], right], np.arange(19) >= 9),
+        (np.r_[wrong, right[:9]], np.arange(19) >= 10),
+    )
     for inliers, ok in cases:
         with pytest.raises(ValueError, match=f"at least {MIN_EXAMPLES} right and {MIN_EXAMPLES} wrong"):
             fit_model(_evidence(inliers), ok, ["inliers"])
 
 
-@pytest.mark.parametrize("k, n, low, high", [
-    (0, 10, 0.0, 0.30849),  # the rule of three's exact form: 1 - 0.025 ** (1 / 10)
-    (10, 10, 0.69150, 1.0),
-    (5, 10, 0.18709, 0.81291),
-    (0, 3000, 0.0, 0.0012289),
-])
+@pytest.mark.parametrize(
+    "k, n, low, high",
+    [
+        (0, 10, 0.0, 0.30849),  # the rule of three's exact form: 1 - 0.025 ** (1 / 10)
+        (10, 10, 0.69150, 1.0),
+        (5, 10, 0.18709, 0.81291),
+        (0, 3000, 0.0, 0.0012289),
+    ],
+)
 def test_clopper_pearson_intervals(k, n, low, high):
     lo, hi = binomial_interval(k, n)
     assert lo == pytest.approx(low, abs=2e-5) and hi == pytest.approx(high, abs=2e-5)
@@ -149,8 +155,9 @@ def test_the_packaged_calibration_follows_from_its_fit():
     for report in cal.sources:
         w = weighed(d[d["source"] == report.name])
         p = cal.model.probabilities(w[list(FEATURES)].to_numpy(np.float64))
-        again = SourceReport.of(report.name, report.role, report.photos, p, w["right"].to_numpy(bool),
-                                cal.operating_point)
+        again = SourceReport.of(
+            report.name, report.role, report.photos, p, w["right"].to_numpy(bool), cal.operating_point
+        )
         assert json.dumps(asdict(again)) == json.dumps(asdict(report))  # NaN where nothing was accepted
     assert sum(r.wrong for r in cal.sources if r.role == "fit") >= 100  # not a handful of photos
 
@@ -159,8 +166,9 @@ def _resolve(tmp_path, **conf):
     from stages import get_stage
 
     stage = get_stage("footprints")
-    settings = stage.settings_class.from_layers(({"queries": str(tmp_path / "q.csv"), "tiles": str(tmp_path), **conf},
-                                                 "test"))
+    settings = stage.settings_class.from_layers(
+        ({"queries": str(tmp_path / "q.csv"), "tiles": str(tmp_path), **conf}, "test")
+    )
     return stage.resolve(settings, tmp_path)
 
 
@@ -199,15 +207,24 @@ def _decisions_and_truth(tiny, folder, copies: int = 3) -> tuple[str, str]:
         for k, t in enumerate(truth.itertuples()):
             pid = f"{t.photo_id}-{copy}"
             truth_rows.append({**t._asdict(), "photo_id": pid})
-            corners = np.array([[t.tl_lon, t.tl_lat], [t.tr_lon, t.tr_lat], [t.br_lon, t.br_lat],
-                                [t.bl_lon, t.bl_lat]])
+            corners = np.array([[t.tl_lon, t.tl_lat], [t.tr_lon, t.tr_lat], [t.br_lon, t.br_lat], [t.bl_lon, t.bl_lat]])
             right = bool(t.localizable) and k % 3 != 0
             if not right:
                 corners = corners + [corners[:, 0].max() - corners[:, 0].min(), 0.0]
             n = len(rows)
-            rows.append({"photo_id": pid, "status": "localized", "refined": True, "survived": True,
-                         "inliers": 60 + 7 * n if right else 4 + n, "inlier_ratio": 0.6 if right else 0.1,
-                         "coverage": 0.5, "matcher": "aliked+lightglue", **corners_columns(corners)})
+            rows.append(
+                {
+                    "photo_id": pid,
+                    "status": "localized",
+                    "refined": True,
+                    "survived": True,
+                    "inliers": 60 + 7 * n if right else 4 + n,
+                    "inlier_ratio": 0.6 if right else 0.1,
+                    "coverage": 0.5,
+                    "matcher": "aliked+lightglue",
+                    **corners_columns(corners),
+                }
+            )
     write_manifest(pd.DataFrame(rows), folder / "decisions.parquet", DECISIONS)
     pd.DataFrame(truth_rows).drop(columns=["Index", "geometry"]).to_csv(folder / "truth.csv", index=False)
     return str(folder / "decisions.parquet"), str(folder / "truth.csv")
@@ -220,8 +237,23 @@ def test_calibrate_stage_fits_decisions_against_truth(tiny, tmp_path, capsys):
 
     d, truth = _decisions_and_truth(tiny, tmp_path)
     out = tmp_path / "cal.json"
-    assert main(["run", "calibrate", "--workdir", str(tiny), "--truth", f"{truth},decisions={d}",
-                 "--features", "inliers,inlier_ratio", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "calibrate",
+                "--workdir",
+                str(tiny),
+                "--truth",
+                f"{truth},decisions={d}",
+                "--features",
+                "inliers,inlier_ratio",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     # 12 right and none of 15 wrong accepted: precision 1, but 12 decisions only bound it from 0.735 (95 %)
     assert "fitted on 27 decisions (12 right, 15 wrong)" in text and "precision 1.0000 [0.7354, 1.0000]" in text
@@ -236,14 +268,18 @@ def test_calibrate_stage_fits_decisions_against_truth(tiny, tmp_path, capsys):
     assert "[output]" in cfg.read_text()
 
 
-@pytest.mark.parametrize("case, message", [
-    ("too few", "at least 10 right and 10 wrong decisions, got 4 right and 5 wrong"),
-    ("iou 2", "iou = 2.0: must be in (0, 1]"), ("iou 0", "iou = 0.0: must be in (0, 1]"),
-    ("feature", 'features = ["inliers", "luck"]: choose one or more of inliers'),
-    ("other truth", "no photo_id in common between the decisions"),
-    ("empty truth", "truth.csv: not a readable CSV table"),
-    ("bad source", "'tile=x' is not queries=PATH, tiles=PATH or decisions=PATH"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("too few", "at least 10 right and 10 wrong decisions, got 4 right and 5 wrong"),
+        ("iou 2", "iou = 2.0: must be in (0, 1]"),
+        ("iou 0", "iou = 0.0: must be in (0, 1]"),
+        ("feature", 'features = ["inliers", "luck"]: choose one or more of inliers'),
+        ("other truth", "no photo_id in common between the decisions"),
+        ("empty truth", "truth.csv: not a readable CSV table"),
+        ("bad source", "'tile=x' is not queries=PATH, tiles=PATH or decisions=PATH"),
+    ],
+)
 def test_calibrate_stage_refuses_bad_inputs(tiny, tmp_path, capsys, case, message):
     """Inputs that cannot give a meaningful model end in one line naming the file or option, not a model or a
     traceback."""
@@ -257,8 +293,23 @@ def test_calibrate_stage_refuses_bad_inputs(tiny, tmp_path, capsys, case, messag
         t.assign(photo_id="ISS051-E-" + t.index.astype(str)).to_csv(truth, index=False)
     if case == "empty truth":
         open(truth, "w").close()
-    assert main(["run", "calibrate", "--workdir", str(tiny), "--truth", source, "--out", str(tmp_path / "cal.json"),
-                 "-q", *extra]) == 1
+    assert (
+        main(
+            [
+                "run",
+                "calibrate",
+                "--workdir",
+                str(tiny),
+                "--truth",
+                source,
+                "--out",
+                str(tmp_path / "cal.json"),
+                "-q",
+                *extra,
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "cal.json").exists()
@@ -274,7 +325,12 @@ def test_a_truth_csv_is_read_as_meant_or_refused_by_row_and_column(tmp_path):
     good = tmp_path / "good.csv"
     good.write_text(head + "1001,yes,1,0,1,1,0,1,0,0\n1002,no,,,,,,,,\n1003,FALSE,,,,,,,,\n1004,1,1,0,1,1,0,1,0,0\n")
     t = read_truth(good)
-    assert t.index.tolist() == ["1001", "1002", "1003", "1004"] and t["localizable"].tolist() == [True, False, False, True]
+    assert t.index.tolist() == ["1001", "1002", "1003", "1004"] and t["localizable"].tolist() == [
+        True,
+        False,
+        False,
+        True,
+    ]
     bad = tmp_path / "bad.csv"
     bad.write_text(head + "P1,maybe,1,0,1,1,0,1,0,0\nP2,,,,,,,,,\nP3,True,1,0,1,n/a,0,1,0,0\n")
     with pytest.raises(ManifestError) as e:
@@ -288,5 +344,7 @@ def test_a_truth_csv_is_read_as_meant_or_refused_by_row_and_column(tmp_path):
 def test_an_extractor_without_lightglue_weights_is_refused_before_any_work():
     from pipeline.footprint.settings import SearchSettings
 
-    with pytest.raises(ValueError, match='extractor.* = "aliked-t16": choose from "aliked", "disk", "superpoint", "sift"'):
+    with pytest.raises(
+        ValueError, match='extractor.* = "aliked-t16": choose from "aliked", "disk", "superpoint", "sift"'
+    ):
         SearchSettings(extractor="aliked-t16")

@@ -28,8 +28,10 @@ def test_rotation_matrix_follows_np_rot90(k):
 def test_pixel_conventions_round_trip():
     h = np.array([[1.1, 0.1, 3.0], [0.05, 0.9, -2.0], [1e-4, 2e-4, 1.0]])
     assert np.allclose(hg.to_centres(hg.from_centres(h)), h)
-    assert hg.apply(hg.pixels_to_mercator((0, 0, 100, 50), 10, 5), np.array([[0, 0], [10, 5]])).tolist() == \
-        [[0, 50], [100, 0]]
+    assert hg.apply(hg.pixels_to_mercator((0, 0, 100, 50), 10, 5), np.array([[0, 0], [10, 5]])).tolist() == [
+        [0, 50],
+        [100, 0],
+    ]
 
 
 def test_photo_to_mercator_undoes_corners_lonlat():
@@ -39,8 +41,10 @@ def test_photo_to_mercator_undoes_corners_lonlat():
     assert np.abs(hg.corners_lonlat(h, 1024, 768) - corners).max() < 1e-5
 
 
-@pytest.mark.parametrize("outside, scale, inside", [(0.05, 1.2, True), (0.15, 1.2, False), (0.15, 3.0, True),
-                                                     (0.9, 3.0, True), (1.2, 3.0, False), (0.0, 1.0, True)])
+@pytest.mark.parametrize(
+    "outside, scale, inside",
+    [(0.05, 1.2, True), (0.15, 1.2, False), (0.15, 3.0, True), (0.9, 3.0, True), (1.2, 3.0, False), (0.0, 1.0, True)],
+)
 def test_label_check_scales_the_footprint_about_its_centroid(outside, scale, inside):
     """A 100 km square with the label ``outside`` widths beyond its east edge: 1.2 leaves a tenth of the width
     beyond each edge, EarthMatch's 3 a full width; the edge itself counts as inside."""
@@ -78,8 +82,9 @@ def test_a_footprint_matched_across_lon_180_contains_a_label_on_either_side(labe
 
     corners = np.array([[179.8, -16.8], [180.2, -16.8], [180.2, -17.2], [179.8, -17.2]])
     search = SimpleNamespace(settings=SearchSettings())
-    got, why = FootprintSearch.check(search, hg.photo_to_mercator(corners, 600, 600), 600, 600, lon=label_lon,
-                                     lat=-17.0)
+    got, why = FootprintSearch.check(
+        search, hg.photo_to_mercator(corners, 600, 600), 600, 600, lon=label_lon, lat=-17.0
+    )
     assert (why is None) is inside, why
     assert inside or "does not contain the weak label" in why
 
@@ -123,10 +128,17 @@ def test_a_sample_photo_is_localized_with_its_true_footprint(tiny):
     assert truth.localizable
     photo = cv2.imread(str(tiny / row.image_path))[..., ::-1]
     result = FootprintSearch(open_tile_source(tiny / "tiles")).localize(
-        np.ascontiguousarray(photo), row.center_lon, row.center_lat, Catalogue.from_row(row))
+        np.ascontiguousarray(photo), row.center_lon, row.center_lat, Catalogue.from_row(row)
+    )
     assert result.status == "localized", result.reason
-    true = np.array([[truth.tl_lon, truth.tl_lat], [truth.tr_lon, truth.tr_lat], [truth.br_lon, truth.br_lat],
-                     [truth.bl_lon, truth.bl_lat]])
+    true = np.array(
+        [
+            [truth.tl_lon, truth.tl_lat],
+            [truth.tr_lon, truth.tr_lat],
+            [truth.br_lon, truth.br_lat],
+            [truth.bl_lon, truth.bl_lat],
+        ]
+    )
     assert iou(footprint_polygon(result.corners_lonlat), footprint_polygon(true)) >= 0.8
     # the homography column: photo pixels (as stored) -> the candidate window's native pixels (4 x 256)
     from pipeline.geometry.windows import Window
@@ -143,8 +155,9 @@ def test_a_label_without_imagery_says_so(tiny):
     from pipeline.tile_sources import open_tile_source
 
     photo = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
-    far = FootprintSearch(open_tile_source(tiny / "tiles"), SearchSettings(max_keypoints=64)).localize(photo, -120.0, 40.0,
-                                                                                     Catalogue(focal_mm=400.0))
+    far = FootprintSearch(open_tile_source(tiny / "tiles"), SearchSettings(max_keypoints=64)).localize(
+        photo, -120.0, 40.0, Catalogue(focal_mm=400.0)
+    )
     assert far.status == "not_localized" and far.pairs_matched == 0
     assert far.reason.startswith("no imagery around the weak label") and "lat 40.0000, lon -120.0000" in far.reason
 
@@ -181,8 +194,9 @@ def test_offset_turns_only_at_the_likeliest_zooms_and_each_turn_extracted_when_f
     from pipeline.tile_sources import open_tile_source
 
     row = read_manifest(tiny / "queries.parquet", "queries").iloc[0]
-    search = FootprintSearch(open_tile_source(tiny / "tiles"), SearchSettings(max_keypoints=64, photo_px=128, window_px=256,
-                             offset_zooms=2))
+    search = FootprintSearch(
+        open_tile_source(tiny / "tiles"), SearchSettings(max_keypoints=64, photo_px=128, window_px=256, offset_zooms=2)
+    )
     calls, prepared = [], []
     extract, prepare = search._extract, search.matcher.prepare
     search._extract = lambda rgb: calls.append(rgb.shape) or extract(rgb)
@@ -195,7 +209,9 @@ def test_offset_turns_only_at_the_likeliest_zooms_and_each_turn_extracted_when_f
     order = expected_zoom_order(search.settings.zooms, row.center_lat, 400.0)
     quarter = [(z, d) for z, d in tried if d % 90 == 0]
     assert len(quarter) == 80 and len(tried) == 112  # every window of the tiny world has imagery
-    assert [z for z, _ in tried] == [z for z in order[:2] for _ in range(16)] * 2 + [z for z in order[2:] for _ in range(16)]
+    assert [z for z, _ in tried] == [z for z in order[:2] for _ in range(16)] * 2 + [
+        z for z in order[2:] for _ in range(16)
+    ]
     assert tried[32:64] == [(z, d) for z in order[:2] for _ in range(4) for d in (45, 135, 225, 315)]
     assert len(calls) == len(prepared) == 20 + 8  # 20 windows, 8 turns of the photo: each extracted and prepared once
 
@@ -256,8 +272,14 @@ def test_screen_ends_pairs_that_match_nothing_and_keeps_the_others_as_they_were(
     row = read_manifest(tiny / "queries.parquet", "queries").iloc[0]
     photo = np.ascontiguousarray(cv2.imread(str(tiny / row.image_path))[..., ::-1])
     small = dict(max_keypoints=512, photo_px=384, window_px=512, rotations=[0, 90, 180, 270])
-    runs = [list(FootprintSearch(source, SearchSettings(screen_inliers=n, **small)).candidates(
-        photo, row.center_lon, row.center_lat, row.focal_length_mm)) for n in (0, 6)]
+    runs = [
+        list(
+            FootprintSearch(source, SearchSettings(screen_inliers=n, **small)).candidates(
+                photo, row.center_lon, row.center_lat, row.focal_length_mm
+            )
+        )
+        for n in (0, 6)
+    ]
     assert len(runs[0]) == len(runs[1]) == 80
     good = [(a, b) for a, b in zip(*runs) if a.inliers >= 15]
     assert good and all(a.inliers == b.inliers and np.array_equal(a.to_mercator, b.to_mercator) for a, b in good)
@@ -283,8 +305,10 @@ def test_overlay_shows_the_imagery_a_footprint_stands_for(tiny, tmp_path):
     def likeness(c):
         panels = overlay(photo, c, source, long_side=256)
         w = panels.shape[1] // 3
-        a, b = (cv2.GaussianBlur(cv2.cvtColor(p, cv2.COLOR_RGB2GRAY).astype(np.float32), (0, 0), 2)
-                for p in (panels[:, :w], panels[:, w:2 * w]))
+        a, b = (
+            cv2.GaussianBlur(cv2.cvtColor(p, cv2.COLOR_RGB2GRAY).astype(np.float32), (0, 0), 2)
+            for p in (panels[:, :w], panels[:, w : 2 * w])
+        )
         return float(np.corrcoef(a.ravel(), b.ravel())[0, 1]), panels
 
     right, panels = likeness(corners)
@@ -294,9 +318,16 @@ def test_overlay_shows_the_imagery_a_footprint_stands_for(tiny, tmp_path):
     assert right > 0.5 and right > wrong + 0.3, (right, wrong)
 
     other = t.index[~t.index.isin([pid])][0]
-    fp = pd.DataFrame([{"photo_id": pid, "status": "localized",
-                        **{f"{c}_{k}": t.at[pid, f"{c}_{k}"] for c in ("tl", "tr", "br", "bl") for k in ("lon", "lat")}},
-                       {"photo_id": other, "status": "not_localized"}])
+    fp = pd.DataFrame(
+        [
+            {
+                "photo_id": pid,
+                "status": "localized",
+                **{f"{c}_{k}": t.at[pid, f"{c}_{k}"] for c in ("tl", "tr", "br", "bl") for k in ("lon", "lat")},
+            },
+            {"photo_id": other, "status": "not_localized"},
+        ]
+    )
     written = write_overlays(fp, tiny / "queries.parquet", source, tmp_path / "png", [pid, other], long_side=128)
     assert [p.name for p in written] == [f"{pid}.png"]
     h, w3 = cv2.imread(str(written[0])).shape[:2]
@@ -318,12 +349,14 @@ def test_an_overlay_across_the_antimeridian_shows_imagery_on_both_sides(tmp_path
     corners = np.array([[179.8, 0.15], [-179.8, 0.15], [-179.8, -0.15], [179.8, -0.15]])
     photo = np.full((60, 80, 3), 128, np.uint8)
     panels = overlay(photo, corners, source, long_side=128)
-    imagery = panels[:, panels.shape[1] // 3: 2 * panels.shape[1] // 3]
+    imagery = panels[:, panels.shape[1] // 3 : 2 * panels.shape[1] // 3]
     assert (imagery.max(axis=2) > 0).mean() > 0.99
 
 
-@pytest.mark.parametrize("photo_id, name", [("ISS064-E-513", "ISS064-E-513"), ("a/../../b", "a_______b~"),
-                                            ("..", "__~"), ("x\\y:z", "x_y_z~")])
+@pytest.mark.parametrize(
+    "photo_id, name",
+    [("ISS064-E-513", "ISS064-E-513"), ("a/../../b", "a_______b~"), ("..", "__~"), ("x\\y:z", "x_y_z~")],
+)
 def test_an_overlay_file_stays_in_its_folder_whatever_the_photo_id(photo_id, name):
     from pipeline.footprint.overlay import safe_file_name
 
@@ -347,8 +380,14 @@ def test_a_footprint_far_from_what_its_catalogue_predicts_is_refused(tiny):
     truth = t.loc[row.photo_id]
     photo = np.ascontiguousarray(cv2.imread(str(tiny / row.image_path))[..., ::-1])
     h, w = photo.shape[:2]
-    corners = np.array([[truth.tl_lon, truth.tl_lat], [truth.tr_lon, truth.tr_lat], [truth.br_lon, truth.br_lat],
-                        [truth.bl_lon, truth.bl_lat]])
+    corners = np.array(
+        [
+            [truth.tl_lon, truth.tl_lat],
+            [truth.tr_lon, truth.tr_lat],
+            [truth.br_lon, truth.br_lat],
+            [truth.bl_lon, truth.bl_lat],
+        ]
+    )
     cand = Candidate(Window(10, 0, 0, 4), 0, 100, hg.photo_to_mercator(corners, w, h))
     search = FootprintSearch(open_tile_source(tiny / "tiles"))
     cat = Catalogue.from_row(row)
@@ -356,4 +395,6 @@ def test_a_footprint_far_from_what_its_catalogue_predicts_is_refused(tiny):
     assert own.accepted and abs(own.evidence.area_ratio) < 0.2, own.reason
     longer = search.decide(photo, cand, row.center_lon, row.center_lat, replace(cat, focal_mm=cat.focal_mm * 4))
     assert not longer.accepted and longer.corners_lonlat is None
-    assert longer.reason.startswith("implausible for its catalogue: the footprint's area is 1") and "6x" in longer.reason
+    assert (
+        longer.reason.startswith("implausible for its catalogue: the footprint's area is 1") and "6x" in longer.reason
+    )

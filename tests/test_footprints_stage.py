@@ -49,11 +49,23 @@ def stage_inputs(tiny, tmp_path_factory):
     (d / "huge.jpg").write_bytes(buf.tobytes())  # a real 20000 x 20000 JPEG (6 MB, mostly black)
     del buf
     good = rows[0]
-    bad = {"BAD-corrupt": "corrupt.jpg", "BAD-missing": "missing.jpg", "BAD-1x1": "one.png",
-           "BAD-huge": "huge.jpg", "BAD-lat89": rows[0]["image_path"]}
+    bad = {
+        "BAD-corrupt": "corrupt.jpg",
+        "BAD-missing": "missing.jpg",
+        "BAD-1x1": "one.png",
+        "BAD-huge": "huge.jpg",
+        "BAD-lat89": rows[0]["image_path"],
+    }
     for pid, path in bad.items():
-        rows.insert(2, dict(good, photo_id=pid, image_path=str(d / path) if "/" not in path else path,
-                            center_lat=89.0 if pid == "BAD-lat89" else good["center_lat"]))
+        rows.insert(
+            2,
+            dict(
+                good,
+                photo_id=pid,
+                image_path=str(d / path) if "/" not in path else path,
+                center_lat=89.0 if pid == "BAD-lat89" else good["center_lat"],
+            ),
+        )
     rows.insert(2, dict(good, photo_id="BAD-lat95", center_lat=95.0))  # rejected by the queries' validation
     pd.DataFrame(rows).to_csv(d / "queries.csv", index=False)
     (d / "cheap.toml").write_text(CHEAP)
@@ -61,8 +73,21 @@ def stage_inputs(tiny, tmp_path_factory):
 
 
 def _args(d: Path, tiny: Path, out: Path) -> list[str]:
-    return ["run", "footprints", "--workdir", str(d), "--queries", str(d / "queries.csv"), "--tiles",
-            str(tiny / "tiles"), "--out", str(out), "--config", str(d / "cheap.toml"), "-q"]
+    return [
+        "run",
+        "footprints",
+        "--workdir",
+        str(d),
+        "--queries",
+        str(d / "queries.csv"),
+        "--tiles",
+        str(tiny / "tiles"),
+        "--out",
+        str(out),
+        "--config",
+        str(d / "cheap.toml"),
+        "-q",
+    ]
 
 
 def _table(path: Path) -> pd.DataFrame:
@@ -81,8 +106,10 @@ def test_every_photo_is_accounted_for_and_bad_ones_are_errors(stage_inputs, tiny
     df = _table(out)
     assert len(df) == 10 and df["photo_id"].is_unique
     errors = df.set_index("photo_id")["reason"]
-    assert errors["BAD-lat95"] == (f"bad queries row: {d / 'queries.csv'}, row 3 (line 4) [photo_id BAD-lat95], "
-                                   "column 'center_lat': value 95 is outside [-90, 90] degrees")
+    assert errors["BAD-lat95"] == (
+        f"bad queries row: {d / 'queries.csv'}, row 3 (line 4) [photo_id BAD-lat95], "
+        "column 'center_lat': value 95 is outside [-90, 90] degrees"
+    )
     assert "truncated JPEG" in errors["BAD-corrupt"] and "not found" in errors["BAD-missing"]
     assert "too small" in errors["BAD-1x1"] and "too large (20000x20000" in errors["BAD-huge"]
     assert "89" in errors["BAD-lat89"]
@@ -115,11 +142,13 @@ def test_inputs_that_cannot_work_are_refused_before_any_work(stage_inputs, tiny,
     --queries beside an existing output was reported as "changed settings". Each is one line now."""
     d = stage_inputs
     out = tmp_path / "fp.parquet"
-    cases = {("--tiles", str(tmp_path / "nope")): "--tiles: no rasters or XYZ tiles found",
-             ("--device", "gpu"): "--device must be auto, cpu, cuda or cuda:N",
-             ("--workers", "0"): "--workers must be an integer of at least 1",
-             ("--set", "screen_inliers=x"): "--set key 'screen_inliers' must be an integer, got 'x'",
-             ("--scheduler", "http://localhost:8787"): "Dask does not speak http://"}
+    cases = {
+        ("--tiles", str(tmp_path / "nope")): "--tiles: no rasters or XYZ tiles found",
+        ("--device", "gpu"): "--device must be auto, cpu, cuda or cuda:N",
+        ("--workers", "0"): "--workers must be an integer of at least 1",
+        ("--set", "screen_inliers=x"): "--set key 'screen_inliers' must be an integer, got 'x'",
+        ("--scheduler", "http://localhost:8787"): "Dask does not speak http://",
+    }
     for (opt, value), message in cases.items():
         assert main(_args(d, tiny, out) + [opt, value]) == 1
         assert message in capsys.readouterr().err
@@ -138,8 +167,13 @@ def test_inputs_that_cannot_work_are_refused_before_any_work(stage_inputs, tiny,
     # a file's zooms as a string and --zooms are both right; the option wins (it was refused as a kind clash);
     # --device gpu then stops the run before any work
     (tmp_path / "zooms.toml").write_text(CHEAP.replace("zooms = [11]", 'zooms = "10-11"'))
-    assert main(_args(d, tiny, out)[:-3] + ["--config", str(tmp_path / "zooms.toml"), "--zooms", "11",
-                                             "--device", "gpu", "-q"]) == 1
+    assert (
+        main(
+            _args(d, tiny, out)[:-3]
+            + ["--config", str(tmp_path / "zooms.toml"), "--zooms", "11", "--device", "gpu", "-q"]
+        )
+        == 1
+    )
     assert "--device must be" in capsys.readouterr().err
     assert not out.exists() and not list(tmp_path.glob("*.parts"))
     out.write_bytes(b"an older output")  # a typo beside an existing output: the typo, not "changed settings"
@@ -161,8 +195,11 @@ def test_retry_errors_redoes_only_the_error_rows(stage_inputs, tiny, tmp_path, c
     assert main(args) == 0
     before = read_manifest(out, "footprints", geometry=False).set_index("photo_id").sort_index()
     assert "not found" in before.loc["BAD-missing", "reason"]
-    good = read_queries(queries, check_images=False, on_error="collect")[0].set_index("photo_id").loc[
-        "SIM-E-00000", "image_path"]
+    good = (
+        read_queries(queries, check_images=False, on_error="collect")[0]
+        .set_index("photo_id")
+        .loc["SIM-E-00000", "image_path"]
+    )
     (tmp_path / "missing.jpg").write_bytes(Path(good).read_bytes())  # the photo is back
     cfg = out.with_name(out.name + ".config.toml")
     first_cfg = cfg.read_text()
@@ -197,8 +234,11 @@ def test_retry_errors_redoes_only_the_error_rows(stage_inputs, tiny, tmp_path, c
     for extra in ([], ["--retry-errors"]):
         assert main(args + extra) == 1
         assert "(changed: the output itself (fp.parquet is not the file" in capsys.readouterr().err
-    cfg.write_text("".join(line + "\n" for line in good_cfg.splitlines() if not line.startswith(("[output]", "size =",
-                                                                                                 "digest ="))))
+    cfg.write_text(
+        "".join(
+            line + "\n" for line in good_cfg.splitlines() if not line.startswith(("[output]", "size =", "digest ="))
+        )
+    )
     for extra in ([], ["--retry-errors"]):  # a config from before the output's identity was kept
         assert main(args + extra) == 1
         assert "cannot be read as a footprints manifest" in capsys.readouterr().err
@@ -221,8 +261,7 @@ def test_a_killed_run_resumes_to_the_same_manifest(stage_inputs, tiny):
     out = d / "resumed.parquet"
     parts = out.with_name(out.name + ".parts")
     cmd = [sys.executable, "-m", "pipeline", *_args(d, tiny, out)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
@@ -251,8 +290,26 @@ def test_real_sample_footprints(real_sample, tmp_path):
     from pipeline.footprint.evidence import FEATURES
 
     out = tmp_path / "fp.parquet"
-    assert main(["run", "footprints", "--workdir", str(tmp_path), "--queries", str(real_sample / "queries.csv"),
-                 "--tiles", str(real_sample / "mosaics"), "--out", str(out), "--batch-size", "1", "-q"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "footprints",
+                "--workdir",
+                str(tmp_path),
+                "--queries",
+                str(real_sample / "queries.csv"),
+                "--tiles",
+                str(real_sample / "mosaics"),
+                "--out",
+                str(out),
+                "--batch-size",
+                "1",
+                "-q",
+            ]
+        )
+        == 0
+    )
     fp = read_manifest(out, "footprints", geometry=False).set_index("photo_id")
     truth = pd.read_csv(real_sample / "truth.csv").set_index("photo_id")
     model = Calibration.load(PACKAGED).model
@@ -283,8 +340,26 @@ def test_the_sample_negatives_are_not_localized(tiny, tmp_path):
     assert sorted(truth.loc[negatives["photo_id"], "reason"]) == ["clouds", "limb", "night", "wrong_label"]
     negatives.to_csv(tmp_path / "negatives.csv", index=False)
     out = tmp_path / "fp.parquet"
-    assert main(["run", "footprints", "--workdir", str(tmp_path), "--queries", str(tmp_path / "negatives.csv"),
-                 "--tiles", str(tiny / "tiles"), "--out", str(out), "--batch-size", "1", "-q"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "footprints",
+                "--workdir",
+                str(tmp_path),
+                "--queries",
+                str(tmp_path / "negatives.csv"),
+                "--tiles",
+                str(tiny / "tiles"),
+                "--out",
+                str(out),
+                "--batch-size",
+                "1",
+                "-q",
+            ]
+        )
+        == 0
+    )
     fp = read_manifest(out, "footprints", geometry=False)
     assert len(fp) == 4 and (fp["status"] == "not_localized").all(), fp[["photo_id", "status", "reason"]]
 
@@ -297,21 +372,44 @@ def test_real_wrong_label_searches(real_sample, tmp_path):
     q = pd.read_csv(real_sample / "queries.csv")
     q["image_path"] = [str(real_sample / p) for p in q["image_path"]]
     runs = swapped_queries(q).set_index(["photo", "row"])
-    picked = [("ISS064-E-358", "ISS051-E-43872"), ("ISS054-E-21023", "ISS064-E-513"),
-              ("ISS062-E-81917", "ISS056-E-153176")]
+    picked = [
+        ("ISS064-E-358", "ISS051-E-43872"),
+        ("ISS054-E-21023", "ISS064-E-513"),
+        ("ISS062-E-81917", "ISS056-E-153176"),
+    ]
     runs.loc[picked].reset_index().to_csv(tmp_path / "swapped.csv", index=False)
     out = tmp_path / "fp.parquet"
-    assert main(["run", "footprints", "--workdir", str(tmp_path), "--queries", str(tmp_path / "swapped.csv"),
-                 "--tiles", str(real_sample / "mosaics"), "--out", str(out), "--batch-size", "1", "-q"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "footprints",
+                "--workdir",
+                str(tmp_path),
+                "--queries",
+                str(tmp_path / "swapped.csv"),
+                "--tiles",
+                str(real_sample / "mosaics"),
+                "--out",
+                str(out),
+                "--batch-size",
+                "1",
+                "-q",
+            ]
+        )
+        == 0
+    )
     fp = read_manifest(out, "footprints", geometry=False).set_index("photo_id")
     assert fp.loc["ISS064-E-358@ISS051-E-43872", "status"] == "not_localized"
     assert fp.loc["ISS054-E-21023@ISS064-E-513", "status"] == "not_localized"
     r = fp.loc["ISS062-E-81917@ISS056-E-153176"]
     assert r.status == "localized", r.reason
     t = pd.read_csv(real_sample / "truth.csv").set_index("photo_id").loc["ISS062-E-81917"]
-    true = moved_corners(np.array([[t[f"{c}_lon"], t[f"{c}_lat"]] for c in ("tl", "tr", "br", "bl")]),
-                         str(real_sample / "mosaics" / "ISS062-E-81917.tif"),
-                         str(real_sample / "mosaics" / "ISS056-E-153176.tif"))
+    true = moved_corners(
+        np.array([[t[f"{c}_lon"], t[f"{c}_lat"]] for c in ("tl", "tr", "br", "bl")]),
+        str(real_sample / "mosaics" / "ISS062-E-81917.tif"),
+        str(real_sample / "mosaics" / "ISS056-E-153176.tif"),
+    )
     est = np.array([[r[f"{c}_lon"], r[f"{c}_lat"]] for c in ("tl", "tr", "br", "bl")])
     assert iou(footprint_polygon(est), footprint_polygon(true)) >= 0.7
 
@@ -327,8 +425,12 @@ def test_device_auto_follows_the_gpus_the_cluster_declares():
 
     assert resolve_device("auto", remote=True) == "auto" and resolve_device("cpu") == "cpu"
     for resources, auto in (({"GPU": 1}, "cuda"), (None, "cpu")):
-        with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0",
-                          resources=resources) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0", resources=resources
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             assert cluster_device("auto", client, cluster.scheduler_address) == auto
             if resources is None:
                 with pytest.raises(StageError, match="declares the GPU resource"):
@@ -346,8 +448,10 @@ def test_device_is_decided_once_the_first_worker_has_joined():
 
     from stages.cluster import cluster_device
 
-    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0", resources={"GPU": 1}) as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=0, processes=False, dashboard_address=":0", resources={"GPU": 1}) as cluster,
+        Client(cluster) as client,
+    ):
         threading.Timer(1.0, lambda: cluster.scale(1)).start()
         assert cluster_device("auto", client, cluster.scheduler_address) == "cuda"
 
@@ -367,17 +471,22 @@ def test_manifest_rows_follow_the_file_with_bad_rows_inside_a_batch(tmp_path):
     parts = []
     for k, batch in enumerate([[3, 2, 0], [6, 5]]):  # rows of a part need not be in the file's order
         parts.append(tmp_path / f"batch{k}.parquet")
-        write_manifest(pd.DataFrame({"photo_id": [ids[i] for i in batch], "status": "not_localized",
-                                     "reason": "few inliers"}), parts[-1], FOOTPRINTS)
+        write_manifest(
+            pd.DataFrame({"photo_id": [ids[i] for i in batch], "status": "not_localized", "reason": "few inliers"}),
+            parts[-1],
+            FOOTPRINTS,
+        )
     rows = pa.concat_tables(list(rows_in_file_order(queries, rejected, parts, 3)))
     assert rows.column("photo_id").to_pylist() == ids
     assert rows.column("status").to_pylist() == ["error" if i in (1, 4, 7) else "not_localized" for i in range(8)]
     # --retry-errors: kept rows (one of a photo no longer in the file) and new ones sorted together
-    kept = to_table(pd.DataFrame({"photo_id": ["GONE", "P5", "P0"], "status": "not_localized", "reason": "x"}),
-                    FOOTPRINTS)
+    kept = to_table(
+        pd.DataFrame({"photo_id": ["GONE", "P5", "P0"], "status": "not_localized", "reason": "x"}), FOOTPRINTS
+    )
     redo = queries[queries.photo_id.isin(["P2", "P3", "P6"])]
-    write_manifest(pd.DataFrame({"photo_id": ["P3", "P2", "P6"], "status": "not_localized", "reason": "x"}),
-                   parts[0], FOOTPRINTS)
+    write_manifest(
+        pd.DataFrame({"photo_id": ["P3", "P2", "P6"], "status": "not_localized", "reason": "x"}), parts[0], FOOTPRINTS
+    )
     file_rows = pd.Series(range(8), index=ids)
     rows = pa.concat_tables(list(rows_in_file_order(redo, rejected, parts[:1], 3, kept, file_rows)))
     assert rows.column("photo_id").to_pylist() == ["P0", "P1", "P2", "P3", "P4", "P5", "P6", "P7", "GONE"]
@@ -393,16 +502,23 @@ def test_the_queries_file_is_parsed_once_per_run_and_afresh_by_the_next(tmp_path
     real = sf.read_queries
     monkeypatch.setattr(sf, "read_queries", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
     q = tmp_path / "q.csv"
-    pd.DataFrame({"photo_id": ["ISS001-E-1", "ISS001-E-2"], "image_path": ["a.jpg", "b.jpg"],
-                  "center_lat": [10.0, 95.0], "center_lon": [20.0, 20.0]}).to_csv(q, index=False)
+    pd.DataFrame(
+        {
+            "photo_id": ["ISS001-E-1", "ISS001-E-2"],
+            "image_path": ["a.jpg", "b.jpg"],
+            "center_lat": [10.0, 95.0],
+            "center_lon": [20.0, 20.0],
+        }
+    ).to_csv(q, index=False)
     stage = sf.FootprintsStage()
     settings = sf.FootprintsSettings(queries=str(q))
     run = StageRun(stage, settings, tmp_path)
     first = stage._read_queries(run)
     assert stage._read_queries(run) is first and len(calls) == 1
     assert first[0]["photo_id"].tolist() == ["ISS001-E-1"] and first[1]["row"].tolist() == [1]
-    pd.DataFrame({"photo_id": ["ISS001-E-3"], "image_path": ["c.jpg"], "center_lat": [1.0],
-                  "center_lon": [2.0]}).to_csv(q, index=False)
+    pd.DataFrame(
+        {"photo_id": ["ISS001-E-3"], "image_path": ["c.jpg"], "center_lat": [1.0], "center_lon": [2.0]}
+    ).to_csv(q, index=False)
     assert stage._read_queries(StageRun(stage, settings, tmp_path))[0]["photo_id"].tolist() == ["ISS001-E-3"]
     assert len(calls) == 2
 

@@ -23,9 +23,7 @@ B = A * (1.0 - F)
 def zone_area_m2(lat_deg: float) -> float:
     """Closed form: area of the WGS84 ellipsoid between the equator and ``lat_deg`` (all lons)."""
     s = math.sin(math.radians(lat_deg))
-    return 2.0 * math.pi * B**2 * (
-        s / (2.0 * (1.0 - E2 * s * s)) + math.log((1.0 + E * s) / (1.0 - E * s)) / (4.0 * E)
-    )
+    return 2.0 * math.pi * B**2 * (s / (2.0 * (1.0 - E2 * s * s)) + math.log((1.0 + E * s) / (1.0 - E * s)) / (4.0 * E))
 
 
 def cell_area_km2(lon0, lat0, lon1, lat1) -> float:
@@ -69,9 +67,7 @@ def test_one_degree_cell_at_equator_matches_closed_form():
     assert got == pytest.approx(ref, rel=1e-6)
 
 
-@pytest.mark.parametrize(
-    "cell", [(10.0, 45.0, 12.0, 46.5), (-60.0, -70.0, -55.0, -64.0), (30.0, 84.0, 34.0, 85.0)]
-)
+@pytest.mark.parametrize("cell", [(10.0, 45.0, 12.0, 46.5), (-60.0, -70.0, -55.0, -64.0), (30.0, 84.0, 34.0, 85.0)])
 def test_cell_areas_elsewhere_match_closed_form(cell):
     ref = cell_area_km2(*cell)
     assert g.area_km2(g.footprint_polygon(rect(*cell))) == pytest.approx(ref, rel=1e-6)
@@ -188,8 +184,14 @@ def test_corners_columns_keep_photo_order_and_wrap_lons():
     cols = g.corners_columns([[180.0, 1.0], [181.0, 2.0], [-190.0, 3.0], [179.9, 4.0]])
     assert list(cols) == ["tl_lat", "tl_lon", "tr_lat", "tr_lon", "br_lat", "br_lon", "bl_lat", "bl_lon"]
     assert cols == {
-        "tl_lat": 1.0, "tl_lon": -180.0, "tr_lat": 2.0, "tr_lon": -179.0,
-        "br_lat": 3.0, "br_lon": 170.0, "bl_lat": 4.0, "bl_lon": 179.9,
+        "tl_lat": 1.0,
+        "tl_lon": -180.0,
+        "tr_lat": 2.0,
+        "tr_lon": -179.0,
+        "br_lat": 3.0,
+        "br_lon": 170.0,
+        "bl_lat": 4.0,
+        "bl_lon": 179.9,
     }
     assert all(type(v) is float for v in cols.values())
 

@@ -142,7 +142,9 @@ def test_nodata_region_is_masked_without_dark_edges(tmp_path):
     box = (min(xs), min(ys), max(xs), max(ys))
     out = src.render(box, 97, 97)
     # map the nodata block's interior into output pixels
-    cxs, cys = wt("EPSG:32633", "EPSG:3857", [(t @ (32, 42))[0], (t @ (68, 88))[0]], [(t @ (32, 42))[1], (t @ (68, 88))[1]])
+    cxs, cys = wt(
+        "EPSG:32633", "EPSG:3857", [(t @ (32, 42))[0], (t @ (68, 88))[0]], [(t @ (32, 42))[1], (t @ (68, 88))[1]]
+    )
     res_x, res_y = (box[2] - box[0]) / 97, (box[3] - box[1]) / 97
     c0, c1 = int(np.ceil((min(cxs) - box[0]) / res_x)), int((max(cxs) - box[0]) / res_x)
     r0, r1 = int(np.ceil((box[3] - max(cys)) / res_y)), int((box[3] - min(cys)) / res_y)

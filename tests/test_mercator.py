@@ -36,7 +36,9 @@ def test_tile_bounds_against_published_values(z, x, y, expected):
 
 def test_mercator_extent_and_resolution():
     assert ORIGIN_SHIFT_M == pytest.approx(20037508.342789244, abs=1e-6)
-    assert tile_bounds_mercator(0, 0, 0) == pytest.approx((-ORIGIN_SHIFT_M, -ORIGIN_SHIFT_M, ORIGIN_SHIFT_M, ORIGIN_SHIFT_M))
+    assert tile_bounds_mercator(0, 0, 0) == pytest.approx(
+        (-ORIGIN_SHIFT_M, -ORIGIN_SHIFT_M, ORIGIN_SHIFT_M, ORIGIN_SHIFT_M)
+    )
     assert resolution_m(0) == pytest.approx(156543.03392804097, rel=1e-12)
     assert MAX_LATITUDE == pytest.approx(85.0511287798066, abs=1e-12)
 

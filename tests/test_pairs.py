@@ -33,8 +33,7 @@ def test_footprint_area_matches_the_geodesic_area():
     c = np.array([[4.0, 46.0], [5.2, 46.3], [5.0, 45.1], [3.9, 45.2]])
     lon, lat = densify_lonlat(c[None, :, 0], c[None, :, 1], 16)
     x, y = lonlat_to_mercator(lon, lat)
-    assert mercator_polygon_area_km2(x, y, np.array([64]))[0] == pytest.approx(
-        area_km2(footprint_polygon(c)), rel=1e-5)
+    assert mercator_polygon_area_km2(x, y, np.array([64]))[0] == pytest.approx(area_km2(footprint_polygon(c)), rel=1e-5)
 
 
 def test_clipping_matches_shapely():
@@ -129,8 +128,15 @@ def _true_footprints(tiny, path) -> list[dict]:
     rows = []
     for t in truth.itertuples():
         c = np.array([[t.tl_lon, t.tl_lat], [t.tr_lon, t.tr_lat], [t.br_lon, t.br_lat], [t.bl_lon, t.bl_lat]])
-        rows.append({"photo_id": t.photo_id, "status": "localized", "inliers": 100, "geometry": footprint_polygon(c),
-                     **corners_columns(c)})
+        rows.append(
+            {
+                "photo_id": t.photo_id,
+                "status": "localized",
+                "inliers": 100,
+                "geometry": footprint_polygon(c),
+                **corners_columns(c),
+            }
+        )
     rows.append({"photo_id": "NOT-LOCALIZED", "status": "not_localized", "reason": "too few inliers", "geometry": None})
     write_manifest(pd.DataFrame(rows), path, FOOTPRINTS)
     return rows
@@ -142,8 +148,17 @@ def test_pairs_stage_on_the_tiny_sample(tiny, tmp_path):
     from stages.cli import main
 
     rows = _true_footprints(tiny, tmp_path / "fp.parquet")
-    args = ["run", "pairs", "--workdir", str(tiny), "--footprints", str(tmp_path / "fp.parquet"), "--workers", "1",
-            "-q"]
+    args = [
+        "run",
+        "pairs",
+        "--workdir",
+        str(tiny),
+        "--footprints",
+        str(tmp_path / "fp.parquet"),
+        "--workers",
+        "1",
+        "-q",
+    ]
     assert main(args + ["--out", str(tmp_path / "pairs.parquet")]) == 0
     pairs = read_manifest(tmp_path / "pairs.parquet", "pairs")
     db = read_manifest(tiny / "database.parquet", "database", geometry=False)
@@ -176,18 +191,25 @@ BAD_INPUTS = {
     "folder as database": (["--database", "{tmp}"], "is a folder; pass the database manifest file"),
     "malformed region file": (["--exclude", "{tmp}/bad.geojson"], "bad.geojson: not a region file GDAL can read"),
     "CSV as region file": (["--exclude", "{tmp}/q.csv"], "q.csv: no region in the file"),
-    "region split absent": (["--exclude", "{tiny}/regions.geojson#test"],
-                            "has split 'test' (present: train, eval)"),
-    "query split absent": (["--exclude", "split:test"],
-                           "no query of {tiny}/queries.parquet has split 'test' (present: "),
-    "one spec by --set": (["--set", "exclude=split:test"],  # a string is one spec, not a list of letters
-                          "no query of {tiny}/queries.parquet has split 'test' (present: "),
+    "region split absent": (["--exclude", "{tiny}/regions.geojson#test"], "has split 'test' (present: train, eval)"),
+    "query split absent": (
+        ["--exclude", "split:test"],
+        "no query of {tiny}/queries.parquet has split 'test' (present: ",
+    ),
+    "one spec by --set": (
+        ["--set", "exclude=split:test"],  # a string is one spec, not a list of letters
+        "no query of {tiny}/queries.parquet has split 'test' (present: ",
+    ),
     "a number by --set": (["--set", "exclude=5"], "'exclude' = 5: a list of specs"),
-    "garbage queries": (["--exclude", "split:eval", "--queries", "{tmp}/garbage.parquet"], "garbage.parquet: could not "
-                        "be read as a table"),
+    "garbage queries": (
+        ["--exclude", "split:eval", "--queries", "{tmp}/garbage.parquet"],
+        "garbage.parquet: could not be read as a table",
+    ),
     "empty queries CSV": (["--exclude", "split:eval", "--queries", "{tmp}/empty.csv"], "empty.csv: could not be read"),
-    "footprints without corners": (["--footprints", "{tmp}/nocorners.parquet"], "nocorners.parquet: no corner columns "
-                                   "tl_lat, tl_lon, tr_lat, tr_lon, br_lat, br_lon, bl_lat, bl_lon"),
+    "footprints without corners": (
+        ["--footprints", "{tmp}/nocorners.parquet"],
+        "nocorners.parquet: no corner columns tl_lat, tl_lon, tr_lat, tr_lon, br_lat, br_lon, bl_lat, bl_lon",
+    ),
 }
 
 
@@ -236,8 +258,19 @@ def test_a_database_typo_beside_an_existing_output_is_the_typo(tiny, tmp_path, c
 
     fp = tmp_path / "fp.parquet"
     _true_footprints(tiny, fp)
-    args = ["run", "pairs", "--workdir", str(tiny), "--footprints", str(fp), "--out", str(tmp_path / "p.parquet"),
-            "--workers", "1", "-q"]
+    args = [
+        "run",
+        "pairs",
+        "--workdir",
+        str(tiny),
+        "--footprints",
+        str(fp),
+        "--out",
+        str(tmp_path / "p.parquet"),
+        "--workers",
+        "1",
+        "-q",
+    ]
     assert main(args) == 0
     capsys.readouterr()
     assert main(args + ["--database", str(tmp_path / "databse.parquet")]) == 1

@@ -37,11 +37,14 @@ def test_exif_orientation_is_not_applied(tmp_path):
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG signature and IHDR claiming width x height, with one tiny (wrong) IDAT: enough for a header read."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 8)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 8)) + chunk(b"IEND", b"")
+    )
 
 
 def test_a_huge_image_is_refused_from_its_header(tmp_path):
@@ -99,16 +102,19 @@ def _with_thumbnail_app1(jpeg: bytes) -> bytes:
 def _first_scan_start(jpeg: bytes) -> int:
     """Byte after the first SOS header (where the compressed data starts)."""
     sos = jpeg.index(b"\xff\xda")
-    return sos + 2 + struct.unpack(">H", jpeg[sos + 2:sos + 4])[0]
+    return sos + 2 + struct.unpack(">H", jpeg[sos + 2 : sos + 4])[0]
 
 
 @pytest.mark.parametrize("variant", sorted(_VARIANTS))
 def test_a_sound_jpeg_reads_as_cv2_imread_does(tmp_path, variant):
     jpeg = _smooth_jpeg(_VARIANTS[variant])
     assert jpeg_damage(np.frombuffer(jpeg, np.uint8)) is None
-    for name, data in [("plain", jpeg), ("thumb", _with_thumbnail_app1(jpeg)),
-                       ("trailing", jpeg + b"\x00\xff\xd8\xff\x13garbage appended by a camera\xff"),
-                       ("dnl", jpeg[:-2] + b"\xff\xdc\x00\x04\x01\x00" + jpeg[-2:])]:  # a DNL segment (256 lines)
+    for name, data in [
+        ("plain", jpeg),
+        ("thumb", _with_thumbnail_app1(jpeg)),
+        ("trailing", jpeg + b"\x00\xff\xd8\xff\x13garbage appended by a camera\xff"),
+        ("dnl", jpeg[:-2] + b"\xff\xdc\x00\x04\x01\x00" + jpeg[-2:]),
+    ]:  # a DNL segment (256 lines)
         path = tmp_path / f"{variant}-{name}.jpg"
         path.write_bytes(data)
         rgb = read_photo(path)
@@ -121,7 +127,7 @@ def test_the_thumbnail_blob_would_be_refused_if_scanned():
     """The APP1 test above means something: the blob, as compressed data, is corrupt."""
     jpeg = _smooth_jpeg([])
     start = _first_scan_start(jpeg)
-    blob = _with_thumbnail_app1(jpeg)[6 + 14:6 + 14 + 14]
+    blob = _with_thumbnail_app1(jpeg)[6 + 14 : 6 + 14 + 14]
     assert blob.startswith(b"\xff\xd8") and blob.endswith(b"\xff\xd9")
     spliced = np.frombuffer(jpeg[:start] + blob[2:] + jpeg[start:], np.uint8)
     assert "invalid marker 0xFF13" in jpeg_damage(spliced)
@@ -131,10 +137,13 @@ def test_the_thumbnail_blob_would_be_refused_if_scanned():
 def test_a_cut_jpeg_is_refused_as_truncated(tmp_path, variant):
     jpeg = _with_thumbnail_app1(_smooth_jpeg(_VARIANTS[variant]))
     path = tmp_path / "cut.jpg"
-    path.write_bytes(jpeg[:int(len(jpeg) * 0.6)])
+    path.write_bytes(jpeg[: int(len(jpeg) * 0.6)])
     assert cv2.imread(str(path), _FLAGS) is not None  # libjpeg decodes it, partly grey
-    with pytest.raises(PhotoError, match=r"truncated JPEG: no end-of-image marker after the last scan"
-                                         r".*re-download or re-export.*cut\.jpg"):
+    with pytest.raises(
+        PhotoError,
+        match=r"truncated JPEG: no end-of-image marker after the last scan"
+        r".*re-download or re-export.*cut\.jpg",
+    ):
         read_photo(path)
     # every cut is caught, in the header, in a segment between scans or in the compressed data
     data = np.frombuffer(jpeg, np.uint8)
@@ -150,11 +159,14 @@ def test_overwritten_bytes_in_the_scan_are_refused_as_corrupt(tmp_path, variant)
     run = np.random.default_rng(3).integers(0, 256, 200, dtype=np.uint8)
     run[run == 0xFF] = 0x7F  # the one stray marker is the one placed here
     run[120:122] = (0xFF, 0x13)
-    jpeg[mid:mid + 200] = run.tobytes()
+    jpeg[mid : mid + 200] = run.tobytes()
     path = tmp_path / "overwritten.jpg"
     path.write_bytes(bytes(jpeg))
-    with pytest.raises(PhotoError, match=rf"corrupt JPEG data: invalid marker 0xFF13 at byte {mid + 120} "
-                                         r"in the compressed data.*re-download or re-export.*overwritten\.jpg"):
+    with pytest.raises(
+        PhotoError,
+        match=rf"corrupt JPEG data: invalid marker 0xFF13 at byte {mid + 120} "
+        r"in the compressed data.*re-download or re-export.*overwritten\.jpg",
+    ):
         read_photo(path)
 
 

@@ -43,8 +43,9 @@ def test_missing_required_column(folder):
 
 
 def test_duplicate_photo_id_names_both_rows(folder):
-    path = _csv(folder, [["ISS001-E-1", "a.jpg", 10, 20], ["ISS001-E-2", "b.jpg", 10, 20],
-                         ["ISS001-E-1", "c.jpg", 10, 20]])
+    path = _csv(
+        folder, [["ISS001-E-1", "a.jpg", 10, 20], ["ISS001-E-2", "b.jpg", 10, 20], ["ISS001-E-1", "c.jpg", 10, 20]]
+    )
     with pytest.raises(ManifestError) as err:
         read_queries(path)
     msg = str(err.value)
@@ -53,8 +54,12 @@ def test_duplicate_photo_id_names_both_rows(folder):
 
 @pytest.mark.parametrize(
     "lat,lon,column,fragment",
-    [(float("nan"), 20.0, "center_lat", "missing or NaN"), (10.0, 200.0, "center_lon", "outside [-180, 180]"),
-     (-91.0, 20.0, "center_lat", "outside [-90, 90]"), ("north", 20.0, "center_lat", "not a number")],
+    [
+        (float("nan"), 20.0, "center_lat", "missing or NaN"),
+        (10.0, 200.0, "center_lon", "outside [-180, 180]"),
+        (-91.0, 20.0, "center_lat", "outside [-90, 90]"),
+        ("north", 20.0, "center_lat", "not a number"),
+    ],
 )
 def test_bad_coordinates_name_row_and_column(folder, lat, lon, column, fragment):
     path = _csv(folder, [["ISS001-E-1", "a.jpg", 10, 20], ["ISS001-E-2", "b.jpg", lat, lon]])
@@ -72,8 +77,9 @@ def test_missing_image_file(folder):
 
 
 def test_collect_mode_keeps_good_rows(folder):
-    path = _csv(folder, [["ISS001-E-1", "a.jpg", 10, 20], ["ISS001-E-2", "nope.jpg", 10, 20],
-                         ["ISS001-E-3", "c.jpg", 95, 20]])
+    path = _csv(
+        folder, [["ISS001-E-1", "a.jpg", 10, 20], ["ISS001-E-2", "nope.jpg", 10, 20], ["ISS001-E-3", "c.jpg", 95, 20]]
+    )
     df, rejected = read_queries(path, on_error="collect")
     assert df.photo_id.tolist() == ["ISS001-E-1"]
     assert rejected.photo_id.tolist() == ["ISS001-E-2", "ISS001-E-3"]
@@ -82,25 +88,43 @@ def test_collect_mode_keeps_good_rows(folder):
 
 def test_parquet_queries(folder):
     path = folder / "q.parquet"
-    pd.DataFrame({"photo_id": ["ISS001-E-1"], "image_path": ["a.jpg"], "center_lat": [1.0],
-                  "center_lon": [2.0], "tilt_deg": [20.0]}).to_parquet(path)
+    pd.DataFrame(
+        {
+            "photo_id": ["ISS001-E-1"],
+            "image_path": ["a.jpg"],
+            "center_lat": [1.0],
+            "center_lon": [2.0],
+            "tilt_deg": [20.0],
+        }
+    ).to_parquet(path)
     df, _ = read_queries(path)
     assert df.tilt_deg.iloc[0] == 20.0 and df.center_lon.iloc[0] == 2.0
 
 
 def test_earthloc_names():
     row = parse_earthloc_name("@-10.3@40.4@-11.3@43.3@39@140@50@ISS064-E-513@.jpg")
-    assert row == {"photo_id": "ISS064-E-513", "center_lat": -10.3, "center_lon": 40.4, "nadir_lat": -11.3,
-                   "nadir_lon": 43.3, "tilt_deg": 39.0, "focal_length_mm": 140.0, "cloud_pct": 50.0}
-    row = parse_earthloc_name("@20.15@-103.57@20.31@-102.95@20.99@-103.22@20.83@-103.84@ISS068-E-30124"
-                              "@20221216@20.5@-106.6@5382@105.8@.jpg")
+    assert row == {
+        "photo_id": "ISS064-E-513",
+        "center_lat": -10.3,
+        "center_lon": 40.4,
+        "nadir_lat": -11.3,
+        "nadir_lon": 43.3,
+        "tilt_deg": 39.0,
+        "focal_length_mm": 140.0,
+        "cloud_pct": 50.0,
+    }
+    row = parse_earthloc_name(
+        "@20.15@-103.57@20.31@-102.95@20.99@-103.22@20.83@-103.84@ISS068-E-30124@20221216@20.5@-106.6@5382@105.8@.jpg"
+    )
     assert (row["photo_id"], row["center_lat"], row["center_lon"]) == ("ISS068-E-30124", 20.5, -106.6)
     with pytest.raises(ValueError, match="no photo id"):
         parse_earthloc_name("@1@2@3@.jpg")
 
 
 def test_earthloc_folder(real_sample, tmp_path):
-    shutil.copy(real_sample / "photos" / "ISS064-E-513.jpg", tmp_path / "@-10.3@40.4@-11.3@43.3@39@140@50@ISS064-E-513@.jpg")
+    shutil.copy(
+        real_sample / "photos" / "ISS064-E-513.jpg", tmp_path / "@-10.3@40.4@-11.3@43.3@39@140@50@ISS064-E-513@.jpg"
+    )
     df, _ = read_queries(tmp_path)
     assert df.photo_id.tolist() == ["ISS064-E-513"] and df.center_lat.iloc[0] == -10.3
     (tmp_path / "holiday.jpg").write_bytes(b"")

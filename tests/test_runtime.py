@@ -12,15 +12,20 @@ from pipeline.runtime import cpu_has_native_bf16
 _FLAGS = "fpu vme de pse tsc msr pae mce cx8 apic sep avx2 avx512f avx512bw"
 
 
-@pytest.mark.parametrize("flags, expected", [
-    (_FLAGS, False),  # AVX-512 alone: bfloat16 would be emulated
-    (_FLAGS + " avx512_bf16 avx512_vnni", True),  # e.g. AMD Zen 4, Intel Cooper Lake
-    (_FLAGS + " amx_bf16 amx_tile", True),  # Intel Sapphire Rapids
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (_FLAGS, False),  # AVX-512 alone: bfloat16 would be emulated
+        (_FLAGS + " avx512_bf16 avx512_vnni", True),  # e.g. AMD Zen 4, Intel Cooper Lake
+        (_FLAGS + " amx_bf16 amx_tile", True),  # Intel Sapphire Rapids
+    ],
+)
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, expected):
     info = tmp_path / "cpuinfo"
-    info.write_text(f"processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: avx512_bf16 in a name is not a flag\n"
-                    f"flags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    info.write_text(
+        f"processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: avx512_bf16 in a name is not a flag\n"
+        f"flags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n"
+    )
     assert cpu_has_native_bf16(str(info)) is expected
 
 
@@ -68,6 +73,8 @@ def test_worker_memory_limit_is_the_dask_workers():
     from pipeline.runtime import worker_memory_limit
 
     assert worker_memory_limit() is None  # not in a worker
-    with LocalCluster(n_workers=1, processes=False, memory_limit="3GB", dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=1, processes=False, memory_limit="3GB", dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
         assert client.submit(worker_memory_limit).result() == 3_000_000_000

@@ -163,8 +163,17 @@ def test_truth_footprint_and_homography_reproduce_the_photo(tiny):
     truth = read_manifest(tiny / "truth.parquet", "truth", geometry=False)
     checked = 0
     for row in truth[truth["reason"] != "limb"].itertuples():
-        cam, _ = camera_looking_at(row.target_lon, row.target_lat, row.tilt_deg, row.azimuth_deg, row.roll_deg,
-                                   row.altitude_km * 1e3, row.focal_length_mm, row.width, row.height)
+        cam, _ = camera_looking_at(
+            row.target_lon,
+            row.target_lat,
+            row.tilt_deg,
+            row.azimuth_deg,
+            row.roll_deg,
+            row.altitude_km * 1e3,
+            row.focal_length_mm,
+            row.width,
+            row.height,
+        )
         world = ProceduralWorld(GLOBE, seed=0, year=row.world_year)
         clean = render_view(cam, world).rgb
         lon = np.array([row.tl_lon, row.tr_lon, row.br_lon, row.bl_lon])
@@ -179,14 +188,24 @@ def test_truth_footprint_and_homography_reproduce_the_photo(tiny):
         # OpenCV puts pixel centres at integers, our corner convention at half-integers
         half = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
         H = np.linalg.inv(half) @ H @ half
-        warped = cv2.warpPerspective(north_up, H, (row.width, row.height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+        warped = cv2.warpPerspective(
+            north_up, H, (row.width, row.height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        )
         ncc = _ncc(_half(clean), _half(warped))
-        print(row.photo_id, row.reason, f"tilt {row.tilt_deg:.0f} f {row.focal_length_mm:.0f} NCC {ncc:.3f} "
-              f"(full resolution {_ncc(_grey(clean), _grey(warped)):.3f})")
+        print(
+            row.photo_id,
+            row.reason,
+            f"tilt {row.tilt_deg:.0f} f {row.focal_length_mm:.0f} NCC {ncc:.3f} "
+            f"(full resolution {_ncc(_grey(clean), _grey(warped)):.3f})",
+        )
         assert ncc > 0.9, (row.photo_id, ncc)
         # and a footprint shifted by a fifth of its width does not fit
-        shifted = cv2.warpPerspective(north_up, np.array([[1, 0, nx / 5], [0, 1, 0], [0, 0, 1]]) @ H,
-                                      (row.width, row.height), flags=cv2.WARP_INVERSE_MAP)
+        shifted = cv2.warpPerspective(
+            north_up,
+            np.array([[1, 0, nx / 5], [0, 1, 0], [0, 0, 1]]) @ H,
+            (row.width, row.height),
+            flags=cv2.WARP_INVERSE_MAP,
+        )
         assert _ncc(_half(clean), _half(shifted)) < 0.7
         checked += 1
     assert checked >= 5
@@ -233,8 +252,18 @@ def test_preview_panel_of_a_footprint_across_lon_180_is_the_footprint_not_the_wo
     from pipeline.simulate.preview import _truth_panel
 
     world = ProceduralWorld((-180.0, -18.0, 180.0, -16.0), seed=25)
-    row = SimpleNamespace(tl_lon=179.8, tl_lat=-16.8, tr_lon=-179.8, tr_lat=-16.8, br_lon=-179.8, br_lat=-17.2,
-                          bl_lon=179.8, bl_lat=-17.2, center_lon=179.99, center_lat=-17.0)
+    row = SimpleNamespace(
+        tl_lon=179.8,
+        tl_lat=-16.8,
+        tr_lon=-179.8,
+        tr_lat=-16.8,
+        br_lon=-179.8,
+        br_lat=-17.2,
+        bl_lon=179.8,
+        bl_lat=-17.2,
+        center_lon=179.99,
+        center_lat=-17.0,
+    )
     panel = _truth_panel(world, row, 100)
     assert panel.shape[0] == 100 and panel.shape[1] < 150  # 0.4 x 0.4 deg and the margin, not 2.6 worlds
     assert panel.std() > 5
@@ -262,8 +291,10 @@ def test_photos_are_matchable_and_far_windows_are_not(tiny):
 
     def nearest(lon, lat, zoom):
         x, y = lonlat_to_mercator(lon, lat)
-        return min(windows_containing(lon, lat, zoom), key=lambda w: (x - sum(w.bounds_mercator()[0::2]) / 2) ** 2
-                   + (y - sum(w.bounds_mercator()[1::2]) / 2) ** 2)
+        return min(
+            windows_containing(lon, lat, zoom),
+            key=lambda w: (x - sum(w.bounds_mercator()[0::2]) / 2) ** 2 + (y - sum(w.bounds_mercator()[1::2]) / 2) ** 2,
+        )
 
     ext, matcher = build_extractor("aliked", max_keypoints=1024), build_matcher("aliked")
     _, n_in, _, _ = match_pair(photo, db.read_window(nearest(lon, lat, 11)).rgb, ext, matcher)

@@ -36,11 +36,17 @@ def test_help_lists_every_setting_with_its_default(name):
     assert all(a.option_strings[0] in text for a in options.values())
 
 
-@pytest.mark.parametrize("toml, message", [
-    ("screen_inlier = 3", "key 'screen_inlier' (did you mean 'screen_inliers'?); valid keys: batch_size, calibration"),
-    ("half = 1", "key 'half' must be a boolean, got 1; write it as the default is written: half = true"),
-    ('rotations = "0, 90"', "key 'rotations' must be a list of integers, got '0, 90'"),
-])
+@pytest.mark.parametrize(
+    "toml, message",
+    [
+        (
+            "screen_inlier = 3",
+            "key 'screen_inlier' (did you mean 'screen_inliers'?); valid keys: batch_size, calibration",
+        ),
+        ("half = 1", "key 'half' must be a boolean, got 1; write it as the default is written: half = true"),
+        ('rotations = "0, 90"', "key 'rotations' must be a list of integers, got '0, 90'"),
+    ],
+)
 def test_a_bad_settings_file_is_refused_before_any_work(tmp_path, capsys, toml, message):
     """Refused when the file is read: no sample workspace is made, no worker started."""
     (tmp_path / "c.toml").write_text(f"[footprints]\n{toml}\n")
@@ -77,38 +83,86 @@ def _run_in_process(tiny: Path, out: Path) -> None:
     """Two stages, and each of them twice with other settings, in this process: index from two threads at once,
     then footprints twice (other zooms, other photos, other workspaces)."""
     index = get_stage("index")
-    settings = [index.settings_class(tiles=str(tiny / "tiles"), out=str(out / "db-a.parquet"), zooms=(9,)),
-                index.settings_class(tiles=str(tiny / "tiles"), out=str(out / "db-b.parquet"), zooms=(10, 11),
-                                     min_valid=0.9)]
+    settings = [
+        index.settings_class(tiles=str(tiny / "tiles"), out=str(out / "db-a.parquet"), zooms=(9,)),
+        index.settings_class(tiles=str(tiny / "tiles"), out=str(out / "db-b.parquet"), zooms=(10, 11), min_valid=0.9),
+    ]
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda s: index.execute(s, workdir=out), settings))
     fp = get_stage("footprints")
     for k, (zooms, limit) in enumerate([((11,), 2), ((10, 11), 1)]):
-        s = fp.settings_class.from_layers(({**FAST, "queries": str(tiny / "queries.parquet"),
-                                            "tiles": str(tiny / "tiles"), "out": str(out / f"fp-{k}.parquet"),
-                                            "zooms": zooms, "limit": limit}, "test"))
+        s = fp.settings_class.from_layers(
+            (
+                {
+                    **FAST,
+                    "queries": str(tiny / "queries.parquet"),
+                    "tiles": str(tiny / "tiles"),
+                    "out": str(out / f"fp-{k}.parquet"),
+                    "zooms": zooms,
+                    "limit": limit,
+                },
+                "test",
+            )
+        )
         fp.execute(s, workdir=out / f"w{k}")
 
 
-FAST = {"max_keypoints": 128, "photo_px": 256, "window_px": 256, "refine_px": 256, "refine_keypoints": 256,
-        "refine_surroundings_keypoints": 512, "rotations": [0], "workers": 1, "calibration": "none",
-        "min_inliers": 15}
+FAST = {
+    "max_keypoints": 128,
+    "photo_px": 256,
+    "window_px": 256,
+    "refine_px": 256,
+    "refine_keypoints": 256,
+    "refine_surroundings_keypoints": 512,
+    "rotations": [0],
+    "workers": 1,
+    "calibration": "none",
+    "min_inliers": 15,
+}
 """A search small enough to run four times in a test (the outputs are compared, not judged)."""
 
 
 def _run_in_processes(tiny: Path, out: Path) -> None:
     def cli(*args):
-        done = subprocess.run([sys.executable, "-m", "pipeline", "run", *args, "-q"], capture_output=True, text=True,
-                              cwd=ROOT, timeout=600)
+        done = subprocess.run(
+            [sys.executable, "-m", "pipeline", "run", *args, "-q"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=600,
+        )
         assert done.returncode == 0, done.stderr
 
     cli("index", "--tiles", str(tiny / "tiles"), "--out", str(out / "db-a.parquet"), "--zooms", "9")
-    cli("index", "--tiles", str(tiny / "tiles"), "--out", str(out / "db-b.parquet"), "--zooms", "10-11",
-        "--min-valid", "0.9")
+    cli(
+        "index",
+        "--tiles",
+        str(tiny / "tiles"),
+        "--out",
+        str(out / "db-b.parquet"),
+        "--zooms",
+        "10-11",
+        "--min-valid",
+        "0.9",
+    )
     sets = [x for k, v in FAST.items() for x in ("--set", f"{k}={json.dumps(v)}")]
     for k, (zooms, limit) in enumerate([("11", "2"), ("10-11", "1")]):
-        cli("footprints", "--queries", str(tiny / "queries.parquet"), "--tiles", str(tiny / "tiles"), "--out",
-            str(out / f"fp-{k}.parquet"), "--zooms", zooms, "--limit", limit, "--workdir", str(out / f"w{k}"), *sets)
+        cli(
+            "footprints",
+            "--queries",
+            str(tiny / "queries.parquet"),
+            "--tiles",
+            str(tiny / "tiles"),
+            "--out",
+            str(out / f"fp-{k}.parquet"),
+            "--zooms",
+            zooms,
+            "--limit",
+            limit,
+            "--workdir",
+            str(out / f"w{k}"),
+            *sets,
+        )
 
 
 def test_stages_run_twice_in_one_process_as_in_separate_ones(tiny, tmp_path):

@@ -95,13 +95,17 @@ def test_a_folder_input_is_identified_by_its_files(tmp_path):
     assert source_files(tmp_path / "*.jpg") == [tmp_path / "a.jpg"]
 
 
-@pytest.mark.parametrize("key, value, kind", [("batch", "4", "an integer"), ("upper", "false", "a boolean"),
-                                              ("upper", 1, "a boolean"), ("src", 3, "a string")])
+@pytest.mark.parametrize(
+    "key, value, kind",
+    [("batch", "4", "an integer"), ("upper", "false", "a boolean"), ("upper", 1, "a boolean"), ("src", 3, "a string")],
+)
 def test_a_value_of_the_wrong_kind_is_named(key, value, kind):
     with pytest.raises(ConfigError, match=f"config file c.toml key '{key}' must be {kind}, got"):
         CopySettings.from_layers(({key: value}, "config file c.toml"))
-    with pytest.raises(ConfigError, match="unknown --set key 'uper' \\(did you mean 'upper'\\?\\); valid keys: batch, out, "
-                                          "src, upper, workers"):
+    with pytest.raises(
+        ConfigError,
+        match="unknown --set key 'uper' \\(did you mean 'upper'\\?\\); valid keys: batch, out, src, upper, workers",
+    ):
         CopySettings.from_layers(({"uper": True}, "--set"))
 
 
@@ -123,8 +127,10 @@ def test_a_batch_that_fails_for_good_is_rerun_item_by_item(tmp_path):
 
     from stages.cluster import gather_isolating
 
-    work = [(str(tmp_path / f"batch{k}.parquet"), items)
-            for k, items in enumerate([["a", "b"], ["c", "poison", "d"], ["poison"]])]
+    work = [
+        (str(tmp_path / f"batch{k}.parquet"), items)
+        for k, items in enumerate([["a", "b"], ["c", "poison", "d"], ["poison"]])
+    ]
 
     def failed_rows(item, e):
         return pd.DataFrame({"item": [item], "error": [f"{type(e).__name__}: {e}"]})
@@ -134,8 +140,11 @@ def test_a_batch_that_fails_for_good_is_rerun_item_by_item(tmp_path):
         with atomic_output(part) as tmp:
             pd.concat(frames, ignore_index=True).to_parquet(tmp)
 
-    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+
         def submit(items, part, suffix):
             return client.submit(_write_items, items, part, key=f"t-{suffix}", pure=False)
 
@@ -172,16 +181,20 @@ def test_batches_are_submitted_a_window_at_a_time_and_the_bar_draws_per_interval
     level = root.level
     root.setLevel(logging.INFO)  # the bar shows at INFO
     try:
-        with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster, \
-                Client(cluster) as client:
+        with (
+            LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as cluster,
+            Client(cluster) as client,
+        ):
+
             def submit(items, part, suffix):
                 waiting.append(sum(not f.done() for f in submitted))
                 f = client.submit(_sleep_and_write, items, part, key=f"w-{suffix}", pure=False)
                 submitted.append(f)
                 return f
 
-            failed = gather_isolating(client, work, submit, lambda item, e: None, lambda part, pieces: None,
-                                      "test", "ok", in_flight=3)
+            failed = gather_isolating(
+                client, work, submit, lambda item, e: None, lambda part, pieces: None, "test", "ok", in_flight=3
+            )
     finally:
         root.setLevel(level)
     assert failed == [] and len(submitted) == 40
@@ -200,8 +213,11 @@ def test_a_cancelled_task_stops_the_run_for_a_resume_and_is_not_run_item_by_item
 
     work = [(str(tmp_path / f"batch{k}.parquet"), items) for k, items in enumerate([["a"], ["b", "c"], ["d"]])]
     submitted = []
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+
         def submit(items, part, suffix):
             f = client.submit(_sleep_and_write, items, part, key=f"c-{suffix}", pure=False)
             if "b" in items:
@@ -315,7 +331,7 @@ def test_an_output_its_config_does_not_describe_is_refused_not_up_to_date(tmp_pa
     assert "up to date" in Copy().execute(_conf(tmp_path))
 
 
-@pytest.mark.parametrize("name", ["\U0001F6F0 iss", "caf" + "\udce9"])  # beyond U+FFFF; a byte not in UTF-8
+@pytest.mark.parametrize("name", ["\U0001f6f0 iss", "caf" + "\udce9"])  # beyond U+FFFF; a byte not in UTF-8
 def test_any_path_survives_the_config_beside_the_output(tmp_path, name):
     """Paths are written to the TOML config and compared with the next run's: an emoji (JSON would write a
     surrogate pair, which TOML refuses) and a file name that is not UTF-8 both read back as the same settings."""

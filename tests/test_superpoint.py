@@ -192,7 +192,7 @@ def test_descriptor_sampling_uses_cell_centres():
     d = sample_descriptors(desc, pts, cell=8)
     assert d.shape == (6, 4)
     assert torch.allclose(d[:3], torch.eye(4)[:3], atol=1e-6)  # exactly at the cell centres
-    assert torch.allclose(d[3], torch.tensor([1.0, 1.0, 0, 0]) / 2 ** 0.5, atol=1e-6)  # halfway between two cells
+    assert torch.allclose(d[3], torch.tensor([1.0, 1.0, 0, 0]) / 2**0.5, atol=1e-6)  # halfway between two cells
     assert torch.allclose(d[4], torch.eye(4)[0], atol=1e-6)  # before the first centre: the border cell
     assert torch.allclose(d[5], torch.eye(4)[3], atol=1e-6)
     assert sample_descriptors(desc, torch.zeros(0, 2)).shape == (0, 4)
@@ -233,15 +233,23 @@ def test_lightglue_checkpoint_maps_every_key(weights_dir):
 
 
 def _assert_helpful(message: str) -> None:
-    for text in ("superpoint_v1.pth", "superpoint_lightglue.pth", "--weights-dir",
-                 "magicleap/SuperPointPretrainedNetwork", "cvg/LightGlue/releases", "non-commercial"):
+    for text in (
+        "superpoint_v1.pth",
+        "superpoint_lightglue.pth",
+        "--weights-dir",
+        "magicleap/SuperPointPretrainedNetwork",
+        "cvg/LightGlue/releases",
+        "non-commercial",
+    ):
         assert text in message, text
 
 
 def test_missing_folder_or_files(tmp_path, weights_dir):
     missing = tmp_path / "no-such-folder"
-    for build in (lambda: build_extractor("superpoint", weights_dir=missing),
-                  lambda: build_matcher("superpoint", weights_dir=missing)):
+    for build in (
+        lambda: build_extractor("superpoint", weights_dir=missing),
+        lambda: build_matcher("superpoint", weights_dir=missing),
+    ):
         with pytest.raises(WeightsNotFoundError) as err:
             build()
         assert str(missing) in str(err.value)
@@ -307,12 +315,33 @@ def test_footprints_stage_runs_superpoint_from_weights_dir(weights_dir, tiny, tm
     from manifests import read_manifest
     from stages.cli import main
 
-    (tmp_path / "cheap.toml").write_text("[footprints]\nzooms = [11]\nrotations = [0]\nmax_keypoints = 128\n"
-                                         "photo_px = 128\nwindow_px = 256\nworkers = 1\n")
+    (tmp_path / "cheap.toml").write_text(
+        "[footprints]\nzooms = [11]\nrotations = [0]\nmax_keypoints = 128\n"
+        "photo_px = 128\nwindow_px = 256\nworkers = 1\n"
+    )
     out = tmp_path / "fp.parquet"
-    assert main(["run", "footprints", "--workdir", str(tiny), "--out", str(out), "--extractor", "superpoint",
-                 "--weights-dir", str(weights_dir), "--limit", "1", "--config", str(tmp_path / "cheap.toml"),
-                 "-q"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "footprints",
+                "--workdir",
+                str(tiny),
+                "--out",
+                str(out),
+                "--extractor",
+                "superpoint",
+                "--weights-dir",
+                str(weights_dir),
+                "--limit",
+                "1",
+                "--config",
+                str(tmp_path / "cheap.toml"),
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert "no calibration for superpoint features" in capsys.readouterr().err  # the CLI logs to stderr
     row = read_manifest(out, "footprints", geometry=False).iloc[0]
     assert row["status"] == "not_localized", row["reason"]

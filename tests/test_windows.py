@@ -13,8 +13,12 @@ def test_point_lies_in_four_half_stride_windows(lon, lat, zoom):
     for w in wins:
         assert w.x % 2 == 0 and w.y % 2 == 0
         assert w.x <= px < w.x + 4 and w.y <= py < w.y + 4
-        west, south, east, north = (w.corners_lonlat()[:, 0].min(), w.corners_lonlat()[:, 1].min(),
-                                    w.corners_lonlat()[:, 0].max(), w.corners_lonlat()[:, 1].max())
+        west, south, east, north = (
+            w.corners_lonlat()[:, 0].min(),
+            w.corners_lonlat()[:, 1].min(),
+            w.corners_lonlat()[:, 0].max(),
+            w.corners_lonlat()[:, 1].max(),
+        )
         assert west <= lon <= east and south <= lat <= north
     assert len({w.tile_id for w in wins}) == 4
 

@@ -40,16 +40,28 @@ def matcher_name(extractor: str) -> str:
 
 
 def _error(photo_id: str, reason: str, t0: float, matcher: str) -> dict:
-    return {"photo_id": photo_id, "status": "error", "reason": reason, "geometry": None, "homography": None,
-            "matcher": matcher, "elapsed_s": time.perf_counter() - t0}
+    return {
+        "photo_id": photo_id,
+        "status": "error",
+        "reason": reason,
+        "geometry": None,
+        "homography": None,
+        "matcher": matcher,
+        "elapsed_s": time.perf_counter() - t0,
+    }
 
 
 def _photo(row: dict, t0: float, matcher: str) -> tuple[np.ndarray | None, dict | None]:
     """(the photo, None) or (None, its error row)."""
     lat = float(row["center_lat"])
     if abs(lat) > MAX_LATITUDE:
-        return None, _error(row["photo_id"], f"weak label latitude {lat:g} is beyond the Web Mercator map (|lat| <= "
-                                             f"{MAX_LATITUDE:.4f}); no imagery to match", t0, matcher)
+        return None, _error(
+            row["photo_id"],
+            f"weak label latitude {lat:g} is beyond the Web Mercator map (|lat| <= "
+            f"{MAX_LATITUDE:.4f}); no imagery to match",
+            t0,
+            matcher,
+        )
     try:
         return read_photo(row["image_path"]), None
     except PhotoError as e:
@@ -69,16 +81,31 @@ def footprint_row(search: FootprintSearch, row: dict[str, Any], matcher: str) ->
     except Exception as e:  # one photo never stops the others
         log.exception("photo %s failed", pid)
         return _error(pid, f"{type(e).__name__}: {e}", t0, matcher)
-    out = {"photo_id": pid, "status": r.status, "reason": r.reason, "inliers": r.inliers, "zoom": r.zoom,
-           "rotation_deg": r.rotation_deg, "candidate_id": r.candidate_id, "iterations": r.iterations,
-           "confidence": r.confidence, "geometry": None, "homography": None, "matcher": matcher,
-           "elapsed_s": time.perf_counter() - t0}
+    out = {
+        "photo_id": pid,
+        "status": r.status,
+        "reason": r.reason,
+        "inliers": r.inliers,
+        "zoom": r.zoom,
+        "rotation_deg": r.rotation_deg,
+        "candidate_id": r.candidate_id,
+        "iterations": r.iterations,
+        "confidence": r.confidence,
+        "geometry": None,
+        "homography": None,
+        "matcher": matcher,
+        "elapsed_s": time.perf_counter() - t0,
+    }
     if r.evidence is not None:
         out.update({k: v for k, v in r.evidence.as_dict().items() if k != "inliers"})
     if r.status == "localized":
         poly = footprint_polygon(r.corners_lonlat)
-        out.update(corners_columns(r.corners_lonlat), geometry=poly, area_km2=area_km2(poly),
-                   homography=[float(v) for v in r.homography.ravel()])
+        out.update(
+            corners_columns(r.corners_lonlat),
+            geometry=poly,
+            area_km2=area_km2(poly),
+            homography=[float(v) for v in r.homography.ravel()],
+        )
     return out
 
 
@@ -92,8 +119,9 @@ def decision_rows(search: FootprintSearch, row: dict[str, Any], matcher: str, to
     if err is not None:
         return [err]
     try:
-        decided, pairs = search.decisions(photo, float(row["center_lon"]), float(row["center_lat"]),
-                                          Catalogue.from_row(row), top=top)
+        decided, pairs = search.decisions(
+            photo, float(row["center_lon"]), float(row["center_lat"]), Catalogue.from_row(row), top=top
+        )
     except Exception as e:  # noqa: BLE001 - one photo never stops the others
         log.exception("photo %s failed", pid)
         return [_error(pid, f"{type(e).__name__}: {e}", t0, matcher)]
@@ -102,11 +130,20 @@ def decision_rows(search: FootprintSearch, row: dict[str, Any], matcher: str, to
         return [{**base, "status": "not_localized", "refined": False, "reason": "no candidate to refine"}]
     rows = []
     for d in decided:
-        r = {**base, "status": "localized" if d.accepted else "not_localized", "refined": True,
-             "survived": d.refinement.to_mercator is not None, "reason": d.reason, "confidence": d.confidence,
-             "zoom": d.candidate.window.zoom, "rotation_deg": d.candidate.rotation_deg,
-             "candidate_id": d.candidate.window.tile_id, "iterations": d.refinement.iterations,
-             "trace": list(d.refinement.trace), **{k: getattr(d.evidence, k) for k in FEATURES}}
+        r = {
+            **base,
+            "status": "localized" if d.accepted else "not_localized",
+            "refined": True,
+            "survived": d.refinement.to_mercator is not None,
+            "reason": d.reason,
+            "confidence": d.confidence,
+            "zoom": d.candidate.window.zoom,
+            "rotation_deg": d.candidate.rotation_deg,
+            "candidate_id": d.candidate.window.tile_id,
+            "iterations": d.refinement.iterations,
+            "trace": list(d.refinement.trace),
+            **{k: getattr(d.evidence, k) for k in FEATURES},
+        }
         if d.corners_lonlat is not None:
             r.update(corners_columns(d.corners_lonlat))
         rows.append(r)
@@ -131,8 +168,9 @@ def searcher(tiles: str, settings: SearchSettings, device: str) -> FootprintSear
     return _SEARCHERS[key]
 
 
-def run_batch(rows: list[dict], tiles: str, settings: SearchSettings, device: str, part: str, threads: int = 0,
-              decisions: int = 0) -> dict:
+def run_batch(
+    rows: list[dict], tiles: str, settings: SearchSettings, device: str, part: str, threads: int = 0, decisions: int = 0
+) -> dict:
     """A Dask task: localize a batch of photos and write their rows to ``part`` (atomically).
 
     ``threads``: torch threads in this worker (Dask sets OMP_NUM_THREADS=1 in its workers; with fewer workers
@@ -153,12 +191,21 @@ def run_batch(rows: list[dict], tiles: str, settings: SearchSettings, device: st
         out += decision_rows(search, r, matcher, decisions) if decisions else [footprint_row(search, r, matcher)]
         release_heap_over(limit)  # else a Dask worker paused for memory would never resume
     write_manifest(pd.DataFrame(out), part, DECISIONS if decisions else FOOTPRINTS)
-    return {"photos": len(rows), "localized": sum(o["status"] == "localized" for o in out),
-            "seconds": sum(o["elapsed_s"] for o in out if o.get("elapsed_s"))}
+    return {
+        "photos": len(rows),
+        "localized": sum(o["status"] == "localized" for o in out),
+        "seconds": sum(o["elapsed_s"] for o in out if o.get("elapsed_s")),
+    }
 
 
-def rows_in_file_order(queries: pd.DataFrame, rejected: pd.DataFrame, part_files: list[Path], batch_size: int,
-                       kept: pa.Table | None = None, file_rows: pd.Series | None = None):
+def rows_in_file_order(
+    queries: pd.DataFrame,
+    rejected: pd.DataFrame,
+    part_files: list[Path],
+    batch_size: int,
+    kept: pa.Table | None = None,
+    file_rows: pd.Series | None = None,
+):
     """Yield the footprints manifest's rows (tables) in the queries file's order.
 
     ``queries`` (with ``_row``, the file row) were searched in batches of ``batch_size`` whose rows are in
@@ -166,6 +213,7 @@ def rows_in_file_order(queries: pd.DataFrame, rejected: pd.DataFrame, part_files
     Streams a part file at a time. With ``kept`` (``--retry-errors``: the old manifest's rows to keep, already in
     memory) all rows are sorted at once by ``file_rows`` (photo_id -> file row, the whole file); kept rows of
     photos the file no longer has come last, in their old order."""
+
     def order(table: pa.Table, rows: pd.Series) -> pa.Table:
         key = rows.reindex(table.column("photo_id").to_pandas()).to_numpy(dtype=np.float64, copy=True)
         gone = np.isnan(key)
@@ -173,8 +221,16 @@ def rows_in_file_order(queries: pd.DataFrame, rejected: pd.DataFrame, part_files
         return table.take(pa.array(np.argsort(key, kind="stable")))
 
     if len(rejected):
-        err = to_table(pd.DataFrame({"photo_id": rejected["photo_id"].astype(str), "status": "error",
-                                     "reason": "bad queries row: " + rejected["reason"].astype(str)}), FOOTPRINTS)
+        err = to_table(
+            pd.DataFrame(
+                {
+                    "photo_id": rejected["photo_id"].astype(str),
+                    "status": "error",
+                    "reason": "bad queries row: " + rejected["reason"].astype(str),
+                }
+            ),
+            FOOTPRINTS,
+        )
         err_rows = rejected["row"].to_numpy()
     else:
         err, err_rows = None, np.empty(0, dtype=np.int64)
@@ -186,10 +242,18 @@ def rows_in_file_order(queries: pd.DataFrame, rejected: pd.DataFrame, part_files
     for k, f in enumerate(part_files):
         batch = queries.iloc[k * batch_size : (k + 1) * batch_size]
         upto = int(np.searchsorted(err_rows, int(batch["_row"].iloc[-1]), side="right"))
-        rows = pd.Series(np.concatenate([batch["_row"].to_numpy(), err_rows[done:upto]]),
-                         index=np.concatenate([batch["photo_id"].to_numpy(dtype=object),
-                                               rejected["photo_id"].iloc[done:upto].astype(str).to_numpy(dtype=object)]))
-        pieces = [pq.read_table(f).cast(FOOTPRINTS.schema)] + ([err.slice(done, upto - done)] if err is not None else [])
+        rows = pd.Series(
+            np.concatenate([batch["_row"].to_numpy(), err_rows[done:upto]]),
+            index=np.concatenate(
+                [
+                    batch["photo_id"].to_numpy(dtype=object),
+                    rejected["photo_id"].iloc[done:upto].astype(str).to_numpy(dtype=object),
+                ]
+            ),
+        )
+        pieces = [pq.read_table(f).cast(FOOTPRINTS.schema)] + (
+            [err.slice(done, upto - done)] if err is not None else []
+        )
         done = upto
         yield order(pa.concat_tables(pieces), rows)
     if err is not None:

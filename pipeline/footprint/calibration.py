@@ -58,9 +58,22 @@ PACKAGED = Path(__file__).with_name("calibration.json")
 docs/decision.md."""
 PACKAGED_DECISIONS = Path(__file__).with_name("calibration-decisions.parquet")
 """The decisions the packaged calibration was fitted and validated on (``role``: fit or validation)."""
-EVIDENCE_SETTINGS = ("extractor", "max_keypoints", "contrast", "photo_px", "window_px", "refine_iterations",
-                     "refine_px", "refine_context", "refine_keypoints", "refine_surroundings_keypoints", "refine_crop",
-                     "candidate_min_inliers", "ransac_px", "half")
+EVIDENCE_SETTINGS = (
+    "extractor",
+    "max_keypoints",
+    "contrast",
+    "photo_px",
+    "window_px",
+    "refine_iterations",
+    "refine_px",
+    "refine_context",
+    "refine_keypoints",
+    "refine_surroundings_keypoints",
+    "refine_crop",
+    "candidate_min_inliers",
+    "ransac_px",
+    "half",
+)
 """The search settings that shape the evidence: a calibration records them, and a footprints run whose settings
 differ is warned that its evidence is not what the model was fitted on."""
 _LOG1P = ("inliers", "candidate_inliers")
@@ -126,9 +139,14 @@ class DecisionModel:
 
     @classmethod
     def from_dict(cls, d: dict) -> DecisionModel:
-        return cls(tuple(d["features"]), tuple(float(v) for v in d["weights"]), float(d["intercept"]),
-                   tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["scale"]),
-                   float(d.get("operating_point", DEFAULT_PRECISION)))
+        return cls(
+            tuple(d["features"]),
+            tuple(float(v) for v in d["weights"]),
+            float(d["intercept"]),
+            tuple(float(v) for v in d["mean"]),
+            tuple(float(v) for v in d["scale"]),
+            float(d.get("operating_point", DEFAULT_PRECISION)),
+        )
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iterations: int = 100) -> tuple[float, np.ndarray]:
@@ -154,8 +172,13 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iterations: int 
     return float(w[0]), w[1:]
 
 
-def fit_model(evidence: np.ndarray, right: np.ndarray, features: Sequence[str] = DEFAULT_FEATURES,
-              precision: float = DEFAULT_PRECISION, l2: float = 1.0) -> DecisionModel:
+def fit_model(
+    evidence: np.ndarray,
+    right: np.ndarray,
+    features: Sequence[str] = DEFAULT_FEATURES,
+    precision: float = DEFAULT_PRECISION,
+    l2: float = 1.0,
+) -> DecisionModel:
     """Fit a :class:`DecisionModel` on evidence vectors (N, len(FEATURES)) and their rightness (N,), and place its
     operating point (:func:`operating_point`).
 
@@ -163,9 +186,11 @@ def fit_model(evidence: np.ndarray, right: np.ndarray, features: Sequence[str] =
     right = np.asarray(right, bool)
     n_right, n_wrong = int(right.sum()), int((~right).sum())
     if min(n_right, n_wrong) < MIN_EXAMPLES:
-        raise ValueError(f"calibration needs at least {MIN_EXAMPLES} right and {MIN_EXAMPLES} wrong decisions, got "
-                         f"{n_right} right and {n_wrong} wrong; calibrate on more photos, with negatives (a sample "
-                         "workspace has them: `python -m pipeline run sample --size small`)")
+        raise ValueError(
+            f"calibration needs at least {MIN_EXAMPLES} right and {MIN_EXAMPLES} wrong decisions, got "
+            f"{n_right} right and {n_wrong} wrong; calibrate on more photos, with negatives (a sample "
+            "workspace has them: `python -m pipeline run sample --size small`)"
+        )
     features = tuple(features)
     x = transform(features, columns(evidence, features))
     mean = np.array([np.nanmean(c) if np.isfinite(c).any() else 0.0 for c in x.T])
@@ -173,8 +198,9 @@ def fit_model(evidence: np.ndarray, right: np.ndarray, features: Sequence[str] =
     scale = np.where(scale > 1e-9, scale, 1.0)
     z = np.where(np.isfinite(x), (x - mean) / scale, 0.0)
     a, b = fit_logistic(z, right.astype(np.float64), l2=l2)
-    model = DecisionModel(features, tuple(float(v) for v in b), a, tuple(float(v) for v in mean),
-                          tuple(float(v) for v in scale), 0.5)
+    model = DecisionModel(
+        features, tuple(float(v) for v in b), a, tuple(float(v) for v in mean), tuple(float(v) for v in scale), 0.5
+    )
     return replace(model, operating_point=operating_point(model.probabilities(evidence), right, precision))
 
 
@@ -238,8 +264,10 @@ def binomial_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, 
         if p >= 1.0:
             return 0.0 if upto < n else 1.0
         lp, lq = math.log(p), math.log1p(-p)
-        terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq
-                 for i in range(upto + 1)]
+        terms = [
+            math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq
+            for i in range(upto + 1)
+        ]
         m = max(terms)
         return min(1.0, math.exp(m) * sum(math.exp(t - m) for t in terms))
 
@@ -273,8 +301,9 @@ class SourceReport:
     strongest_wrong: float = float("nan")  # the highest probability a wrong decision got
 
     @classmethod
-    def of(cls, name: str, role: str, photos: int, p: np.ndarray, right: np.ndarray,
-           operating_point: float) -> SourceReport:
+    def of(
+        cls, name: str, role: str, photos: int, p: np.ndarray, right: np.ndarray, operating_point: float
+    ) -> SourceReport:
         p, right = np.asarray(p, np.float64), np.asarray(right, bool)
         acc = p >= operating_point
         ar, aw = int((acc & right).sum()), int((acc & ~right).sum())
@@ -284,16 +313,29 @@ class SourceReport:
             lo, hi = binomial_interval(k, n)
             return [k / n if n else float("nan"), lo, hi]
 
-        return cls(name, role, photos, nr, nw, ar, aw, share(ar, ar + aw), share(ar, nr), share(aw, nw),
-                   float(p[~right].max()) if nw else float("nan"))
+        return cls(
+            name,
+            role,
+            photos,
+            nr,
+            nw,
+            ar,
+            aw,
+            share(ar, ar + aw),
+            share(ar, nr),
+            share(aw, nw),
+            float(p[~right].max()) if nw else float("nan"),
+        )
 
     def lines(self) -> list[str]:
         def iv(v: list[float]) -> str:
             return "n/a" if not v or math.isnan(v[0]) else f"{v[0]:.4f} [{v[1]:.4f}, {v[2]:.4f}]"
 
-        return [f"{self.name} ({self.role}): {self.photos} photos, {self.right} right and {self.wrong} wrong decisions",
-                f"    precision {iv(self.precision)}, recall {iv(self.recall)}, wrong accepted {self.accepted_wrong}/"
-                f"{self.wrong} (share {iv(self.wrong_accepted)}); strongest wrong P = {self.strongest_wrong:.3g}"]
+        return [
+            f"{self.name} ({self.role}): {self.photos} photos, {self.right} right and {self.wrong} wrong decisions",
+            f"    precision {iv(self.precision)}, recall {iv(self.recall)}, wrong accepted {self.accepted_wrong}/"
+            f"{self.wrong} (share {iv(self.wrong_accepted)}); strongest wrong P = {self.strongest_wrong:.3g}",
+        ]
 
 
 @dataclass
@@ -313,8 +355,14 @@ class Calibration:
     def save(self, path: str | os.PathLike, before_replace: Callable[[Path], None] | None = None) -> None:
         """Write the calibration as JSON, atomically; ``before_replace(tmp)`` is called with the finished file just
         before it replaces ``path`` (see :class:`manifests.ManifestWriter`)."""
-        d = {"version": VERSION, "model": self.model.to_dict(), "extractor": self.extractor, "iou": self.iou,
-             "search": self.search, "sources": [asdict(s) for s in self.sources]}
+        d = {
+            "version": VERSION,
+            "model": self.model.to_dict(),
+            "extractor": self.extractor,
+            "iou": self.iou,
+            "search": self.search,
+            "sources": [asdict(s) for s in self.sources],
+        }
         with atomic_output(path) as tmp:
             Path(tmp).write_text(json.dumps(d, indent=2, allow_nan=True) + "\n")
             if before_replace is not None:
@@ -325,18 +373,28 @@ class Calibration:
         try:
             d = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:
-            raise ValueError(f"{path}: not a calibration file ({e}); make one with `python -m pipeline run "
-                             "calibrate`") from None
+            raise ValueError(
+                f"{path}: not a calibration file ({e}); make one with `python -m pipeline run calibrate`"
+            ) from None
         if not isinstance(d, dict) or d.get("version") != VERSION:
-            raise ValueError(f"{path}: a calibration of an older search (an inlier threshold fitted before the "
-                             "refinement matched denser keypoints: its inlier counts are not today's); fit a new one "
-                             "with `python -m pipeline run calibrate`, or pass --calibration none")
+            raise ValueError(
+                f"{path}: a calibration of an older search (an inlier threshold fitted before the "
+                "refinement matched denser keypoints: its inlier counts are not today's); fit a new one "
+                "with `python -m pipeline run calibrate`, or pass --calibration none"
+            )
         try:
-            return cls(DecisionModel.from_dict(d["model"]), str(d["extractor"]), float(d["iou"]),
-                       dict(d.get("search", {})), [SourceReport(**s) for s in d.get("sources", [])])
+            return cls(
+                DecisionModel.from_dict(d["model"]),
+                str(d["extractor"]),
+                float(d["iou"]),
+                dict(d.get("search", {})),
+                [SourceReport(**s) for s in d.get("sources", [])],
+            )
         except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}: not a calibration file ({type(e).__name__}: {e}); make one with "
-                             "`python -m pipeline run calibrate`") from None
+            raise ValueError(
+                f"{path}: not a calibration file ({type(e).__name__}: {e}); make one with "
+                "`python -m pipeline run calibrate`"
+            ) from None
 
 
 def choose_calibration(given: str, default: Path, extractor: str, search: dict) -> tuple[str | None, str | None]:
@@ -353,25 +411,42 @@ def choose_calibration(given: str, default: Path, extractor: str, search: dict) 
         return None, None
     path = PACKAGED if given == "packaged" else Path(given) if given else Path(default)
     if given and not path.is_file():
-        raise ValueError(f"calibration file not found: {path}; make one with `python -m pipeline run calibrate`, "
-                         "or pass --calibration none")
+        raise ValueError(
+            f"calibration file not found: {path}; make one with `python -m pipeline run calibrate`, "
+            "or pass --calibration none"
+        )
     packaged = given == "packaged" or not path.is_file()
     cal = Calibration.load(PACKAGED if packaged else path)
     if cal.extractor != extractor:
         if given or not packaged:
-            raise ValueError(f"{path} was fitted for {cal.extractor} features, this run uses {extractor}; "
-                             f"calibrate for them (`run calibrate --extractor {extractor}`) or pass --calibration none")
-        log.warning("no calibration for %s features (the packaged one is for %s): footprints are accepted on "
-                    "--min-inliers alone (default %d) and have no confidence; fit one with `python -m pipeline run "
-                    "calibrate --extractor %s`", extractor, cal.extractor, NO_MODEL_MIN_INLIERS, extractor)
+            raise ValueError(
+                f"{path} was fitted for {cal.extractor} features, this run uses {extractor}; "
+                f"calibrate for them (`run calibrate --extractor {extractor}`) or pass --calibration none"
+            )
+        log.warning(
+            "no calibration for %s features (the packaged one is for %s): footprints are accepted on "
+            "--min-inliers alone (default %d) and have no confidence; fit one with `python -m pipeline run "
+            "calibrate --extractor %s`",
+            extractor,
+            cal.extractor,
+            NO_MODEL_MIN_INLIERS,
+            extractor,
+        )
         return None, None
     norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731 - TOML and JSON keep lists
-    differ = [f"{k} = {search[k]!r} (fitted with {v!r})" for k, v in cal.search.items()
-              if k in search and norm(search[k]) != v]
+    differ = [
+        f"{k} = {search[k]!r} (fitted with {v!r})"
+        for k, v in cal.search.items()
+        if k in search and norm(search[k]) != v
+    ]
     if differ:
-        log.warning("the calibration %s was fitted on evidence of another search: %s; the confidence of these "
-                    "footprints is not what it was fitted for: fit one with these settings (`python -m pipeline "
-                    "run calibrate`)", "packaged with the pipeline" if packaged else path, ", ".join(differ))
+        log.warning(
+            "the calibration %s was fitted on evidence of another search: %s; the confidence of these "
+            "footprints is not what it was fitted for: fit one with these settings (`python -m pipeline "
+            "run calibrate`)",
+            "packaged with the pipeline" if packaged else path,
+            ", ".join(differ),
+        )
     return ("packaged" if packaged else str(path.resolve())), fingerprint(cal.model.to_dict())
 
 
@@ -381,5 +456,7 @@ def decision_line(calibration: str | None, min_inliers: int) -> str:
         return f"{min_inliers} inliers after refinement (no calibration)"
     model = Calibration.load(PACKAGED if calibration == "packaged" else calibration).model
     floor = f", and {min_inliers} inliers" if min_inliers else ""
-    return (f"P(right | {', '.join(model.features)}) >= {model.operating_point:.3g}{floor} "
-            f"({'the packaged calibration' if calibration == 'packaged' else calibration})")
+    return (
+        f"P(right | {', '.join(model.features)}) >= {model.operating_point:.3g}{floor} "
+        f"({'the packaged calibration' if calibration == 'packaged' else calibration})"
+    )

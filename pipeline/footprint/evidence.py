@@ -34,8 +34,7 @@ from pyproj import Geod
 
 from ..geometry.geodesy import area_km2, footprint_polygon
 
-FEATURES = ("inliers", "inlier_ratio", "coverage", "candidate_inliers", "shift", "area_ratio", "keystone",
-            "aspect")
+FEATURES = ("inliers", "inlier_ratio", "coverage", "candidate_inliers", "shift", "area_ratio", "keystone", "aspect")
 """The evidence's numbers, in the order of :meth:`Evidence.vector`."""
 
 ALTITUDE_M = 410e3
@@ -120,8 +119,9 @@ def ground_aspect(corners_lonlat: np.ndarray) -> float:
     return float((e[0] + e[2]) / max(e[1] + e[3], 1e-9))
 
 
-def off_nadir_deg(label_lon: float, label_lat: float, nadir_lon: float, nadir_lat: float,
-                  altitude_m: float = ALTITUDE_M) -> float:
+def off_nadir_deg(
+    label_lon: float, label_lat: float, nadir_lon: float, nadir_lat: float, altitude_m: float = ALTITUDE_M
+) -> float:
     """The off-nadir angle (degrees) of the view from above the nadir point to the label (spherical Earth)."""
     from ..simulate.camera import EARTH_RADIUS_M
 
@@ -131,8 +131,9 @@ def off_nadir_deg(label_lon: float, label_lat: float, nadir_lon: float, nadir_la
     return math.degrees(math.atan2(r * math.sin(g), r + altitude_m - r * math.cos(g)))
 
 
-def predicted_footprint(label_lon: float, label_lat: float, cat: Catalogue, landscape: bool = True
-                        ) -> np.ndarray | None:
+def predicted_footprint(
+    label_lon: float, label_lat: float, cat: Catalogue, landscape: bool = True
+) -> np.ndarray | None:
     """The footprint (4, 2) lon/lat the catalogue predicts: a full-frame camera with the catalogue's lens at
     :data:`ALTITUDE_M`, looking at the weak label from the catalogue's nadir (or with its tilt towards the
     north when the nadir is missing), roll 0. None without a focal length, or when the view misses the Earth."""
@@ -159,8 +160,9 @@ def predicted_footprint(label_lon: float, label_lat: float, cat: Catalogue, land
     return np.column_stack([hits.lon, hits.lat])
 
 
-def catalogue_terms(corners_lonlat: np.ndarray, label_lon: float, label_lat: float, cat: Catalogue,
-                    width: int, height: int) -> tuple[float, float, float]:
+def catalogue_terms(
+    corners_lonlat: np.ndarray, label_lon: float, label_lat: float, cat: Catalogue, width: int, height: int
+) -> tuple[float, float, float]:
     """(area_ratio, keystone, aspect) of a footprint (4, 2) lon/lat of a ``width`` x ``height`` photo; see the
     module's docstring. NaN where the catalogue lacks what a prediction needs."""
     aspect = math.log(ground_aspect(corners_lonlat) / (width / height))

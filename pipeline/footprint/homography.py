@@ -50,7 +50,11 @@ def rotation_deg(degrees: float, width: float, height: float) -> tuple[np.ndarra
     w, h = float(width), float(height)
     cw, ch = abs(w * c) + abs(h * s), abs(w * s) + abs(h * c)
     rot = np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]])
-    m = np.array([[1.0, 0, cw / 2], [0, 1.0, ch / 2], [0, 0, 1.0]]) @ rot @ np.array([[1.0, 0, -w / 2], [0, 1.0, -h / 2], [0, 0, 1.0]])
+    m = (
+        np.array([[1.0, 0, cw / 2], [0, 1.0, ch / 2], [0, 0, 1.0]])
+        @ rot
+        @ np.array([[1.0, 0, -w / 2], [0, 1.0, -h / 2], [0, 0, 1.0]])
+    )
     return m, (int(np.ceil(cw - 1e-9)), int(np.ceil(ch - 1e-9)))
 
 
@@ -91,8 +95,9 @@ def photo_to_mercator(corners_lonlat: np.ndarray, width: int, height: int) -> np
     ((4, 2) lon/lat degrees, top-left, top-right, bottom-right, bottom-left): :func:`corners_lonlat` undone."""
     lon, lat = np.asarray(corners_lonlat, np.float64).reshape(4, 2).T
     xy = np.column_stack(lonlat_to_mercator(lon, lat))
-    return cv2.getPerspectiveTransform(photo_corners(width, height).astype(np.float32),
-                                       xy.astype(np.float32)).astype(np.float64)
+    return cv2.getPerspectiveTransform(photo_corners(width, height).astype(np.float32), xy.astype(np.float32)).astype(
+        np.float64
+    )
 
 
 def positive_depth(h: np.ndarray, width: int, height: int) -> bool:

@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 CORNERS = ("tl", "tr", "br", "bl")
 
 
-def overlay(photo: np.ndarray, corners_lonlat: np.ndarray, source: TileSource, long_side: int = 768,
-            square_px: int = 64) -> np.ndarray:
+def overlay(
+    photo: np.ndarray, corners_lonlat: np.ndarray, source: TileSource, long_side: int = 768, square_px: int = 64
+) -> np.ndarray:
     """Photo | imagery through the footprint | checkerboard of both, as one RGB uint8 image.
 
     Args:
@@ -85,8 +86,14 @@ def safe_file_name(photo_id: str) -> str:
     return name
 
 
-def write_overlays(footprints, queries: str | os.PathLike, source: TileSource, out_dir: str | os.PathLike,
-                   photo_ids: list[str] | None = None, long_side: int = 768) -> list[Path]:
+def write_overlays(
+    footprints,
+    queries: str | os.PathLike,
+    source: TileSource,
+    out_dir: str | os.PathLike,
+    photo_ids: list[str] | None = None,
+    long_side: int = 768,
+) -> list[Path]:
     """One ``{photo_id}.png`` of :func:`overlay` per localized photo of ``footprints`` (a DataFrame) or of those
     in ``photo_ids``; returns the files written. Photos without a footprint or an image are skipped, with a
     warning."""
@@ -101,8 +108,11 @@ def write_overlays(footprints, queries: str | os.PathLike, source: TileSource, o
     written = []
     for pid in wanted:
         if pid not in fp.index or fp.at[pid, "status"] != "localized":
-            log.warning("%s: no footprint in the manifest (status %s); no overlay", pid,
-                        fp.at[pid, "status"] if pid in fp.index else "absent")
+            log.warning(
+                "%s: no footprint in the manifest (status %s); no overlay",
+                pid,
+                fp.at[pid, "status"] if pid in fp.index else "absent",
+            )
             continue
         if pid not in paths.index:
             log.warning("%s: not in the queries; no overlay", pid)

@@ -194,8 +194,9 @@ class Result:
     elapsed_s: float = 0.0
 
 
-def expected_zoom_order(zooms: list[int], lat: float, focal_mm: float | None, altitude_km: float = 410.0,
-                        size_tiles: int = 4) -> list[int]:
+def expected_zoom_order(
+    zooms: list[int], lat: float, focal_mm: float | None, altitude_km: float = 410.0, size_tiles: int = 4
+) -> list[int]:
     """Zooms sorted so the one whose window is about twice the expected footprint comes first.
 
     The expected footprint width (nadir) is ``altitude * 36 mm / focal``; without a focal
@@ -228,8 +229,9 @@ class FootprintSearch:
         self.source = source
         self.device = device
         wdir = self.settings.weights_dir
-        self._extract = build_extractor(self.settings.extractor, max_keypoints=self.settings.max_keypoints,
-                                        device=device, weights_dir=wdir)
+        self._extract = build_extractor(
+            self.settings.extractor, max_keypoints=self.settings.max_keypoints, device=device, weights_dir=wdir
+        )
         self._refine_extract: dict[int, Any] = {}
         mp = {"mp": True} if self.half_precision(device) else {}
         self.matcher = build_matcher(self.settings.extractor, device=device, weights_dir=wdir, **mp)
@@ -247,10 +249,12 @@ class FootprintSearch:
             return None
         cal = Calibration.load(PACKAGED if path == "packaged" else path)
         if cal.extractor != self.settings.extractor:
-            raise ValueError(f"{'the packaged calibration' if path == 'packaged' else path} is fitted for "
-                             f"{cal.extractor} features, not {self.settings.extractor}: fit one (`python -m pipeline "
-                             f"run calibrate --extractor {self.settings.extractor}`) or decide on inliers alone "
-                             "(calibration None and min_inliers)")
+            raise ValueError(
+                f"{'the packaged calibration' if path == 'packaged' else path} is fitted for "
+                f"{cal.extractor} features, not {self.settings.extractor}: fit one (`python -m pipeline "
+                f"run calibrate --extractor {self.settings.extractor}`) or decide on inliers alone "
+                "(calibration None and min_inliers)"
+            )
         return cal.model
 
     def half_precision(self, device: str = "cpu") -> bool:
@@ -268,8 +272,11 @@ class FootprintSearch:
             return self._extract(rgb)
         if max_keypoints not in self._refine_extract:  # the refinement's budgets: one model each, built once
             self._refine_extract[max_keypoints] = build_extractor(
-                self.settings.extractor, max_keypoints=max_keypoints, device=self.device,
-                weights_dir=self.settings.weights_dir)
+                self.settings.extractor,
+                max_keypoints=max_keypoints,
+                device=self.device,
+                weights_dir=self.settings.weights_dir,
+            )
         return self._refine_extract[max_keypoints](rgb)
 
     def window_features(self, window: Window) -> tuple[dict | None, float]:
@@ -323,8 +330,10 @@ class FootprintSearch:
         feats, valid = out
         arrays = {"valid": np.float64(valid), "has_features": np.bool_(feats is not None)}
         if feats is not None:
-            arrays.update({k: feats[k].numpy() for k in ("keypoints", "descriptors", "scores")},
-                          image_size=np.asarray(feats["image_size"], np.int64))
+            arrays.update(
+                {k: feats[k].numpy() for k in ("keypoints", "descriptors", "scores")},
+                image_size=np.asarray(feats["image_size"], np.int64),
+            )
         with atomic_output(self._feature_path(window)) as tmp:  # processes share the folder safely
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
@@ -355,7 +364,9 @@ class FootprintSearch:
         return Match(hg.from_centres(h), int(mask.sum()), len(m0), np.asarray(m0, np.float64)[mask] + 0.5)
 
     # -- the search ----------------------------------------------------------------------------
-    def candidates(self, photo: np.ndarray, lon: float, lat: float, focal_mm: float | None = None) -> Iterator[Candidate]:
+    def candidates(
+        self, photo: np.ndarray, lon: float, lat: float, focal_mm: float | None = None
+    ) -> Iterator[Candidate]:
         """Match the photo against every (window, rotation), likeliest zoom first; yields each pair's candidate.
 
         The quarter turns are tried at every zoom (AstroLoc's 80 pairs), the other angles only at
@@ -393,8 +404,9 @@ class FootprintSearch:
                             rot_feats[deg] = self.matcher.prepare(f), pre  # and each turn once for its windows
                         f0, pre = rot_feats[deg]
                         m = self._match(f0, feats, screen=True)
-                        yield Candidate(window, deg, m.inliers,
-                                        None if m.homography is None else to_merc @ m.homography @ pre)
+                        yield Candidate(
+                            window, deg, m.inliers, None if m.homography is None else to_merc @ m.homography @ pre
+                        )
 
     def _rotated_features(self, small: np.ndarray, deg: float, to_small: np.ndarray) -> tuple[dict, np.ndarray]:
         """Features of the photo turned ``deg`` counter-clockwise, and photo pixels -> turned pixels.
@@ -405,8 +417,9 @@ class FootprintSearch:
         m, (cw, ch) = hg.rotation_deg(deg, w, h)
         if float(deg) % 90 == 0:
             return self.extractor(np.ascontiguousarray(np.rot90(small, int(deg) // 90 % 4))), m @ to_small
-        turned = cv2.warpAffine(small, hg.to_centres(m)[:2], (cw, ch), flags=cv2.INTER_LINEAR,
-                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        turned = cv2.warpAffine(
+            small, hg.to_centres(m)[:2], (cw, ch), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        )
         feats = self.extractor(turned)
         back = hg.apply(np.linalg.inv(m), feats["keypoints"].numpy().astype(np.float64) + 0.5)
         keep = torch.from_numpy((back[:, 0] > 4) & (back[:, 0] < w - 4) & (back[:, 1] > 4) & (back[:, 1] < h - 4))
@@ -462,8 +475,9 @@ class FootprintSearch:
             north_up = self.source.render((xmin, ymax - ny * res, xmin + nx * res, ymax), nx, ny)
             # surroundings pixels -> north-up pixels, for OpenCV (integer centres)
             m = np.linalg.inv(hg.pixels_to_mercator((xmin, ymax - ny * res, xmin + nx * res, ymax), nx, ny)) @ g
-            sur = cv2.warpPerspective(north_up.rgb, hg.to_centres(m), (jw, jh),
-                                      flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+            sur = cv2.warpPerspective(
+                north_up.rgb, hg.to_centres(m), (jw, jh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+            )
             f_sur = self.extractor(sur, c.refine_surroundings_keypoints)
             if crop:
                 k = f_sur["keypoints"].numpy().astype(np.float64) + 0.5
@@ -481,7 +495,9 @@ class FootprintSearch:
                 break
         return Refinement(to_merc, last.inliers, last.matches, _to_photo(last.points), it, tuple(trace))
 
-    def check(self, to_merc: np.ndarray, width: int, height: int, lon: float, lat: float) -> tuple[np.ndarray | None, str | None]:
+    def check(
+        self, to_merc: np.ndarray, width: int, height: int, lon: float, lat: float
+    ) -> tuple[np.ndarray | None, str | None]:
         """The footprint's corners (4, 2) lon/lat, or None and why it is implausible."""
         c = self.settings
         if not hg.positive_depth(to_merc, width, height):
@@ -490,7 +506,10 @@ class FootprintSearch:
         if not np.all(np.isfinite(corners)):
             return None, "invalid geometry: corners outside the map"
         if np.abs(corners[:, 1]).max() > MAX_LATITUDE:
-            return None, f"invalid geometry: the footprint reaches beyond the Web Mercator map (|lat| > {MAX_LATITUDE:.2f})"
+            return (
+                None,
+                f"invalid geometry: the footprint reaches beyond the Web Mercator map (|lat| > {MAX_LATITUDE:.2f})",
+            )
         ring = Polygon(corners)
         if not ring.is_valid:
             return None, "invalid geometry: self-intersecting footprint"
@@ -508,8 +527,10 @@ class FootprintSearch:
         mid = float(corners[:, 0].mean())
         lx, ly = lonlat_to_mercator(mid + wrap_lon(lon - mid), lat)
         if not label_inside(xy, float(lx), float(ly), c.label_scale):
-            return None, (f"the footprint does not contain the weak label (scaled {c.label_scale:g}x about its "
-                          "centroid; label_scale sets this)")
+            return None, (
+                f"the footprint does not contain the weak label (scaled {c.label_scale:g}x about its "
+                "centroid; label_scale sets this)"
+            )
         # angles: a sane photo's footprint has no corner sharper than ~10 degrees
         for i in range(4):
             a, b, d = xy[i - 1], xy[i], xy[(i + 1) % 4]
@@ -519,30 +540,53 @@ class FootprintSearch:
                 return None, "invalid geometry: degenerate footprint (a corner sharper than 10 deg)"
         return corners, None
 
-    def decide(self, photo: np.ndarray, cand: Candidate, lon: float, lat: float,
-               catalogue: Catalogue | None = None) -> Decision:
+    def decide(
+        self, photo: np.ndarray, cand: Candidate, lon: float, lat: float, catalogue: Catalogue | None = None
+    ) -> Decision:
         """Refine one candidate, check its footprint and weigh its evidence (photo: RGB uint8 (H, W, 3))."""
         c = self.settings
         hgt, wid = photo.shape[:2]
         ref = self.refine(photo, cand.to_mercator)
-        ev = Evidence(ref.inliers, ref.inliers / max(ref.matches, 1), hull_coverage(ref.points, wid, hgt),
-                      cand.inliers, _corner_shift_px(cand.to_mercator, ref.to_mercator, wid, hgt) / math.hypot(wid, hgt)
-                      if ref.to_mercator is not None else float("nan"))
+        ev = Evidence(
+            ref.inliers,
+            ref.inliers / max(ref.matches, 1),
+            hull_coverage(ref.points, wid, hgt),
+            cand.inliers,
+            _corner_shift_px(cand.to_mercator, ref.to_mercator, wid, hgt) / math.hypot(wid, hgt)
+            if ref.to_mercator is not None
+            else float("nan"),
+        )
         if ref.to_mercator is None:  # a true match survives being re-matched in its own perspective
-            return Decision(cand, ref, None, ev, None, False,
-                            f"the candidate (zoom {cand.window.zoom}, {cand.rotation_deg} deg, {cand.inliers} inliers) "
-                            f"did not survive refinement ({ref.inliers} inliers when re-matched)")
+            return Decision(
+                cand,
+                ref,
+                None,
+                ev,
+                None,
+                False,
+                f"the candidate (zoom {cand.window.zoom}, {cand.rotation_deg} deg, {cand.inliers} inliers) "
+                f"did not survive refinement ({ref.inliers} inliers when re-matched)",
+            )
         corners, why = self.check(ref.to_mercator, wid, hgt, lon, lat)
         if corners is None:
             return Decision(cand, ref, None, ev, None, False, why)
         cat = catalogue or Catalogue()
-        ev = replace(ev, **dict(zip(("area_ratio", "keystone", "aspect"), catalogue_terms(corners, lon, lat, cat, wid, hgt))))
+        ev = replace(
+            ev, **dict(zip(("area_ratio", "keystone", "aspect"), catalogue_terms(corners, lon, lat, cat, wid, hgt)))
+        )
         limit = float(c.max_area_ratio)
         if limit and math.isfinite(ev.area_ratio) and abs(ev.area_ratio) > math.log(limit):
-            return Decision(cand, ref, None, ev, None, False,
-                            f"implausible for its catalogue: the footprint's area is {math.exp(ev.area_ratio):.2g}x the "
-                            f"one a {cat.focal_mm:g} mm lens predicts (allowed {1 / limit:.2g}-{limit:g}x; "
-                            "max_area_ratio sets this)")
+            return Decision(
+                cand,
+                ref,
+                None,
+                ev,
+                None,
+                False,
+                f"implausible for its catalogue: the footprint's area is {math.exp(ev.area_ratio):.2g}x the "
+                f"one a {cat.focal_mm:g} mm lens predicts (allowed {1 / limit:.2g}-{limit:g}x; "
+                "max_area_ratio sets this)",
+            )
         p = None if self.model is None else self.model.probability(ev)
         if ref.inliers < c.min_inliers:
             why = f"{BELOW_THRESHOLD} ({ref.inliers} < {c.min_inliers})"
@@ -556,9 +600,22 @@ class FootprintSearch:
         """The localized Result of an accepted decision."""
         cand = d.candidate
         n_px = cand.window.size_tiles * TILE_SIZE  # the window's native pixels, not the resampled window_px
-        to_win = np.linalg.inv(hg.pixels_to_mercator(cand.window.bounds_mercator(), n_px, n_px)) @ d.refinement.to_mercator
-        return Result("localized", None, d.corners_lonlat, d.refinement.inliers, cand.window.zoom, cand.rotation_deg,
-                      cand.window.tile_id, d.refinement.iterations, to_win / to_win[2, 2], d.confidence, d.evidence)
+        to_win = (
+            np.linalg.inv(hg.pixels_to_mercator(cand.window.bounds_mercator(), n_px, n_px)) @ d.refinement.to_mercator
+        )
+        return Result(
+            "localized",
+            None,
+            d.corners_lonlat,
+            d.refinement.inliers,
+            cand.window.zoom,
+            cand.rotation_deg,
+            cand.window.tile_id,
+            d.refinement.iterations,
+            to_win / to_win[2, 2],
+            d.confidence,
+            d.evidence,
+        )
 
     def localize(self, photo: np.ndarray, lon: float, lat: float, catalogue: Catalogue | None = None) -> Result:
         """The whole search for one photo (RGB uint8 (H, W, 3)), its weak label (degrees) and what the
@@ -584,8 +641,14 @@ class FootprintSearch:
                     break  # accepted: further pairs cannot change the decision
         else:
             done = {id(d.candidate) for d in decided}
-            good = sorted((k for k in cands if k.to_mercator is not None and id(k) not in done
-                           and k.inliers >= c.candidate_min_inliers), key=lambda k: -k.inliers)
+            good = sorted(
+                (
+                    k
+                    for k in cands
+                    if k.to_mercator is not None and id(k) not in done and k.inliers >= c.candidate_min_inliers
+                ),
+                key=lambda k: -k.inliers,
+            )
             for cand in good[: max(0, c.refine_top - len(decided))]:
                 decided.append(self.decide(photo, cand, lon, lat, cat))
         top = max((k.inliers for k in cands), default=0)
@@ -593,33 +656,46 @@ class FootprintSearch:
         if ok:
             best = self._result(max(ok, key=lambda d: (d.confidence or 0.0, d.refinement.inliers)))
         elif not cands:
-            best = Result("not_localized", f"no imagery around the weak label: no candidate window at zooms "
-                          f"{c.zooms} has imagery over at least {c.min_valid:.0%} of it; check that the tile "
-                          f"source covers lat {lat:.4f}, lon {lon:.4f}", inliers=top)
+            best = Result(
+                "not_localized",
+                f"no imagery around the weak label: no candidate window at zooms "
+                f"{c.zooms} has imagery over at least {c.min_valid:.0%} of it; check that the tile "
+                f"source covers lat {lat:.4f}, lon {lon:.4f}",
+                inliers=top,
+            )
         elif not decided:
-            best = Result("not_localized", f"too few inliers (best candidate {top}, need {c.candidate_min_inliers})",
-                          inliers=top)
+            best = Result(
+                "not_localized", f"too few inliers (best candidate {top}, need {c.candidate_min_inliers})", inliers=top
+            )
         else:  # the strongest of the footprints turned down, or the first reason when none survived
             footprints = [d for d in decided if d.corners_lonlat is not None]
             d = max(footprints, key=lambda d: (d.confidence or 0.0, d.refinement.inliers)) if footprints else decided[0]
-            best = Result("not_localized", d.reason, inliers=d.refinement.inliers if footprints else top,
-                          zoom=d.candidate.window.zoom if footprints else None,
-                          rotation_deg=d.candidate.rotation_deg if footprints else None,
-                          candidate_id=d.candidate.window.tile_id if footprints else None,
-                          iterations=d.refinement.iterations if footprints else 0, confidence=d.confidence,
-                          evidence=d.evidence if footprints else None)
+            best = Result(
+                "not_localized",
+                d.reason,
+                inliers=d.refinement.inliers if footprints else top,
+                zoom=d.candidate.window.zoom if footprints else None,
+                rotation_deg=d.candidate.rotation_deg if footprints else None,
+                candidate_id=d.candidate.window.tile_id if footprints else None,
+                iterations=d.refinement.iterations if footprints else 0,
+                confidence=d.confidence,
+                evidence=d.evidence if footprints else None,
+            )
         best.pairs_matched = len(cands)
         best.elapsed_s = time.perf_counter() - t0
         return best
 
-    def distinct_candidates(self, cands: list[Candidate], width: int, height: int, top: int,
-                            min_inliers: int | None = None) -> list[Candidate]:
+    def distinct_candidates(
+        self, cands: list[Candidate], width: int, height: int, top: int, min_inliers: int | None = None
+    ) -> list[Candidate]:
         """Of the candidates with a homography and ``min_inliers`` (default ``candidate_min_inliers``), the ``top``
         strongest distinct ones: a candidate whose footprint overlaps a stronger one's by more than a third of
         their union is the same place again."""
         floor = self.settings.candidate_min_inliers if min_inliers is None else min_inliers
         picked: list[tuple[Candidate, Polygon]] = []
-        for k in sorted((k for k in cands if k.to_mercator is not None and k.inliers >= floor), key=lambda k: -k.inliers):
+        for k in sorted(
+            (k for k in cands if k.to_mercator is not None and k.inliers >= floor), key=lambda k: -k.inliers
+        ):
             if len(picked) >= top:
                 break
             xy = hg.apply(k.to_mercator, hg.photo_corners(width, height))
@@ -630,8 +706,9 @@ class FootprintSearch:
                 picked.append((k, poly))
         return [k for k, _ in picked]
 
-    def decisions(self, photo: np.ndarray, lon: float, lat: float, catalogue: Catalogue | None = None,
-                  top: int = 3) -> tuple[list[Decision], int]:
+    def decisions(
+        self, photo: np.ndarray, lon: float, lat: float, catalogue: Catalogue | None = None, top: int = 3
+    ) -> tuple[list[Decision], int]:
         """For calibration: every pair matched (no early stop) and the ``top`` strongest distinct candidates
         (:meth:`distinct_candidates`), whatever their inliers, refined and weighed; returns (their decisions, the
         pairs matched). The search refines only candidates with ``candidate_min_inliers``; forced through

@@ -12,8 +12,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-CATALOGUE = ("center_lat", "center_lon", "nadir_lat", "nadir_lon", "tilt_deg", "focal_length_mm", "cloud_pct",
-             "acquired_at")
+CATALOGUE = (
+    "center_lat",
+    "center_lon",
+    "nadir_lat",
+    "nadir_lon",
+    "tilt_deg",
+    "focal_length_mm",
+    "cloud_pct",
+    "acquired_at",
+)
 """A queries row's columns that describe the row (the catalogue), not the photo's pixels."""
 
 
@@ -42,8 +50,10 @@ def moved_corners(corners_lonlat: np.ndarray, source_raster: str, target_raster:
     c = np.asarray(corners_lonlat, np.float64).reshape(4, 2)
     with rasterio.open(source_raster) as a, rasterio.open(target_raster) as b:
         if (a.width, a.height) != (b.width, b.height):
-            raise ValueError(f"{source_raster} ({a.width}x{a.height}) and {target_raster} ({b.width}x{b.height}) are "
-                             "not the same picture")
+            raise ValueError(
+                f"{source_raster} ({a.width}x{a.height}) and {target_raster} ({b.width}x{b.height}) are "
+                "not the same picture"
+            )
         x, y = Transformer.from_crs("EPSG:4326", a.crs, always_xy=True).transform(c[:, 0], c[:, 1])
         cols, rows = (~a.transform) * (np.asarray(x), np.asarray(y))
         x2, y2 = b.transform * (np.asarray(cols), np.asarray(rows))

@@ -113,5 +113,7 @@ def densify_lonlat(lon: np.ndarray, lat: np.ndarray, steps: int) -> tuple[np.nda
     t = np.arange(steps) / steps
     lon2, lat2 = np.roll(lon, -1, 1), np.roll(lat, -1, 1)
     P = lon.shape[0]
-    return ((lon[..., None] + (lon2 - lon)[..., None] * t).reshape(P, -1),
-            (lat[..., None] + (lat2 - lat)[..., None] * t).reshape(P, -1))
+    return (
+        (lon[..., None] + (lon2 - lon)[..., None] * t).reshape(P, -1),
+        (lat[..., None] + (lat2 - lat)[..., None] * t).reshape(P, -1),
+    )

@@ -54,9 +54,7 @@ def parse_zooms(value) -> tuple[int, ...]:
 def _check_size(size_tiles: int) -> int:
     size_tiles = int(size_tiles)
     if size_tiles < 2 or size_tiles % 2:
-        raise ValueError(
-            f"window size must be an even number of tiles >= 2 (half-window stride), got {size_tiles}"
-        )
+        raise ValueError(f"window size must be an even number of tiles >= 2 (half-window stride), got {size_tiles}")
     return size_tiles
 
 

@@ -30,8 +30,9 @@ _ALIGN_TOL = 1e-4
 class CachedTileSource(TileSource):
     """``source`` rendered through a tile cache in ``folder`` (see the module doc)."""
 
-    def __init__(self, source: TileSource, folder: str | os.PathLike, tile_size: int = TILE_SIZE,
-                 cache_bytes: int = 256 * 2**20):
+    def __init__(
+        self, source: TileSource, folder: str | os.PathLike, tile_size: int = TILE_SIZE, cache_bytes: int = 256 * 2**20
+    ):
         super().__init__(cache_bytes)
         self.source = source
         self.folder = os.fspath(folder)
@@ -40,8 +41,12 @@ class CachedTileSource(TileSource):
         self._bounds = tuple(source.bounds_mercator)  # asked by every render (its frame): kept, not delegated
 
     def __getstate__(self):
-        return {"source": self.source, "folder": self.folder, "tile_size": self.tile_size,
-                "cache_bytes": self._cache_bytes}
+        return {
+            "source": self.source,
+            "folder": self.folder,
+            "tile_size": self.tile_size,
+            "cache_bytes": self._cache_bytes,
+        }
 
     def __setstate__(self, state):
         self.__init__(state["source"], state["folder"], state["tile_size"], state["cache_bytes"])

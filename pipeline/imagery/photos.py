@@ -47,8 +47,10 @@ def _segment_end(data: np.ndarray, at: int, where: str) -> tuple[int, str | None
     if length < 2:
         return 0, f"corrupt JPEG data: the {where} 0xFF{marker:02X} at byte {at} has an invalid length ({length})"
     if at + 2 + length > n:
-        return 0, (f"truncated JPEG: the {where} 0xFF{marker:02X} at byte {at} runs past the end of "
-                   f"the file (to byte {at + 2 + length} of {n})")
+        return 0, (
+            f"truncated JPEG: the {where} 0xFF{marker:02X} at byte {at} runs past the end of "
+            f"the file (to byte {at + 2 + length} of {n})"
+        )
     return at + 2 + length, None
 
 
@@ -68,7 +70,7 @@ def jpeg_damage(data: np.ndarray) -> str | None:
     pos = 2
     while True:
         if pos < n - 1 and data[pos] != 0xFF:  # rare: look for the next 0xFF
-            ff = np.flatnonzero(data[pos:n - 1] == 0xFF)
+            ff = np.flatnonzero(data[pos : n - 1] == 0xFF)
             pos = pos + int(ff[0]) if ff.size else n
         if pos >= n - 1:
             return f"truncated JPEG: the file ends at byte {n} in its header, before any image data"
@@ -86,7 +88,7 @@ def jpeg_damage(data: np.ndarray) -> str | None:
         pos = end
     # Compressed data, from the first SOS header on: every 0xFF followed by a byte outside
     # _IN_SCAN is a marker; the segments it starts between scans are skipped by their length.
-    events = pos + np.flatnonzero(data[pos:n - 1] == 0xFF)
+    events = pos + np.flatnonzero(data[pos : n - 1] == 0xFF)
     events = events[~_IN_SCAN[data[events + 1]]]
     k = 0
     while k < events.size:
@@ -135,13 +137,16 @@ def read_photo(path: str | os.PathLike) -> np.ndarray:
         raise PhotoError(f"image file not found: {path}")
     size = photo_size(path)
     if size is not None and max(size) > MAX_SIDE_PX:
-        raise PhotoError(f"image too large ({size[0]}x{size[1]} px, more than {MAX_SIDE_PX} on a side): "
-                         f"downscale it first: {path}")
+        raise PhotoError(
+            f"image too large ({size[0]}x{size[1]} px, more than {MAX_SIDE_PX} on a side): downscale it first: {path}"
+        )
     try:
         data = np.fromfile(path, np.uint8)  # read once: checked, then decoded from memory
     except OSError as e:  # no read permission, an I/O error on a network disk, a file removed meanwhile
-        raise PhotoError(f"cannot read the image file ({e.strerror or e}): check its permissions and disk, "
-                         f"then run again with --retry-errors: {path}") from None
+        raise PhotoError(
+            f"cannot read the image file ({e.strerror or e}): check its permissions and disk, "
+            f"then run again with --retry-errors: {path}"
+        ) from None
     if data.size >= 2 and data[0] == 0xFF and data[1] == 0xD8:
         damage = jpeg_damage(data)
         if damage is not None:

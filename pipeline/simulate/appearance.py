@@ -102,8 +102,11 @@ def cloud_layers(v: View, app: Appearance, shadow_shift_m: tuple[float, float]):
     shadow = _smooth(thr - soft, thr + soft, f_sh)
     # thicker cloud is brighter; the finest octaves give the tops their texture
     bright = F(0.72) + F(0.26) * _smooth(thr, thr + 0.35, f_here)
-    return (np.where(ok, alpha, 0).astype(np.float32), np.where(ok, shadow, 0).astype(np.float32),
-            bright.astype(np.float32))
+    return (
+        np.where(ok, alpha, 0).astype(np.float32),
+        np.where(ok, shadow, 0).astype(np.float32),
+        bright.astype(np.float32),
+    )
 
 
 def limb_glow(camera: Camera, hit: np.ndarray) -> np.ndarray:

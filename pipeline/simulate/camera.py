@@ -33,9 +33,7 @@ def geodetic_to_ecef(lon, lat, h=0.0) -> np.ndarray:
     lam, phi = np.radians(lon), np.radians(lat)
     sp, cp = np.sin(phi), np.cos(phi)
     n = WGS84_A / np.sqrt(1.0 - WGS84_E2 * sp * sp)
-    return np.stack(
-        [(n + h) * cp * np.cos(lam), (n + h) * cp * np.sin(lam), (n * (1.0 - WGS84_E2) + h) * sp], axis=-1
-    )
+    return np.stack([(n + h) * cp * np.cos(lam), (n + h) * cp * np.sin(lam), (n * (1.0 - WGS84_E2) + h) * sp], axis=-1)
 
 
 def ecef_to_lonlat(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +84,7 @@ class Camera:
         """Unit ray directions (..., 3) in ECEF through image points (u, v) pixels."""
         xm = (np.asarray(u, np.float64) - self.width / 2.0) * self.pixel_mm
         ym = (np.asarray(v, np.float64) - self.height / 2.0) * self.pixel_mm
-        d = (self.forward * self.focal_mm + self.right * xm[..., None] + self.down * ym[..., None])
+        d = self.forward * self.focal_mm + self.right * xm[..., None] + self.down * ym[..., None]
         return _unit(d)
 
     def cast(self, u, v) -> GroundHits:

@@ -50,8 +50,13 @@ def _truth_panel(source, row, height: int) -> np.ndarray:
     img = np.ascontiguousarray(source.render((xmin, ymin, xmax, ymax), width, height).rgb[..., ::-1])
 
     def px(xx, yy):
-        return np.column_stack([(np.asarray(xx) - xmin) / (xmax - xmin) * width,
-                                (ymax - np.asarray(yy)) / (ymax - ymin) * height]).round().astype(np.int32)
+        return (
+            np.column_stack(
+                [(np.asarray(xx) - xmin) / (xmax - xmin) * width, (ymax - np.asarray(yy)) / (ymax - ymin) * height]
+            )
+            .round()
+            .astype(np.int32)
+        )
 
     if pd.notna(row.tl_lat):
         pts = px(x, y)
@@ -80,25 +85,33 @@ def contact_sheet(workdir: str | os.PathLike, out_png: str | os.PathLike, n: int
         photo = cv2.imread(str(workdir / "photos" / f"{row.photo_id}.jpg"), cv2.IMREAD_COLOR)
         if photo is None:
             continue
-        photo = cv2.resize(photo, (int(round(CELL * photo.shape[1] / photo.shape[0])), CELL),
-                           interpolation=cv2.INTER_AREA)
+        photo = cv2.resize(
+            photo, (int(round(CELL * photo.shape[1] / photo.shape[0])), CELL), interpolation=cv2.INTER_AREA
+        )
         panel = _truth_panel(source, row, CELL)
         gap = np.full((CELL, 6, 3), 255, np.uint8)
         pair = np.concatenate([photo, gap, panel], axis=1)
         area = f"{row.area_km2:.0f} km2" if pd.notna(row.area_km2) else "no footprint"
-        text = (f"{row.photo_id} {row.reason} ({row.split})  f {row.focal_length_mm:.0f} mm  tilt {row.tilt_deg:.0f}  "
-                f"roll {row.roll_deg:.0f}  cloud {row.cloud_pct:.0f}%  {area}")
+        text = (
+            f"{row.photo_id} {row.reason} ({row.split})  f {row.focal_length_mm:.0f} mm  tilt {row.tilt_deg:.0f}  "
+            f"roll {row.roll_deg:.0f}  cloud {row.cloud_pct:.0f}%  {area}"
+        )
         cells.append(_caption(pair, text))
     if not cells:
-        raise FileNotFoundError(f"no photos to show in {workdir}; create the workspace with `python -m pipeline run sample`")
+        raise FileNotFoundError(
+            f"no photos to show in {workdir}; create the workspace with `python -m pipeline run sample`"
+        )
     width = max(c.shape[1] for c in cells)
     cells = [np.pad(c, ((0, 0), (0, width - c.shape[1]), (0, 0)), constant_values=255) for c in cells]
     rows = []
     for i in range(0, len(cells), columns):
         group = cells[i : i + columns]
         group += [np.full_like(cells[0], 255)] * (columns - len(group))
-        rows.append(np.concatenate([np.concatenate([g, np.full((g.shape[0], 12, 3), 255, np.uint8)], axis=1)
-                                    for g in group], axis=1))
+        rows.append(
+            np.concatenate(
+                [np.concatenate([g, np.full((g.shape[0], 12, 3), 255, np.uint8)], axis=1) for g in group], axis=1
+            )
+        )
         rows.append(np.full((12, rows[-1].shape[1], 3), 255, np.uint8))
     sheet = np.concatenate(rows, axis=0)
     ok, buf = cv2.imencode(".png", sheet)

@@ -50,8 +50,7 @@ class SampleSize:
     eval_fraction: float = 0.25
     min_area_km2: float = 150.0
     max_area_km2: float = 40_000.0
-    negatives: dict = field(default_factory=lambda: {"limb": 0.05, "night": 0.05, "wrong_label": 0.06,
-                                                     "clouds": 0.05})
+    negatives: dict = field(default_factory=lambda: {"limb": 0.05, "night": 0.05, "wrong_label": 0.06, "clouds": 0.05})
 
 
 SIZES = {
@@ -90,8 +89,18 @@ class PhotoPlan:
 
     def camera(self) -> tuple[Camera, tuple[float, float]]:
         """The camera and its nadir (lon, lat)."""
-        return camera_looking_at(self.target_lon, self.target_lat, self.tilt_deg, self.azimuth_deg, self.roll_deg,
-                                 self.altitude_m, self.focal_mm, self.width, self.height, SENSOR_MM)
+        return camera_looking_at(
+            self.target_lon,
+            self.target_lat,
+            self.tilt_deg,
+            self.azimuth_deg,
+            self.roll_deg,
+            self.altitude_m,
+            self.focal_mm,
+            self.width,
+            self.height,
+            SENSOR_MM,
+        )
 
 
 def split_boxes(region, eval_fraction: float) -> dict[str, tuple[float, float, float, float]]:
@@ -134,7 +143,9 @@ class LandMap:
 def _inside(lon, lat, box, margin_deg: float = 0.0) -> bool:
     w, s, e, n = box
     lon, lat = np.asarray(lon), np.asarray(lat)
-    return bool(np.all((lon > w + margin_deg) & (lon < e - margin_deg) & (lat > s + margin_deg) & (lat < n - margin_deg)))
+    return bool(
+        np.all((lon > w + margin_deg) & (lon < e - margin_deg) & (lat > s + margin_deg) & (lat < n - margin_deg))
+    )
 
 
 def _appearance(rng: np.random.Generator, reason: str) -> Appearance:
@@ -142,7 +153,9 @@ def _appearance(rng: np.random.Generator, reason: str) -> Appearance:
     gains = gains / gains[1]
     cloudy = rng.uniform() < 0.5
     return Appearance(
-        cloud_cover=1.0 if reason == "clouds" else (float(rng.uniform(0.02, 0.4)) if cloudy and reason != "night" else 0.0),
+        cloud_cover=1.0
+        if reason == "clouds"
+        else (float(rng.uniform(0.02, 0.4)) if cloudy and reason != "night" else 0.0),
         cloud_km=float(rng.uniform(6.0, 35.0)),
         haze_tau=float(rng.uniform(0.03, 0.2)),
         gains=tuple(float(g) for g in gains),
@@ -221,10 +234,29 @@ def _plan_one(index: int, seed: int, reason: str, split: str, box, size: SampleS
                 label = _wrong_label(rng, label, poly, area, box)
                 if label is None:
                     continue
-        return PhotoPlan(index, photo_id(index), split, reason, tlon, tlat, tilt, az, roll, alt, focal, w, h,
-                         label[0], label[1], year, acquired, app)
-    raise RuntimeError(f"could not place photo {index} ({reason}) in {box} after 2000 tries; "
-                       "use a larger region or a smaller --size")
+        return PhotoPlan(
+            index,
+            photo_id(index),
+            split,
+            reason,
+            tlon,
+            tlat,
+            tilt,
+            az,
+            roll,
+            alt,
+            focal,
+            w,
+            h,
+            label[0],
+            label[1],
+            year,
+            acquired,
+            app,
+        )
+    raise RuntimeError(
+        f"could not place photo {index} ({reason}) in {box} after 2000 tries; use a larger region or a smaller --size"
+    )
 
 
 def _wrong_label(rng, label, poly, area: float, box) -> tuple[float, float] | None:
@@ -273,14 +305,28 @@ def render_photo(plan: PhotoPlan, seed: int) -> tuple[bytes, dict, View]:
 def truth_row(plan: PhotoPlan, cam: Camera, nadir: tuple[float, float]) -> dict:
     """The truth manifest's row of a planned photo (footprint None for limb photos)."""
     row = {
-        "photo_id": plan.photo_id, "split": plan.split, "localizable": plan.localizable, "reason": plan.reason,
-        "geometry": None, "area_km2": None,
-        "center_lat": plan.label_lat, "center_lon": plan.label_lon,
-        "target_lat": plan.target_lat, "target_lon": plan.target_lon,
-        "nadir_lat": nadir[1], "nadir_lon": nadir[0], "altitude_km": plan.altitude_m / 1e3,
-        "focal_length_mm": plan.focal_mm, "tilt_deg": plan.tilt_deg, "azimuth_deg": plan.azimuth_deg,
-        "roll_deg": plan.roll_deg, "width": plan.width, "height": plan.height, "world_year": plan.world_year,
-        "cloud_pct": 100.0 * plan.appearance.cloud_cover, "iss_structure": plan.appearance.structure,
+        "photo_id": plan.photo_id,
+        "split": plan.split,
+        "localizable": plan.localizable,
+        "reason": plan.reason,
+        "geometry": None,
+        "area_km2": None,
+        "center_lat": plan.label_lat,
+        "center_lon": plan.label_lon,
+        "target_lat": plan.target_lat,
+        "target_lon": plan.target_lon,
+        "nadir_lat": nadir[1],
+        "nadir_lon": nadir[0],
+        "altitude_km": plan.altitude_m / 1e3,
+        "focal_length_mm": plan.focal_mm,
+        "tilt_deg": plan.tilt_deg,
+        "azimuth_deg": plan.azimuth_deg,
+        "roll_deg": plan.roll_deg,
+        "width": plan.width,
+        "height": plan.height,
+        "world_year": plan.world_year,
+        "cloud_pct": 100.0 * plan.appearance.cloud_cover,
+        "iss_structure": plan.appearance.structure,
         "jpeg_quality": plan.appearance.jpeg_quality,
     }
     c = cam.corners()
@@ -295,10 +341,15 @@ def truth_row(plan: PhotoPlan, cam: Camera, nadir: tuple[float, float]) -> dict:
 def query_row(plan: PhotoPlan, nadir: tuple[float, float], image_path: str) -> dict:
     """The queries manifest's row: what a cataloguer knows (metadata rounded as NASA's is)."""
     return {
-        "photo_id": plan.photo_id, "image_path": image_path,
-        "center_lat": round(plan.label_lat, 4), "center_lon": round(plan.label_lon, 4),
-        "nadir_lat": round(nadir[1], 1), "nadir_lon": round(nadir[0], 1),
+        "photo_id": plan.photo_id,
+        "image_path": image_path,
+        "center_lat": round(plan.label_lat, 4),
+        "center_lon": round(plan.label_lon, 4),
+        "nadir_lat": round(nadir[1], 1),
+        "nadir_lon": round(nadir[0], 1),
         "acquired_at": pd.Timestamp(plan.acquired_at),
-        "focal_length_mm": float(round(plan.focal_mm)), "tilt_deg": float(round(plan.tilt_deg)),
-        "cloud_pct": float(5 * round(20 * plan.appearance.cloud_cover)), "split": plan.split,
+        "focal_length_mm": float(round(plan.focal_mm)),
+        "tilt_deg": float(round(plan.tilt_deg)),
+        "cloud_pct": float(5 * round(20 * plan.appearance.cloud_cover)),
+        "split": plan.split,
     }

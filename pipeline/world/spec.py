@@ -67,8 +67,11 @@ def open_world(path: str | os.PathLike, year: int | None = None, **kwargs):
         return world
     from ..imagery.cache import CachedTileSource
 
-    return CachedTileSource(world, spec.parent / str(cache) / f"year{world.year}",
-                            **({"cache_bytes": kwargs["cache_bytes"]} if "cache_bytes" in kwargs else {}))
+    return CachedTileSource(
+        world,
+        spec.parent / str(cache) / f"year{world.year}",
+        **({"cache_bytes": kwargs["cache_bytes"]} if "cache_bytes" in kwargs else {}),
+    )
 
 
 def load_world(path: str | os.PathLike, year: int | None = None, **kwargs) -> ProceduralWorld:
@@ -85,6 +88,8 @@ def load_world(path: str | os.PathLike, year: int | None = None, **kwargs) -> Pr
         seed = int(conf.get("seed", 0))
         yr = int(conf.get("year", 0) if year is None else year)
     except (KeyError, TypeError, ValueError, tomllib.TOMLDecodeError) as e:
-        raise ValueError(f"{spec}: not a valid world spec ({e}); it needs [world] region = [west, south, east, "
-                         "north], seed and year; regenerate it with `python -m pipeline run sample`") from None
+        raise ValueError(
+            f"{spec}: not a valid world spec ({e}); it needs [world] region = [west, south, east, "
+            "north], seed and year; regenerate it with `python -m pipeline run sample`"
+        ) from None
     return ProceduralWorld(region, seed=seed, year=yr, **kwargs)
