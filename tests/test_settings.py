@@ -62,8 +62,9 @@ def test_the_saved_settings_of_the_previous_version_are_still_up_to_date():
     outputs stay up to date and its interrupted runs resume."""
     old = json.loads((ROOT / "tests" / "data" / "records-acbf333.json").read_text())
     workdir = Path("/nonexistent-workspace")
-    assert set(old) == set(STAGES)
-    for name, stage in STAGES.items():
+    assert set(old) <= set(STAGES)  # stages added since have no earlier outputs
+    for name in old:
+        stage = STAGES[name]
         settings = stage.resolve(stage.settings_class(), workdir)
         assert stage.record(settings)[name] == old[name]["record"], name
         assert stage.parts_dir(settings).name == old[name]["parts"], name
