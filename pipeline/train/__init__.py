@@ -1,0 +1,1 @@
+"""Training the retrieval model: AstroLoc's losses (:mod:`.losses`) and batch sampling (:mod:`.sampler`)."""
