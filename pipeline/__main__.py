@@ -1,9 +1,17 @@
-"""``python -m pipeline``: the command line (:mod:`stages.cli`).
+"""``python -m pipeline``: the command line the package declares as its ``astroloc`` console script
+(``stages.cli:main``, in pyproject.toml), found through the installed package's metadata.
 
-The entry point only: the one file under ``pipeline/`` that names the stages. The library itself never
-imports them (tests/test_layers.py checks both).
+The binding lives in the packaging, one layer above everything: no module under pipeline/ names the stages,
+and the library never depends on them (tests/test_layers.py). The README's commands install the package first.
 """
 
-from stages.cli import main
+import sys
+from importlib.metadata import entry_points
 
-raise SystemExit(main())
+scripts = list(entry_points(group="console_scripts", name="astroloc"))
+if not scripts:
+    sys.exit(
+        "error: the astroloc-pipeline package is not installed, and its command line is declared in its metadata; "
+        "run `make install` (or `pip install -e .`) first"
+    )
+raise SystemExit(scripts[0].load()())
