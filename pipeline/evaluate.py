@@ -57,6 +57,9 @@ def knn(database: np.ndarray, queries: np.ndarray, k: int, index: str = "flat") 
 
     database = np.ascontiguousarray(database, dtype=np.float32)
     queries = np.ascontiguousarray(queries, dtype=np.float32)
+    k = min(k, len(database))
+    if not k or not len(queries):  # nothing to search, or no one to search for
+        return np.zeros((len(queries), k), np.float32), np.full((len(queries), k), -1, np.int64)
     d = database.shape[1]
     if index == "flat":
         ix = faiss.IndexFlatIP(d)
@@ -64,7 +67,7 @@ def knn(database: np.ndarray, queries: np.ndarray, k: int, index: str = "flat") 
         ix = faiss.index_factory(d, index, faiss.METRIC_INNER_PRODUCT)
         ix.train(database)
     ix.add(database)
-    return ix.search(queries, min(k, len(database)))
+    return ix.search(queries, k)
 
 
 def knn_within(database: np.ndarray, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

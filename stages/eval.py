@@ -159,7 +159,7 @@ class EvalStage(Stage):
         allowed, space_line = None, "the whole database"
         if s.space != "all":
             photos, q_desc, positives, windows, db_desc, allowed, space_line = self._space(
-                s, photos, q_desc, positives, windows, db_desc
+                s, photos, q_desc, positives, windows, db_desc, size
             )
             ids = windows["id"].to_numpy()
         pos_entries = np.array(
@@ -237,21 +237,18 @@ class EvalStage(Stage):
             f"{summary['descriptor_memory_mb']:.1f} MiB ({summary['dim']} values x {len(ids)} entries)"
         )
         if s.preview:
-            lines.append("  preview: " + self._preview(s, per_query, positives))
+            lines.append("  preview: " + self._preview(s, per_query, positives, size))
         return "\n".join(lines)
 
     @staticmethod
-    def _space(s: EvalSettings, photos, q_desc, positives, windows, db_desc):
+    def _space(s: EvalSettings, photos, q_desc, positives, windows, db_desc, size: int):
         """Restrict the search (see ``space``): the queries and entries kept, and for ``visible`` each query's
         allowed entries (Q, M) bool."""
-        from manifests import read_queries
         from pipeline.evaluate import cap_radius_km, great_circle_km
         from pipeline.geometry.windows import Window
 
-        cfg = tomllib.loads(Path(s.store + ".config.toml").read_text())["describe"]
-        q, _ = read_queries(cfg["queries"], check_images=False, on_error="collect")
-        q = q.assign(photo_id=q["photo_id"].astype(str)).set_index("photo_id").loc[photos["id"]]
-        size = EvalStage._size_tiles(s.store)
+        cfg, queries = EvalStage._described(s.store)
+        q = queries.loc[photos["id"]]
         unique = pd.unique(windows["id"])
         centres = {t: Window.from_tile_id(t, size).corners_lonlat().mean(axis=0) for t in unique}
         wc = np.array([centres[t] for t in windows["id"]])
@@ -295,6 +292,16 @@ class EvalStage(Stage):
         )
 
     @staticmethod
+    def _described(store: str) -> tuple[dict, pd.DataFrame]:
+        """What the describe run behind ``store`` read: its settings (the ``[describe]`` table saved beside the
+        store) and its queries indexed by photo_id (text)."""
+        from manifests import read_queries
+
+        cfg = tomllib.loads(Path(store + ".config.toml").read_text())["describe"]
+        q, _ = read_queries(cfg["queries"], check_images=False, on_error="collect")
+        return cfg, q.assign(photo_id=q["photo_id"].astype(str)).set_index("photo_id")
+
+    @staticmethod
     def _size_tiles(store: str) -> int:
         """The windows' size, from the describe run's database (recorded beside the store)."""
         cfg = Path(store + ".config.toml")
@@ -307,22 +314,20 @@ class EvalStage(Stage):
             return 4
 
     @staticmethod
-    def _preview(s: EvalSettings, per_query: pa.Table, positives: list[set[str]], n: int = 8, top: int = 5) -> str:
+    def _preview(
+        s: EvalSettings, per_query: pa.Table, positives: list[set[str]], size: int, n: int = 8, top: int = 5
+    ) -> str:
         """Queries beside their top windows, framed green (a positive) or red."""
         import cv2
 
-        from manifests import read_queries
         from pipeline.descriptors import rotate
         from pipeline.geometry.windows import Window
         from pipeline.imagery.photos import read_photo
         from pipeline.tile_sources import open_tile_source
 
-        cfg = tomllib.loads(Path(s.store + ".config.toml").read_text())["describe"]
-
-        q, _ = read_queries(cfg["queries"], check_images=False, on_error="collect")
-        paths = dict(zip(q["photo_id"].astype(str), q["image_path"]))
+        cfg, queries = EvalStage._described(s.store)
+        paths = queries["image_path"].to_dict()
         source = open_tile_source(cfg["tiles"])
-        size = EvalStage._size_tiles(s.store)
         cell = 160
         rows = []
         for r in range(min(n, per_query.num_rows)):

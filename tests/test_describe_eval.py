@@ -123,6 +123,26 @@ def test_describe_and_eval_on_a_local_cluster(tiny, small_model, tmp_path, capsy
     assert set(s["recall"]) == {"1", "5", "10", "20", "100"} and 0 <= s["random_recall"]["1"] <= 1
     per = pq.read_table(summary.with_name("queries.parquet")).to_pandas()
     assert len(per) == s["queries"] and all(len(t) == min(100, s["database_entries"]) for t in per["top_ids"])
+    # the other search spaces, and the preview
+    from manifests import read_manifest
+
+    q = read_manifest(tiny / "queries.parquet", "queries", geometry=False)
+    lon, lat = float(q["center_lon"].mean()), float(q["center_lat"].mean())
+    for name, extra in (
+        ("visible", ["--space", "visible", "--preview", str(tmp_path / "p.png")]),
+        ("region", ["--space", "region", "--center", f"{lon},{lat}", "--query-km", "500", "--window-km", "150"]),
+    ):
+        out_s = tmp_path / name / "summary.json"
+        assert (
+            main(["run", "eval", "--workdir", str(tiny), "--store", str(out), "--out", str(out_s), "-q", *extra]) == 0
+        )
+        got = json.loads(out_s.read_text())
+        assert (
+            got["space"] == name
+            and got["queries"] + got["dropped_no_positive"] <= s["queries"] + s["dropped_no_positive"]
+        )
+    assert 0 < got["database_entries"] < s["database_entries"] and "within 150 km" in got["space_detail"]
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
     # another model is refused, not mixed into the store
     other = tmp_path / "other.pt"
     save_checkpoint(other, build_model(SMALL, seed=1))
