@@ -14,7 +14,7 @@ def setup_logging(verbosity: int = 0) -> None:
     """-v: debug; default info; -q (negative): warnings only."""
     level = logging.DEBUG if verbosity > 0 else logging.INFO if verbosity == 0 else logging.WARNING
     logging.basicConfig(level=level, format=LOG_FORMAT, datefmt="%H:%M:%S", stream=sys.stderr, force=True)
-    for noisy in ("rasterio", "distributed", "fiona", "pyogrio", "matplotlib"):
+    for noisy in ("rasterio", "distributed", "fiona", "pyogrio", "matplotlib", "faiss"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 

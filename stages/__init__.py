@@ -13,6 +13,7 @@ from .footprints import FootprintsStage
 from .index import IndexStage
 from .pairs import PairsStage
 from .sample import SampleStage
+from .train import TrainStage
 
 STAGES: dict[str, Stage] = {
     s.name: s
@@ -24,6 +25,7 @@ STAGES: dict[str, Stage] = {
         PairsStage(),
         DescribeStage(),
         EvalStage(),
+        TrainStage(),
     )
 }
 

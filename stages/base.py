@@ -103,6 +103,11 @@ class Stage:
     def run(self, run: StageRun) -> str:
         raise NotImplementedError
 
+    def primary(self) -> bool:
+        """Whether this process writes the output and its config: always, but for one of several processes that
+        run a stage together (``torchrun``: only the first)."""
+        return True
+
     def up_to_date(self, run: StageRun) -> str:
         """What to add to the "up to date" line about the existing output (errors in it...); may refuse an
         output that cannot be read."""
@@ -211,6 +216,8 @@ class Stage:
         start = time.perf_counter()
         run.record = record
         summary = self.run(run)  # replaces ``out`` atomically
+        if not self.primary():
+            return summary
         if not self.take_pending_config(out):
             with atomic_output(cfg) as tmp:  # a stop before this leaves the new output beside the old config: the
                 # output's identity in the config tells them apart (changed_settings)

@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from manifests import FOOTPRINTS, detect_kind, read_manifest
+from manifests import read_manifest
 from manifests.files import atomic_output
 from pipeline.descriptors import load_descriptors
 from pipeline.evaluate import KS, first_positive_ranks, knn, knn_within, positive_windows, random_recall, recalls
@@ -30,6 +30,7 @@ from pipeline.pairs import Database
 from pipeline.settings import Settings, setting
 
 from .base import Stage, StageError, StageRun
+from .pairs import localized_footprints
 
 log = logging.getLogger(__name__)
 CORNERS = ("tl", "tr", "br", "bl")
@@ -80,25 +81,6 @@ class EvalSettings(Settings):
         self.need(self.visible_km2 > 0, "visible_km2", "an area above 0")
 
 
-def read_footprints(path: str) -> pd.DataFrame:
-    """photo_id and the corner columns of the photos with a footprint: a footprints manifest's localized rows or
-    a truth file's localizable ones."""
-    from .calibrate import read_truth
-
-    p = Path(path)
-    if p.suffix.lower() == ".parquet" and (kind := detect_kind(p)) is not None and kind.name == "footprints":
-        fp = read_manifest(p, FOOTPRINTS, geometry=False)
-        fp = fp[fp["status"] == "localized"]
-    else:
-        fp = read_truth(p).reset_index()
-        fp = fp[fp["localizable"]]
-    return (
-        fp[["photo_id", *(f"{c}_{k}" for c in CORNERS for k in ("lon", "lat"))]]
-        .assign(photo_id=lambda d: d["photo_id"].astype(str))
-        .reset_index(drop=True)
-    )
-
-
 class EvalStage(Stage):
     name = "eval"
     help = "recall@N of the described photos against the described database (EarthLoc's protocol)"
@@ -141,7 +123,7 @@ class EvalStage(Stage):
                 f"{s.store} holds {len(windows)} window and {len(photos)} photo descriptors; describe "
                 "both (`run describe` with --queries)"
             )
-        fp = read_footprints(s.footprints).drop_duplicates("photo_id").set_index("photo_id")
+        fp = localized_footprints(s.footprints).drop_duplicates("photo_id").set_index("photo_id")
         has = photos["id"].isin(fp.index).to_numpy()
         photos, q_desc = photos[has].reset_index(drop=True), q_desc[has]
         ids = windows["id"].to_numpy()
@@ -347,4 +329,4 @@ class EvalStage(Stage):
         return f"{s.preview} ({len(rows)} queries: photo, then the top {top} windows; green right, red wrong)"
 
 
-__all__ = ["EvalSettings", "EvalStage", "read_footprints"]
+__all__ = ["EvalSettings", "EvalStage"]

@@ -94,16 +94,43 @@ def load_database(path: str):
 
 
 def localized_footprints(path: str) -> pd.DataFrame:
-    """The localized rows of a footprints manifest; refuses one without the corner columns pairs are made of."""
-    fp = read_manifest(path, FOOTPRINTS, geometry=False)
-    missing = [c for c in CORNER_COLUMNS if c not in fp.columns]
-    if missing:
-        raise ManifestError(
-            path,
-            f"no corner columns {', '.join(missing)}: pairs are made from the footprints' "
-            "corners; regenerate it with `python -m pipeline run footprints`",
-        )
-    return fp[fp["status"] == "localized"].reset_index(drop=True)
+    """photo_id and the corner columns of the photos with a footprint: a footprints manifest's localized rows, or
+    a truth file's localizable ones (the sample's ``truth.parquet``, a CSV like the real sample's ``truth.csv``:
+    footprints known by other means, such as a hand-checked set). Refuses a manifest without corner columns."""
+    from .calibrate import read_truth
+
+    p = Path(path)
+    if p.suffix.lower() == ".parquet" and (kind := detect_kind(p)) is not None and kind.name == "footprints":
+        fp = read_manifest(p, FOOTPRINTS, geometry=False)
+        missing = [c for c in CORNER_COLUMNS if c not in fp.columns]
+        if missing:
+            raise ManifestError(
+                path,
+                f"no corner columns {', '.join(missing)}: pairs are made from the footprints' "
+                "corners; regenerate it with `python -m pipeline run footprints`",
+            )
+        fp = fp[fp["status"] == "localized"]
+    else:
+        fp = read_truth(p).reset_index()
+        fp = fp[fp["localizable"]]
+    return (
+        fp[["photo_id", *CORNER_COLUMNS]]
+        .assign(photo_id=lambda d: d["photo_id"].astype(str))
+        .drop_duplicates("photo_id")
+        .reset_index(drop=True)
+    )
+
+
+def is_truth_file(path: str) -> bool:
+    """Whether ``path`` is a truth file (a truth manifest or a CSV) rather than a footprints manifest."""
+    p = Path(path)
+    if p.suffix.lower() == ".csv":
+        return True
+    try:
+        kind = detect_kind(p) if p.is_file() else None
+    except Exception:  # noqa: BLE001 - not Parquet: check_manifest_path says so
+        return False
+    return kind is not None and kind.name == "truth"
 
 
 def run_chunk(
@@ -292,7 +319,8 @@ class PairsStage(Stage):
 
     def check(self, run: StageRun) -> None:
         conf = run.settings
-        check_manifest_path(conf.footprints, FOOTPRINTS, "footprints")
+        if not is_truth_file(conf.footprints):
+            check_manifest_path(conf.footprints, FOOTPRINTS, "footprints")
         check_manifest_path(conf.database, DATABASE, "database")
         load_database(conf.database)  # validated here, not in the first task
         check_cluster_options(conf.scheduler, conf.workers)

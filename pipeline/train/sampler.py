@@ -34,4 +34,42 @@ def pair_batches(grounds: np.ndarray, batch_size: int, rng: np.random.Generator)
     return batches
 
 
-__all__ = ["pair_batches"]
+class PairSchedule:
+    """The pairs of every training step, a function of (seed, step) alone: epoch ``e`` is
+    :func:`pair_batches` with the generator ``(seed, e)``, and step ``t`` is the ``t``-th batch counted across
+    epochs. A resumed run, or each process of a data-parallel one, finds the same batches without carrying a
+    sampler's state."""
+
+    def __init__(self, grounds: np.ndarray, batch_size: int, seed: int = 0):
+        self.grounds, self.batch_size, self.seed = grounds, int(batch_size), int(seed)
+        self._counts: list[int] = []  # batches per epoch
+        self._cache: dict[int, list[np.ndarray]] = {}  # the latest epochs' batches
+        if self._count(0) == 0:
+            raise ValueError(
+                f"{len(grounds)} pairs cannot fill one batch of {batch_size} pairs that do not overlap on the "
+                "ground; lower the pair batch or add photos"
+            )
+
+    def _batches(self, epoch: int) -> list[np.ndarray]:
+        if epoch not in self._cache:
+            if len(self._cache) >= 4:
+                self._cache.pop(next(iter(self._cache)))
+            rng = np.random.default_rng([self.seed, epoch])
+            self._cache[epoch] = pair_batches(self.grounds, self.batch_size, rng)
+        return self._cache[epoch]
+
+    def _count(self, epoch: int) -> int:
+        while len(self._counts) <= epoch:
+            self._counts.append(len(self._batches(len(self._counts))))
+        return self._counts[epoch]
+
+    def batch(self, step: int) -> np.ndarray:
+        """Indices into the pairs (batch_size,) of step ``step`` (0-based)."""
+        epoch = 0
+        while step >= self._count(epoch):
+            step -= self._count(epoch)
+            epoch += 1
+        return self._batches(epoch)[step]
+
+
+__all__ = ["PairSchedule", "pair_batches"]

@@ -1,0 +1,154 @@
+"""The trainer's settings: one frozen value per run, and the two recipes their defaults come from.
+
+A recipe fills every hyperparameter the user leaves unset (``None``): ``paper`` is AstroLoc's section 5.1
+(t_iou 0.2, alpha 1, beta 50, lambda 1, K 50, 48 pairs + 48 quadruplets, Adam at 5e-5, 30k iterations, mining
+every 5000) on the ``paper`` model; ``cpu`` trains the ``cpu`` model on two cores in minutes. The stage resolves
+the recipe before the run, so the record saved beside a checkpoint holds the numbers it was trained with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.settings import Settings, setting
+
+MINING = ("photos", "uniform", "random")
+"""AstroLoc's three ways of choosing a MUM batch (section 4.3): ``photos`` (solution 3: a k-means cluster drawn
+in proportion to the training photos assigned to it, Eq. 7-8), ``uniform`` (solution 2: a cluster drawn
+uniformly), ``random`` (solution 1: windows drawn at random, no clusters)."""
+
+RECIPES: dict[str, dict] = {
+    "paper": dict(
+        model="paper",
+        iou=0.2,
+        pair_batch=48,
+        quad_batch=48,
+        lr=5e-5,
+        steps=30_000,
+        clusters=50,
+        mining_every=5000,
+        mining_windows=0,
+        checkpoint_every=1000,
+        validate_every=5000,
+    ),
+    "cpu": dict(
+        model="cpu",
+        iou=0.2,
+        pair_batch=8,
+        quad_batch=4,
+        lr=1e-4,
+        steps=150,
+        clusters=8,
+        mining_every=50,
+        mining_windows=320,
+        checkpoint_every=25,
+        validate_every=50,
+    ),
+}
+"""The hyperparameters each recipe sets (the losses' gains alpha1 = alpha2 = 1, beta1 = beta2 = 50 and the
+weights lambda1 = lambda2 = 1 are the paper's in both). ``mining_windows`` 0: every training window is clustered."""
+
+
+def _region_specs(value) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, (list, tuple)):
+        raise ValueError('a list of region specs, e.g. exclude = ["regions.geojson#eval"]')
+    return tuple(str(v) for v in value)
+
+
+@dataclass(frozen=True)
+class TrainSettings(Settings):
+    section = "train setting"
+
+    pairs: str = setting("", "training pairs from `run pairs` (default: WORKDIR/pairs.parquet)")
+    footprints: str = setting(
+        "",
+        "the photos' footprints (a footprints manifest or a truth file; default: the one the pairs were made "
+        "from, as their config records)",
+    )
+    queries: str = setting("", "the photos' paths: queries manifest (default: WORKDIR/queries.parquet)")
+    database: str = setting("", "database manifest: the MUM loss's windows (default: WORKDIR/database.parquet)")
+    tiles: str = setting(
+        "",
+        "tile source of the windows (default: WORKDIR/tiles); a procedural world gives its four years to each "
+        "MUM quadruplet, another source four augmented views of one window",
+    )
+    out: str = setting("", "the trained checkpoint (default: WORKDIR/train/model.pt; metrics.parquet beside it)")
+    recipe: str = setting("cpu", "where unset hyperparameters come from: paper or cpu", choices=tuple(RECIPES))
+    method: str = setting("astroloc", "the training method: astroloc (pairs + MUM)", choices=("astroloc",))
+    model: str | None = setting(None, "the start: a model config (cpu, paper, cpu-random) or a checkpoint file")
+    backbone_weights: str | None = setting(None, "the official DINOv2 checkpoint, for the paper model")
+    iou: float | None = setting(None, "pairs below this IoU are not used (t_iou; the recipe's: 0.2)")
+    pair_batch: int | None = setting(None, "B: (photo, window) pairs per batch (paper 48, cpu 8)")
+    quad_batch: int | None = setting(None, "H: MUM quadruplets per batch (paper 48, cpu 4)")
+    alpha1: float = setting(1.0, "the pairwise loss's positive gain (Eq. 1)")
+    beta1: float = setting(50.0, "the pairwise loss's negative gain (Eq. 3)")
+    alpha2: float = setting(1.0, "the MUM loss's positive gain (Eq. 9)")
+    beta2: float = setting(50.0, "the MUM loss's negative gain (Eq. 9)")
+    lambda1: float = setting(1.0, "weight of the pairwise loss (0: MUM only)")
+    lambda2: float = setting(1.0, "weight of the MUM loss (0: pairs only)")
+    mining: str = setting(
+        "photos",
+        "how a MUM batch is chosen: photos (solution 3, clusters drawn by their share of the training photos), "
+        "uniform (solution 2), random (solution 1: no clusters)",
+        choices=MINING,
+    )
+    clusters: int | None = setting(None, "K: k-means clusters of the windows' descriptors (paper 50, cpu 8)")
+    mining_every: int | None = setting(None, "recompute the clusters every N steps (paper 5000, cpu 50)")
+    mining_windows: int | None = setting(
+        None, "cluster this many training windows, drawn once (0: all; paper 0, cpu 320)"
+    )
+    lr: float | None = setting(None, "Adam's learning rate (paper 5e-5, cpu 1e-4)")
+    steps: int | None = setting(None, "training iterations (paper 30000, cpu 150)")
+    seed: int = setting(0, "seed of the batches, the augmentation, dropout and the clustering")
+    augment: bool = setting(True, "random rotation (multiples of 90 degrees) and colour changes of every image")
+    render_px: int | None = setting(
+        None, "side the windows are rendered at before the model's resize (default: twice the model's side)"
+    )
+    exclude: tuple[str, ...] = setting(
+        (),
+        "regions that never train: photos whose footprint touches one, and windows (pairs' and MUM's) that "
+        "touch one, e.g. regions.geojson#eval; repeatable",
+        repeat=True,
+        parse=_region_specs,
+        metavar="SPEC",
+    )
+    validation: str | None = setting(
+        None,
+        "validation region (regions.geojson#val): its photos and windows are held out from training and "
+        "their recall@N is measured every validate_every steps; the best checkpoint is kept as best.pt",
+    )
+    validate_every: int | None = setting(None, "validate every N steps (paper 5000, cpu 50)")
+    checkpoint_every: int | None = setting(None, "save the resumable state every N steps (paper 1000, cpu 25)")
+    half: bool = setting(True, "mixed precision: float16 autocast on CUDA, bfloat16 on a CPU with AVX512-BF16/AMX")
+    image_cache: str = setting(
+        "",
+        "folder of rendered windows kept between runs (default: WORKDIR/train/cache; none: memory only)",
+        runtime=True,
+    )
+    loader_workers: int = setting(1, "DataLoader worker processes reading photos and rendering windows", runtime=True)
+    device: str = setting(
+        "auto", "auto, cpu, cuda or cuda:N (under torchrun: each process its local GPU)", runtime=True
+    )
+
+    def check(self) -> None:
+        for key in ("pair_batch", "quad_batch", "clusters", "mining_every", "steps", "validate_every"):
+            v = getattr(self, key)
+            self.need(v is None or v >= 1, key, "must be at least 1")
+        self.need(self.pair_batch is None or self.pair_batch >= 2, "pair_batch", "at least 2 (the negatives)")
+        self.need(self.quad_batch is None or self.quad_batch >= 2, "quad_batch", "at least 2 (the negatives)")
+        self.need(self.iou is None or 0 < self.iou <= 1, "iou", "must be in (0, 1]")
+        self.need(self.lr is None or self.lr > 0, "lr", "must be above 0")
+        self.need(self.lambda1 >= 0 and self.lambda2 >= 0, "lambda1", "loss weights must be 0 or more")
+        self.need(self.lambda1 > 0 or self.lambda2 > 0, "lambda1", "lambda1 and lambda2 cannot both be 0")
+        self.need(self.loader_workers >= 0, "loader_workers", "must be 0 (in the training process) or more")
+        self.need(self.render_px is None or self.render_px >= 14, "render_px", "must be at least 14 pixels")
+
+    def with_recipe(self) -> TrainSettings:
+        """These settings with every unset hyperparameter taken from the recipe."""
+        fill = {k: v for k, v in RECIPES[self.recipe].items() if getattr(self, k) is None}
+        return self.replace(**fill) if fill else self
+
+
+__all__ = ["MINING", "RECIPES", "TrainSettings"]

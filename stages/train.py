@@ -1,0 +1,220 @@
+"""``run train``: AstroLoc's training (section 4): the pairwise loss on (photo, window) pairs and the MUM loss on
+quadruplets of windows mined by k-means, from the pairs manifest.
+
+The stage gathers what the run trains on (:class:`pipeline.train.loop.TrainingSet`): the pairs at IoU >= t_iou,
+their photos' paths and footprints, the windows the MUM loss may draw, the validation set; it holds back every
+photo and window that touches an ``--exclude`` region or the validation region. The loop
+(:class:`pipeline.train.loop.Trainer`) keeps its resumable state in the run's work folder: a stopped run resumes
+at its last checkpoint. More than one GPU: ``torchrun --nproc-per-node N -m pipeline run train ...`` (one process
+per GPU; only the first writes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import shapely
+
+from manifests import DATABASE, PAIRS, read_manifest, read_queries
+from pipeline.model.retrieval import CONFIGS
+from pipeline.train.settings import TrainSettings
+
+from .base import Stage, StageError, StageRun, source_files
+from .pairs import CORNERS, check_manifest_path, localized_footprints, read_regions
+
+log = logging.getLogger(__name__)
+
+
+def _region(spec: str):
+    path, _, name = spec.partition("#")
+    return shapely.union_all(read_regions(path, name))
+
+
+def footprint_polygons(fp: pd.DataFrame) -> np.ndarray:
+    """Shapely polygons (N,) of footprints' corner columns (lon/lat degrees)."""
+    return shapely.polygons(
+        np.stack([fp[[f"{c}_lon" for c in CORNERS]].to_numpy(), fp[[f"{c}_lat" for c in CORNERS]].to_numpy()], axis=2)
+    )
+
+
+def _pairs_footprints(pairs: Path) -> str | None:
+    """The footprints file the pairs were made from, as the config beside them records it."""
+    cfg = pairs.with_name(pairs.name + ".config.toml")
+    try:
+        with open(cfg, "rb") as f:
+            return tomllib.load(f).get("pairs", {}).get("footprints")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+
+
+class TrainStage(Stage):
+    name = "train"
+    help = "train the retrieval model on the pairs (AstroLoc's pairwise + MUM losses); torchrun for several GPUs"
+    settings_class = TrainSettings
+
+    def primary(self) -> bool:
+        return int(os.environ.get("RANK", 0)) == 0
+
+    def resolve(self, s: TrainSettings, workdir: Path) -> TrainSettings:
+        s = s.with_recipe()
+        pairs = Path(s.pairs or workdir / "pairs.parquet").resolve()
+        footprints = s.footprints or _pairs_footprints(pairs) or str(workdir / "footprints.parquet")
+        model = s.model if s.model in CONFIGS else str(Path(s.model).resolve())
+        return s.replace(
+            pairs=str(pairs),
+            footprints=str(Path(footprints).resolve()),
+            queries=str(Path(s.queries or workdir / "queries.parquet").resolve()),
+            database=str(Path(s.database or workdir / "database.parquet").resolve()),
+            tiles=str(Path(s.tiles or workdir / "tiles").resolve()),
+            out=str(Path(s.out or workdir / "train" / "model.pt").resolve()),
+            model=model,
+            image_cache=""
+            if s.image_cache == "none"
+            else str(Path(s.image_cache or workdir / "train" / "cache").resolve()),
+            backbone_weights=str(Path(s.backbone_weights).resolve()) if s.backbone_weights else None,
+        )
+
+    def output(self, s: TrainSettings) -> Path:
+        return Path(s.out)
+
+    def input_files(self, s: TrainSettings) -> list[Path]:
+        files = [Path(s.pairs), Path(s.footprints), Path(s.queries), Path(s.database), *source_files(s.tiles)]
+        files += [Path(e.partition("#")[0]) for e in (*s.exclude, *([s.validation] if s.validation else []))]
+        if s.model not in CONFIGS:
+            files.append(Path(s.model))
+        if s.backbone_weights:
+            files.append(Path(s.backbone_weights))
+        return [f for f in files if f.is_file()]
+
+    def check(self, run: StageRun) -> None:
+        s = run.settings
+        check_manifest_path(s.pairs, PAIRS, "pairs")
+        check_manifest_path(s.database, DATABASE, "database")
+        for key in ("footprints", "queries"):
+            if not Path(getattr(s, key)).exists():
+                raise StageError(f"--{key} {getattr(s, key)}: not found; pass --{key} FILE")
+        if s.model not in CONFIGS and not Path(s.model).is_file():
+            raise StageError(f"--model {s.model}: neither a checkpoint file nor a configuration ({', '.join(CONFIGS)})")
+        if CONFIGS.get(s.model) is not None and CONFIGS[s.model].backbone == "official" and not s.backbone_weights:
+            raise StageError(
+                f"the {s.model} model starts from the official DINOv2 weights: pass --backbone-weights "
+                f"dinov2_{CONFIGS[s.model].arch}_pretrain.pth"
+            )
+
+    def training_set(self, s: TrainSettings):
+        """What the run trains on (see the module's docstring); raises StageError when nothing is left."""
+        from pipeline.evaluate import positive_windows
+        from pipeline.pairs import Database
+        from pipeline.train.data import photo_rotation
+        from pipeline.train.loop import TrainingSet
+        from pipeline.train.mining import window_boxes
+
+        pairs = read_manifest(s.pairs, PAIRS, columns=["photo_id", "tile_id", "iou"], geometry=False)
+        pairs = pairs[pairs["iou"] >= s.iou]
+        fp = localized_footprints(s.footprints).set_index("photo_id")
+        q, _ = read_queries(s.queries, check_images=False, on_error="collect")
+        paths = dict(zip(q["photo_id"].astype(str), q["image_path"]))
+        db = read_manifest(s.database, DATABASE, columns=["tile_id", "zoom", "x", "y", "size_tiles", "geometry"])
+        sizes = db["size_tiles"].unique()
+        if len(sizes) != 1:
+            raise StageError(f"{s.database}: windows of several sizes ({sorted(sizes)}); index one size per database")
+        db = db.set_index("tile_id", drop=False)
+        fp_poly = pd.Series(footprint_polygons(fp), index=fp.index)
+        win_poly = pd.Series(db.geometry.to_numpy(), index=db.index)
+
+        held = [_region(e) for e in s.exclude]
+        val_area = _region(s.validation) if s.validation else None
+        if val_area is not None:
+            held.append(val_area)
+        photo_out = np.zeros(len(fp), bool)
+        window_out = np.zeros(len(db), bool)
+        for area in held:
+            photo_out |= shapely.intersects(fp_poly.to_numpy(), area)
+            window_out |= shapely.intersects(win_poly.to_numpy(), area)
+        train_photos = set(fp.index[~photo_out]) & set(paths)
+        train_windows = set(db.index[~window_out])
+        known = pairs["photo_id"].isin(fp.index) & pairs["tile_id"].isin(db.index)
+        kept = pairs[known & pairs["photo_id"].isin(train_photos) & pairs["tile_id"].isin(train_windows)]
+        log.info(
+            "train: %d pairs at IoU >= %s, %d held back (exclude/validation regions), %d without a footprint, "
+            "photo or window",
+            len(pairs),
+            s.iou,
+            int(known.sum()) - len(kept),
+            int((~known).sum()),
+        )
+        if s.lambda1 > 0 and len(kept) < s.pair_batch:
+            raise StageError(
+                f"{len(kept)} training pairs left from {s.pairs} (IoU >= {s.iou}, regions held back): fewer than one "
+                "batch; make more pairs or lower --pair-batch"
+            )
+        pid, tid = kept["photo_id"].to_numpy(), kept["tile_id"].to_numpy()
+        corners = fp.loc[pid]
+        turns = photo_rotation(
+            corners[[f"{c}_lon" for c in CORNERS]].to_numpy(), corners[[f"{c}_lat" for c in CORNERS]].to_numpy()
+        )
+        grounds = shapely.union(fp_poly.loc[pid].to_numpy(), win_poly.loc[tid].to_numpy())
+
+        pool = db[~window_out]
+        if s.mining_windows and len(pool) > s.mining_windows:
+            pick = np.sort(np.random.default_rng(s.seed).choice(len(pool), s.mining_windows, replace=False))
+            pool = pool.iloc[pick]
+        size = int(sizes[0])
+        data = TrainingSet(
+            tiles=s.tiles,
+            size_tiles=size,
+            pair_photos=[paths[p] for p in pid],
+            pair_windows=list(tid),
+            pair_turns=turns,
+            grounds=grounds,
+            mum_windows=pool["tile_id"].astype(str).tolist(),
+            mum_boxes=window_boxes(pool["zoom"].to_numpy(), pool["x"].to_numpy(), pool["y"].to_numpy(), size),
+            photos=[paths[p] for p in sorted(set(pid))],
+        )
+        if val_area is not None:
+            vp = fp[shapely.intersects(fp_poly.to_numpy(), val_area) & fp.index.isin(list(paths))]
+            vw = db[shapely.intersects(win_poly.to_numpy(), val_area)]
+            vdb = Database.from_columns(vw["zoom"].to_numpy(), vw["x"].to_numpy(), vw["y"].to_numpy(), size)
+            positives = positive_windows(
+                vp[[f"{c}_lon" for c in CORNERS]].to_numpy(), vp[[f"{c}_lat" for c in CORNERS]].to_numpy(), vdb
+            )
+            keep = [i for i, p in enumerate(positives) if p]
+            if not keep:
+                raise StageError(f"--validation {s.validation}: no photo with a footprint on its windows")
+            data.val_photos = [paths[vp.index[i]] for i in keep]
+            data.val_positives = [positives[i] for i in keep]
+            data.val_windows = vw["tile_id"].astype(str).tolist()
+        return data
+
+    def run(self, run: StageRun) -> str:
+        from pipeline.train.loop import Trainer
+
+        s = run.settings
+        data = self.training_set(s)
+        try:
+            result = Trainer(s, data, Path(s.out), run.parts_dir()).run()
+        except ValueError as e:
+            raise StageError(str(e)) from None
+        lines = [
+            f"train: {result['steps']} steps ({s.recipe} recipe, {s.pair_batch if s.lambda1 else 0} pairs + "
+            f"{s.quad_batch if s.lambda2 else 0} quadruplets per batch, mining {s.mining}) -> {s.out}",
+            f"  {len(data.pair_windows)} pairs of {len(data.photos)} photos, {len(data.mum_windows)} MUM windows; "
+            f"last loss {result['last_loss']:.4f}; this run {result['wall_s']:.0f} s, "
+            f"{result['images_per_s']:.1f} images/s",
+            f"  metrics: {Path(s.out).with_name('metrics.parquet')}",
+        ]
+        if result["validation"]:
+            best = result["best"]
+            lines.append(
+                f"  validation ({len(data.val_photos)} photos): best recall@1 {best['recall_1']:.3f} at step "
+                f"{best['step']} -> {Path(s.out).with_name('best.pt')}"
+            )
+        return "\n".join(lines)
+
+
+__all__ = ["TrainStage", "footprint_polygons"]

@@ -1,0 +1,292 @@
+"""The trainer: its pieces against known answers, and `run train` on the tiny sample: resumed = uninterrupted,
+two gloo processes = one, leakage held back. The losses themselves: tests/test_losses.py."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import shapely
+import torch
+
+from pipeline.model import ModelConfig
+from pipeline.model.checkpoint import build_model, load_checkpoint, save_checkpoint
+from pipeline.train.data import augment, photo_rotation, split_slots
+from pipeline.train.loop import TIMING_COLUMNS
+from pipeline.train.mining import Clusters, quad_windows, window_boxes
+from pipeline.train.sampler import PairSchedule
+from stages.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ModelConfig(
+    "test",
+    arch="vits14",
+    image_px=56,
+    clusters=4,
+    cluster_dim=8,
+    token_dim=16,
+    out_dim=32,
+    trainable_blocks=1,
+    dropout=0.0,
+    backbone="random",
+)
+"""A model for the loop's plumbing (random values, 56 px: 16 patches). No dropout: two processes draw other masks
+than one (the one thing data parallelism does not reproduce), and the test compares their weights."""
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_checkpoint(path, build_model(TINY))
+    return path
+
+
+@pytest.fixture(scope="module")
+def workspace(tiny, tmp_path_factory) -> Path:
+    """The tiny sample with pairs made from its true footprints (10 photos: 23 pairs in the train region)."""
+    pairs = tmp_path_factory.mktemp("pairs") / "pairs.parquet"
+    args = ["run", "pairs", "--workdir", str(tiny), "--footprints", str(tiny / "truth.parquet"), "--out", str(pairs)]
+    assert main([*args, "-q"]) == 0
+    return pairs
+
+
+def _args(tiny: Path, pairs: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "run",
+        "train",
+        "--workdir",
+        str(tiny),
+        "--pairs",
+        str(pairs),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--steps",
+        "4",
+        "--pair-batch",
+        "2",
+        "--quad-batch",
+        "2",
+        "--clusters",
+        "2",
+        "--mining-every",
+        "2",
+        "--mining-windows",
+        "40",
+        "--checkpoint-every",
+        "1",
+        "--loader-workers",
+        "0",
+        "--image-cache",
+        str(out.parent.parent / "cache"),
+        "--no-half",
+        "-q",
+        *extra,
+    ]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "2"}
+"""Every run of a comparison in its own process with the same threads: float sums depend on the thread count."""
+
+
+def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "pipeline", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300, **kw)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)[0].state_dict()
+
+
+def _metrics(path: Path):
+    return pq.read_table(path.with_name("metrics.parquet")).to_pandas().drop(columns=list(TIMING_COLUMNS))
+
+
+# -- pieces ------------------------------------------------------------------------------------------------------
+
+
+def _square(lon0, lat0, turn_deg):
+    """A 0.2-degree footprint around (lon0, lat0) whose top edge faces ``turn_deg`` clockwise from north."""
+    t = np.radians(turn_deg)
+    up, right = np.array([np.sin(t), np.cos(t)]), np.array([np.cos(t), -np.sin(t)])
+    c = np.array([lon0, lat0])
+    pts = [c + 0.1 * (up - right), c + 0.1 * (up + right), c + 0.1 * (-up + right), c + 0.1 * (-up - right)]
+    return np.array([p[0] for p in pts])[None], np.array([p[1] for p in pts])[None]
+
+
+@pytest.mark.parametrize(
+    "up,turn", [(0, 0), (90, 270), (180, 180), (270, 90), (30, 0), (60, 270), (-40, 0), (140, 180)]
+)
+def test_a_pairs_window_is_turned_to_the_photos_orientation(up, turn):
+    """A photo whose up faces east shows north to its left: the window turned 270 degrees clockwise matches it."""
+    assert photo_rotation(*_square(10.0, 0.0, up))[0] == turn
+
+
+def test_augment_turns_clockwise_and_keeps_the_range():
+    x = torch.zeros(3, 4, 4)
+    x[:, 0, 0] = 1.0  # top-left
+    assert augment(x, 1, np.random.default_rng(0), colour=False)[:, 0, 3].eq(1).all()  # to the top-right
+    y = augment(torch.rand(3, 8, 8), 0, np.random.default_rng(1))
+    assert 0.0 <= float(y.min()) and float(y.max()) <= 1.0
+
+
+def test_the_pair_schedule_is_a_function_of_seed_and_step():
+    rng = np.random.default_rng(0)
+    grounds = shapely.box(*np.hstack([(c := rng.uniform(0, 10, (40, 2))), c + 1]).T)
+    a, b = PairSchedule(grounds, 4, seed=3), PairSchedule(grounds, 4, seed=3)
+    steps = [a.batch(t) for t in range(25)]  # across several epochs
+    assert all(np.array_equal(x, b.batch(t)) for t, x in reversed(list(enumerate(steps))))
+    for batch in steps:
+        assert not any(shapely.intersects(grounds[i], grounds[j]) for i in batch for j in batch if i < j)
+    with pytest.raises(ValueError, match="cannot fill one batch"):
+        PairSchedule(np.array([shapely.box(0, 0, 1, 1)] * 5), 2)
+
+
+def test_quadruplet_windows_come_from_one_cluster_and_never_overlap():
+    zoom = np.full(60, 10)
+    x, y = np.arange(60) % 10 * 2, np.arange(60) // 10 * 2  # windows of 4 tiles every 2: neighbours overlap
+    boxes = window_boxes(zoom, x, y, 4)
+    labels = np.arange(60) % 3
+    clusters = Clusters(labels, np.array([0, 5, 1]), step=0)
+    seen = set()
+    for step in range(30):
+        picked = quad_windows(step, 3, boxes, "photos", clusters, seed=1)
+        assert len(set(labels[picked])) == 1 and labels[picked[0]] != 0  # a cluster with no photo is never drawn
+        seen.add(int(labels[picked[0]]))
+        b = boxes[picked]
+        for i in range(3):
+            for j in range(i + 1, 3):
+                assert b[i, 2] <= b[j, 0] or b[j, 2] <= b[i, 0] or b[i, 3] <= b[j, 1] or b[j, 3] <= b[i, 1]
+    assert seen == {1, 2}
+    anywhere = quad_windows(0, 5, boxes, "random", None, seed=1)
+    assert len(set(anywhere.tolist())) == 5
+    assert split_slots(8, 1, 2) == range(4, 8)
+
+
+# -- the stage ---------------------------------------------------------------------------------------------------
+
+
+def test_a_killed_run_resumes_to_the_same_weights_and_metrics(tiny, workspace, tiny_model, tmp_path):
+    """Uninterrupted, then killed (SIGKILL) after its second checkpoint and run again: the same weights (within
+    float tolerance) and the same metrics log, timing columns aside. The uninterrupted run also validates, keeps
+    best.pt and holds the validation region's photos and windows back."""
+    val = ["--validation", f"{tiny / 'regions.geojson'}#eval", "--validate-every", "2"]
+    full = tmp_path / "full" / "model.pt"
+    done = _run(_args(tiny, workspace, tiny_model, full, *val))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert full.with_name("best.pt").is_file()
+    metrics = _metrics(full)
+    assert list(metrics.loc[metrics.kind == "train", "step"]) == [1, 2, 3, 4]
+    assert list(metrics.loc[metrics.kind == "validation", "step"]) == [2, 4]
+    assert list(metrics.loc[metrics.kind == "mining", "step"]) == [0, 2]
+    assert np.isfinite(metrics.loc[metrics.kind == "train", ["loss", "pair_pos", "pair_neg", "mum"]]).all().all()
+    blob = torch.load(full, weights_only=True)
+    assert blob["step"] == 4 and blob["training"]["validation"].endswith("#eval")
+
+    out = tmp_path / "resumed" / "model.pt"
+    cmd = [sys.executable, "-m", "pipeline", *_args(tiny, workspace, tiny_model, out, *val)]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=ENV, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 240
+        state = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            logs = list(out.parent.glob("model.pt.parts/*/metrics.parquet"))  # written just after state.pt
+            if logs and pq.read_table(logs[0], columns=["step"]).column("step").to_numpy().max() >= 2:
+                state = logs[0].with_name("state.pt")
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None and state is not None, "the run finished before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not out.exists()
+    stopped_at = torch.load(state, weights_only=True)["step"]
+    assert 2 <= stopped_at < 4
+    done = _run([a for a in _args(tiny, workspace, tiny_model, out, *val) if a != "-q"])  # it says where it resumed
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming at step {stopped_at} of 4" in done.stderr
+    a, b = _weights(full), _weights(out)
+    assert all(torch.allclose(a[k], b[k], atol=1e-7) for k in a)
+    ma, mb = _metrics(full), _metrics(out)
+    assert ma.drop(columns=["loss", "pair_pos", "pair_neg", "mum"]).equals(
+        mb.drop(columns=["loss", "pair_pos", "pair_neg", "mum"])
+    )
+    np.testing.assert_allclose(
+        ma[["loss", "pair_pos", "pair_neg", "mum"]], mb[["loss", "pair_pos", "pair_neg", "mum"]], rtol=1e-6
+    )
+    assert not (tmp_path / "full" / "model.pt.parts").exists()  # the work folder goes once the checkpoint is in
+
+
+def test_two_gloo_processes_train_as_one_with_the_same_global_batch(tiny, workspace, tiny_model, tmp_path):
+    """torchrun with two CPU processes (gloo), each reading half of each batch, against one process: the same loss
+    at every step, the same descriptors, the same weights within a third of an Adam step. (Adam divides each
+    gradient by its own size, so a gradient that is zero but for rounding, as that of SALAD's last score bias, which
+    Sinkhorn's normalization makes irrelevant, moves its parameter by rounding-driven steps of up to the learning
+    rate in either run.)"""
+    one = tmp_path / "one" / "model.pt"
+    done = _run(_args(tiny, workspace, tiny_model, one, "--steps", "3"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    two = tmp_path / "two" / "model.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517"]
+    cmd += ["-m", "pipeline", *_args(tiny, workspace, tiny_model, two, "--steps", "3")]
+    done = subprocess.run(
+        cmd, cwd=ROOT, env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    np.testing.assert_allclose(_metrics(one)["loss"], _metrics(two)["loss"], rtol=1e-5)
+    a, b, start = _weights(one), _weights(two), _weights(tiny_model)
+    lr = 1e-4  # the cpu recipe's
+    free = "aggregator.score.3.bias"  # a constant per cluster is undone by Sinkhorn's column scaling: no gradient
+    assert all(torch.allclose(a[k], b[k], atol=lr / 3) for k in a if k != free)
+    trained = [k for k, v in build_model(TINY).named_parameters() if v.requires_grad]
+    assert min(float((a[k] - start[k]).abs().max()) for k in trained if "weight" in k) > lr  # it did train
+    images = torch.rand(6, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        da, db = load_checkpoint(one)[0].eval()(images), load_checkpoint(two)[0].eval()(images)
+    assert float((da * db).sum(1).min()) > 0.9999
+
+
+def test_exclude_holds_the_region_back_and_bad_settings_are_refused(tiny, workspace, tiny_model, tmp_path, capsys):
+    from pipeline.train.settings import TrainSettings
+    from stages.train import TrainStage
+
+    stage = TrainStage()
+    s = stage.resolve(
+        TrainSettings(pairs=str(workspace), model=str(tiny_model), exclude=(f"{tiny / 'regions.geojson'}#eval",)),
+        tiny,
+    )
+    data = stage.training_set(s)
+    area = shapely.box(4.4, 45.0, 5.0, 47.0)  # the eval region
+    assert data.pair_windows and data.mum_windows
+    from manifests import read_manifest
+
+    db = read_manifest(tiny / "database.parquet", "database", columns=["tile_id", "geometry"]).set_index("tile_id")
+    db = db.geometry
+    assert not shapely.intersects(db.loc[data.mum_windows].to_numpy(), area).any()
+    assert not shapely.intersects(db.loc[data.pair_windows].to_numpy(), area).any()
+    assert s.steps == 150 and s.pair_batch == 8  # the cpu recipe filled in what was left unset
+    assert main(_args(tiny, workspace, tiny_model, tmp_path / "x" / "model.pt", "--pair-batch", "1")) == 1
+    assert "pair_batch = 1: at least 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("only", [["--lambda2", "0"], ["--lambda1", "0", "--mining", "random"]])
+def test_one_loss_alone_trains(tiny, workspace, tiny_model, tmp_path, only):
+    """The ablation's rows: the pairwise loss alone (no quadruplets drawn) and MUM alone (no pair read)."""
+    out = tmp_path / "m" / "model.pt"
+    assert main(_args(tiny, workspace, tiny_model, out, "--steps", "1", *only)) == 0
+    m = _metrics(out)
+    row = m[m.kind == "train"].iloc[0]
+    assert np.isfinite(row["loss"]) and (np.isnan(row["mum"]) if "--lambda2" in only else np.isnan(row["pair_pos"]))
+    assert not (m.kind == "mining").any()  # neither needs clusters
