@@ -2,7 +2,7 @@
 together, every row with the same budget (steps, batch sizes, seed), each model described and evaluated on the
 held-out evaluation region exactly as `run describe` and `run eval` do.
 
-    python bench/ablation.py --workdir W [--steps 60] [--out A] [--rows pair,sol3,pair+sol3]
+    python bench/ablation.py --workdir W [--steps 100] [--out A] [--rows pair,sol3,pair+sol3]
 
 The workspace needs pairs made without the evaluation region's photos:
 
@@ -46,7 +46,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", required=True, type=Path)
     ap.add_argument("--out", type=Path, default=Path("ablation"))
-    ap.add_argument("--steps", type=int, default=60, help="every row's budget (training iterations)")
+    ap.add_argument(
+        "--steps", type=int, default=100, help="every row's budget (training iterations; the cpu recipe's 100)"
+    )
     ap.add_argument("--rows", default=",".join(ROWS), help=f"some of {', '.join(ROWS)}")
     ap.add_argument("--train-args", default="", help="more options for every `run train`, e.g. '--pair-batch 4'")
     a = ap.parse_args()

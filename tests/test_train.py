@@ -276,7 +276,7 @@ def test_exclude_holds_the_region_back_and_bad_settings_are_refused(tiny, worksp
     db = db.geometry
     assert not shapely.intersects(db.loc[data.mum_windows].to_numpy(), area).any()
     assert not shapely.intersects(db.loc[data.pair_windows].to_numpy(), area).any()
-    assert s.steps == 150 and s.pair_batch == 8  # the cpu recipe filled in what was left unset
+    assert s.steps == 100 and s.pair_batch == 8  # the cpu recipe filled in what was left unset
     assert main(_args(tiny, workspace, tiny_model, tmp_path / "x" / "model.pt", "--pair-batch", "1")) == 1
     assert "pair_batch = 1: at least 2" in capsys.readouterr().err
 

@@ -162,6 +162,24 @@ def embed(model, images: Sequence[torch.Tensor], device: str, half: bool, batch:
     return np.concatenate(out) if out else np.zeros((0, model.config.out_dim), np.float32)
 
 
+def trained_state(model) -> dict[str, torch.Tensor]:
+    """The parameters training changes (those that require gradients), by name: what a resumable state keeps of the
+    model (the frozen blocks are the start model's: the paper model trains 4 of ViT-B/14's 12 blocks)."""
+    return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def param_groups(model, lr: float, backbone_lr: float | None = None) -> list[dict]:
+    """Adam's parameter groups: the backbone's trainable blocks at ``backbone_lr`` (default ``lr``; 0 freezes them),
+    SALAD and the linear layer at ``lr``."""
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("backbone.")]
+    if backbone_lr == 0:
+        for p in backbone:
+            p.requires_grad_(False)
+        return [{"params": rest, "lr": lr}]
+    return [{"params": backbone, "lr": lr if backbone_lr is None else backbone_lr}, {"params": rest, "lr": lr}]
+
+
 class Trainer:
     """One run: ``Trainer(settings, data, out, work).run()``. ``settings`` are resolved (the recipe applied), ``out``
     the final checkpoint (metrics.parquet and, with validation, best.pt beside it), ``work`` the folder of the
@@ -230,7 +248,7 @@ class Trainer:
     def _save_state(self, step, model, opt, scaler, clusters, best, metrics) -> None:
         blob = {
             "step": int(step),
-            "model": model.state_dict(),
+            "model": trained_state(model),  # the frozen rest is the start model's, rebuilt on resume
             "optimizer": opt.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "clusters": clusters.state() if clusters is not None else None,
@@ -247,7 +265,9 @@ class Trainer:
         if not path.is_file():
             return 0, None, {"recall_1": -1.0, "step": -1}, []
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(blob["model"])
+        missing, unexpected = model.load_state_dict(blob["model"], strict=False)
+        if unexpected or set(trained_state(model)) - set(blob["model"]):
+            raise ValueError(f"{path}: its weights are not this run's trainable ones; pass --overwrite to start again")
         opt.load_state_dict(blob["optimizer"])
         if scaler is not None and blob.get("scaler"):
             scaler.load_state_dict(blob["scaler"])
@@ -265,8 +285,7 @@ class Trainer:
         self.work.mkdir(parents=True, exist_ok=True)
         model = start_model(s).to(self.device)
         model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=s.lr)
+        opt = torch.optim.Adam(param_groups(model, s.lr, s.backbone_lr))
         cuda = self.device.startswith("cuda")
         dtype = autocast_dtype(self.device, s.half)
         scaler = torch.amp.GradScaler("cuda") if cuda and dtype == torch.float16 else None

@@ -36,8 +36,8 @@ RECIPES: dict[str, dict] = {
         iou=0.2,
         pair_batch=8,
         quad_batch=4,
-        lr=1e-4,
-        steps=150,
+        lr=1e-5,
+        steps=100,
         clusters=8,
         mining_every=50,
         mining_windows=320,
@@ -99,8 +99,11 @@ class TrainSettings(Settings):
     mining_windows: int | None = setting(
         None, "cluster this many training windows, drawn once (0: all; paper 0, cpu 320)"
     )
-    lr: float | None = setting(None, "Adam's learning rate (paper 5e-5, cpu 1e-4)")
-    steps: int | None = setting(None, "training iterations (paper 30000, cpu 150)")
+    lr: float | None = setting(None, "Adam's learning rate (paper 5e-5, cpu 1e-5)")
+    backbone_lr: float | None = setting(
+        None, "learning rate of the backbone's trainable blocks (default: lr; 0 keeps them as they start)"
+    )
+    steps: int | None = setting(None, "training iterations (paper 30000, cpu 100)")
     seed: int = setting(0, "seed of the batches, the augmentation, dropout and the clustering")
     augment: bool = setting(True, "random rotation (multiples of 90 degrees) and colour changes of every image")
     render_px: int | None = setting(
@@ -140,6 +143,7 @@ class TrainSettings(Settings):
         self.need(self.quad_batch is None or self.quad_batch >= 2, "quad_batch", "at least 2 (the negatives)")
         self.need(self.iou is None or 0 < self.iou <= 1, "iou", "must be in (0, 1]")
         self.need(self.lr is None or self.lr > 0, "lr", "must be above 0")
+        self.need(self.backbone_lr is None or self.backbone_lr >= 0, "backbone_lr", "must be 0 or more")
         self.need(self.lambda1 >= 0 and self.lambda2 >= 0, "lambda1", "loss weights must be 0 or more")
         self.need(self.lambda1 > 0 or self.lambda2 > 0, "lambda1", "lambda1 and lambda2 cannot both be 0")
         self.need(self.loader_workers >= 0, "loader_workers", "must be 0 (in the training process) or more")
