@@ -235,19 +235,19 @@ def test_two_gloo_processes_train_as_one_with_the_same_global_batch(tiny, worksp
     gradient by its own size, so a gradient that is zero but for rounding, as that of SALAD's last score bias, which
     Sinkhorn's normalization makes irrelevant, moves its parameter by rounding-driven steps of up to the learning
     rate in either run.)"""
+    lr = 1e-4  # steps well above rounding
     one = tmp_path / "one" / "model.pt"
-    done = _run(_args(tiny, workspace, tiny_model, one, "--steps", "3"))
+    done = _run(_args(tiny, workspace, tiny_model, one, "--steps", "3", "--lr", str(lr)))
     assert done.returncode == 0, done.stderr[-3000:]
     two = tmp_path / "two" / "model.pt"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517"]
-    cmd += ["-m", "pipeline", *_args(tiny, workspace, tiny_model, two, "--steps", "3")]
+    cmd += ["-m", "pipeline", *_args(tiny, workspace, tiny_model, two, "--steps", "3", "--lr", str(lr))]
     done = subprocess.run(
         cmd, cwd=ROOT, env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
     np.testing.assert_allclose(_metrics(one)["loss"], _metrics(two)["loss"], rtol=1e-5)
     a, b, start = _weights(one), _weights(two), _weights(tiny_model)
-    lr = 1e-4  # the cpu recipe's
     free = "aggregator.score.3.bias"  # a constant per cluster is undone by Sinkhorn's column scaling: no gradient
     assert all(torch.allclose(a[k], b[k], atol=lr / 3) for k in a if k != free)
     trained = [k for k, v in build_model(TINY).named_parameters() if v.requires_grad]
