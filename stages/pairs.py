@@ -233,16 +233,16 @@ def excluded_photos(footprints: pd.DataFrame, spec: str, queries: str | None) ->
 
     path, _, name = spec.partition("#")
     area = shapely.union_all(read_regions(path, name))
-    polys = shapely.polygons(
-        np.stack(
-            [
-                footprints[[f"{c}_lon" for c in CORNERS]].to_numpy(),
-                footprints[[f"{c}_lat" for c in CORNERS]].to_numpy(),
-            ],
-            axis=2,
-        )
+    return shapely.intersects(footprint_polygons(footprints), area)
+
+
+def footprint_polygons(fp: pd.DataFrame) -> np.ndarray:
+    """Shapely polygons (N,) of footprints' corner columns (lon/lat degrees)."""
+    import shapely
+
+    return shapely.polygons(
+        np.stack([fp[[f"{c}_lon" for c in CORNERS]].to_numpy(), fp[[f"{c}_lat" for c in CORNERS]].to_numpy()], axis=2)
     )
-    return shapely.intersects(polys, area)
 
 
 def photo_rate(photos: int, seconds: float) -> str:

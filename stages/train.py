@@ -25,7 +25,7 @@ from pipeline.model.retrieval import CONFIGS
 from pipeline.train.settings import TrainSettings
 
 from .base import Stage, StageError, StageRun, source_files
-from .pairs import CORNERS, check_manifest_path, localized_footprints, read_regions
+from .pairs import CORNERS, check_manifest_path, footprint_polygons, localized_footprints, read_regions
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,6 @@ log = logging.getLogger(__name__)
 def _region(spec: str):
     path, _, name = spec.partition("#")
     return shapely.union_all(read_regions(path, name))
-
-
-def footprint_polygons(fp: pd.DataFrame) -> np.ndarray:
-    """Shapely polygons (N,) of footprints' corner columns (lon/lat degrees)."""
-    return shapely.polygons(
-        np.stack([fp[[f"{c}_lon" for c in CORNERS]].to_numpy(), fp[[f"{c}_lat" for c in CORNERS]].to_numpy()], axis=2)
-    )
 
 
 def _pairs_footprints(pairs: Path) -> str | None:
@@ -217,4 +210,4 @@ class TrainStage(Stage):
         return "\n".join(lines)
 
 
-__all__ = ["TrainStage", "footprint_polygons"]
+__all__ = ["TrainStage"]

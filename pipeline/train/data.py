@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -217,16 +216,10 @@ def default_render_px(side: int) -> int:
     return 2 * side
 
 
-def check_files(paths: Sequence[str]) -> list[str]:
-    """The paths of ``paths`` that are not files (photos that moved since the queries were written)."""
-    return [p for p in paths if not os.path.isfile(p)]
-
-
 __all__ = [
     "StepPlan",
     "TrainImages",
     "augment",
-    "check_files",
     "default_render_px",
     "photo_rotation",
     "resize_square",
