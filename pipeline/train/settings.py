@@ -48,6 +48,14 @@ RECIPES: dict[str, dict] = {
 """The hyperparameters each recipe sets (the losses' gains alpha1 = alpha2 = 1, beta1 = beta2 = 50 and the
 weights lambda1 = lambda2 = 1 are the paper's in both). ``mining_windows`` 0: every training window is clustered."""
 
+ADAPTER_RECIPES: dict[str, dict] = {
+    "paper": dict(lr=1e-3, steps=60, photos_per_step=700, checkpoint_every=10),
+    "cpu": dict(lr=1e-3, steps=60, photos_per_step=700, checkpoint_every=10),
+}
+"""``--method adapter``'s recipes: the adapter paper's section IV-B (Adam at 1e-3, T = 60 iterations, 700 photos
+per iteration on University-1652). An iteration costs seconds on a CPU at the sample's scale, so ``cpu`` is the
+same."""
+
 
 def _region_specs(value) -> tuple[str, ...]:
     if isinstance(value, str):
@@ -76,7 +84,12 @@ class TrainSettings(Settings):
     )
     out: str = setting("", "the trained checkpoint (default: WORKDIR/train/model.pt; metrics.parquet beside it)")
     recipe: str = setting("cpu", "where unset hyperparameters come from: paper or cpu", choices=tuple(RECIPES))
-    method: str = setting("astroloc", "the training method: astroloc (pairs + MUM)", choices=("astroloc",))
+    method: str = setting(
+        "astroloc",
+        "the training method: astroloc (pairs + MUM, trains the model) or adapter (a linear adapter on a frozen "
+        "model's stored descriptors, EM pseudo-labels: no label used)",
+        choices=("astroloc", "adapter"),
+    )
     model: str | None = setting(None, "the start: a model config (cpu, paper, cpu-random) or a checkpoint file")
     backbone_weights: str | None = setting(None, "the official DINOv2 checkpoint, for the paper model")
     iou: float | None = setting(None, "pairs below this IoU are not used (t_iou; the recipe's: 0.2)")
@@ -124,6 +137,33 @@ class TrainSettings(Settings):
     )
     validate_every: int | None = setting(None, "validate every N steps (paper 5000, cpu 50)")
     checkpoint_every: int | None = setting(None, "save the resumable state every N steps (paper 1000, cpu 25)")
+    features: str = setting(
+        "",
+        "adapter: the frozen model's descriptor store from `run describe` (default: "
+        "WORKDIR/descriptors/index.parquet); its model is the frozen one",
+    )
+    labels: str = setting(
+        "em",
+        "adapter: em (pseudo-labels, Eq. 5; no label used) or pairs (supervised by the pairs manifest: the "
+        "ablation's supervised row)",
+        choices=("em", "pairs"),
+    )
+    adapter_dim: int = setting(2048, "adapter: d, the adapted descriptors' size (residual: the frozen size)")
+    residual: bool = setting(False, "adapter: the residual-style design z = x + f(x) (the paper's Fig. 6a)")
+    aic: bool = setting(True, "adapter: the reverter and the reconstruction loss (AIC, Eq. 7-8)")
+    aic_weight: float = setting(1.0, "adapter: the reconstruction loss's weight (the paper's: 1)")
+    aic_reduction: str = setting(
+        "sum",
+        "adapter: the reconstruction loss summed over the descriptors (Eq. 8) or its mean per descriptor",
+        choices=("sum", "mean"),
+    )
+    tau: float = setting(0.1, "adapter: the InfoNCE temperature (Eq. 6; the paper does not give its value)")
+    photos_per_step: int | None = setting(None, "adapter: M, photos drawn per iteration (paper 700)")
+    references_per_step: int = setting(
+        65536,
+        "adapter: references in an iteration's loss: all of them up to this many (Algorithm 1); beyond, the "
+        "E-step still searches all, the InfoNCE runs over the pseudo-positives plus this many drawn at random",
+    )
     half: bool = setting(True, "mixed precision: float16 autocast on CUDA, bfloat16 on a CPU with AVX512-BF16/AMX")
     image_cache: str = setting(
         "",
@@ -148,11 +188,17 @@ class TrainSettings(Settings):
         self.need(self.lambda1 > 0 or self.lambda2 > 0, "lambda1", "lambda1 and lambda2 cannot both be 0")
         self.need(self.loader_workers >= 0, "loader_workers", "must be 0 (in the training process) or more")
         self.need(self.render_px is None or self.render_px >= 14, "render_px", "must be at least 14 pixels")
+        self.need(self.adapter_dim >= 1, "adapter_dim", "must be at least 1")
+        self.need(self.tau > 0, "tau", "must be above 0")
+        self.need(self.aic_weight >= 0, "aic_weight", "must be 0 or more")
+        self.need(self.photos_per_step is None or self.photos_per_step >= 1, "photos_per_step", "at least 1")
+        self.need(self.references_per_step >= 0, "references_per_step", "0 (all) or more")
 
     def with_recipe(self) -> TrainSettings:
         """These settings with every unset hyperparameter taken from the recipe."""
-        fill = {k: v for k, v in RECIPES[self.recipe].items() if getattr(self, k) is None}
+        recipes = ADAPTER_RECIPES if self.method == "adapter" else RECIPES
+        fill = {k: v for k, v in recipes[self.recipe].items() if getattr(self, k) is None}
         return self.replace(**fill) if fill else self
 
 
-__all__ = ["MINING", "RECIPES", "TrainSettings"]
+__all__ = ["ADAPTER_RECIPES", "MINING", "RECIPES", "TrainSettings"]
