@@ -237,9 +237,13 @@ class TrainStage(Stage):
         folder = Path(s.features).parent
         index = read_index(folder)
         photos, windows = index[index["kind"] == "photo"], index[index["kind"] == "window"]
-        q, _ = read_queries(cfg["queries"], check_images=False, on_error="collect") if cfg["queries"] != "none" else (
-            pd.DataFrame(columns=["photo_id", "center_lon", "center_lat"]),
-            None,
+        q, _ = (
+            read_queries(cfg["queries"], check_images=False, on_error="collect")
+            if cfg["queries"] != "none"
+            else (
+                pd.DataFrame(columns=["photo_id", "center_lon", "center_lat"]),
+                None,
+            )
         )
         db = read_manifest(cfg["database"], DATABASE, columns=["tile_id", "geometry"])
         held = [_region(e) for e in s.exclude]

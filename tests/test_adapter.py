@@ -193,15 +193,13 @@ def frozen(tiny, tmp_path_factory) -> tuple[Path, Path]:
     return model, store
 
 
-def test_run_train_adapter_holds_the_region_back_and_describes_through_its_frozen_model(
-    tiny, frozen, tmp_path, capsys
-):
+def test_run_train_adapter_holds_the_region_back_and_describes_through_its_frozen_model(tiny, frozen, tmp_path, capsys):
     import shapely
 
     from manifests import read_manifest
+    from pipeline.train.settings import TrainSettings
     from stages.pairs import read_regions
     from stages.train import TrainStage
-    from pipeline.train.settings import TrainSettings
 
     model, store = frozen
     out = tmp_path / "adapter.pt"
