@@ -67,6 +67,11 @@ class DescribeSettings(Settings):
     rotations: tuple[int, ...] = setting(
         (0, 90, 180, 270), "rotations of each database window, degrees clockwise", parse=_rotations
     )
+    from_store: str | None = setting(
+        None,
+        "with an adapter checkpoint as --model: adapt this store of its frozen model's descriptors (its index.parquet) "
+        "instead of rendering the images again (seconds instead of hours)",
+    )
     limit: int | None = setting(None, "only the first N windows and the first N photos")
     dtype: str = setting("float16", "storage type of the descriptors", choices=("float16", "float32"))
     half: bool = setting(
@@ -86,6 +91,13 @@ class DescribeSettings(Settings):
         self.need(self.limit is None or self.limit >= 1, "limit", "must be at least 1")
         self.need(self.batch_size >= 1, "batch_size", "must be at least 1")
         self.need(self.images_per_forward >= 1, "images_per_forward", "must be at least 1")
+
+
+def _frozen_reference(adapter_path: str) -> dict:
+    """The frozen-model reference an adapter checkpoint records."""
+    import torch
+
+    return torch.load(adapter_path, map_location="cpu", weights_only=True)["frozen"]
 
 
 class DescribeStage(Stage):
@@ -109,6 +121,7 @@ class DescribeStage(Stage):
             backbone_weights=weights,
             device=resolve_device(s.device, remote=bool(s.scheduler)),
             model_id=fingerprint(model_identity(model, weights)),
+            from_store=str(Path(s.from_store).resolve()) if s.from_store else None,
         )
 
     def output(self, s: DescribeSettings) -> Path:
@@ -120,6 +133,8 @@ class DescribeStage(Stage):
             files += source_files(s.queries, image_folder=True)
         if s.region:
             files.append(Path(s.region.partition("#")[0]))
+        if s.from_store:
+            files += [Path(s.from_store), Path(s.from_store + ".config.toml")]
         return [f for f in files if f.is_file()]
 
     def check(self, run: StageRun) -> None:
@@ -134,11 +149,38 @@ class DescribeStage(Stage):
         try:  # here, once: a missing weights file fails every task otherwise
             from pipeline.model.checkpoint import load_model
 
-            run.memo["dim"] = load_model(s.model, s.backbone_weights).config.out_dim
+            model = load_model(s.model, s.backbone_weights)
+            run.memo["dim"] = model.config.out_dim
         except ValueError as e:
             raise StageError(str(e)) from None
+        if s.from_store:
+            self._check_from_store(s, model)
         check_device(s.device, remote=bool(s.scheduler))
         check_cluster_options(s.scheduler, s.workers)
+
+    @staticmethod
+    def _check_from_store(s: DescribeSettings, model) -> None:
+        """``--from-store`` needs an adapter and a store its frozen model made, as it is now."""
+        import tomllib
+
+        from pipeline.model.adapter import AdaptedModel
+
+        if not isinstance(model, AdaptedModel):
+            raise StageError(
+                f"--from-store: --model {s.model} is not an adapter checkpoint (run train --method adapter)"
+            )
+        cfg_path = Path(s.from_store + ".config.toml")
+        if not Path(s.from_store).is_file() or not cfg_path.is_file():
+            raise StageError(f"--from-store {s.from_store}: no descriptor store there (index.parquet and its config)")
+        cfg = tomllib.loads(cfg_path.read_text())["describe"]
+        ref = _frozen_reference(s.model)
+        now = fingerprint(model_identity(ref["model"], ref.get("backbone_weights") or None))
+        if cfg.get("model") != ref["model"] or cfg.get("model_id") != now:
+            raise StageError(
+                f"--from-store {s.from_store}: made by {cfg.get('model')} (model id {cfg.get('model_id')}), not by "
+                f"the adapter's frozen model {ref['model']} as it is now (model id {now}); describe with the "
+                "frozen model again, or leave --from-store out"
+            )
 
     def _work(self, s: DescribeSettings) -> tuple[list[tuple], list[tuple]]:
         """(windows as (tile_id, zoom), photos as (photo_id, image_path)) to describe."""
@@ -184,7 +226,9 @@ class DescribeStage(Stage):
         if len(todo) < len(work):
             log.info("resuming: %d of %d batches already done", len(work) - len(todo), len(work))
         t0 = time.perf_counter()
-        if todo:
+        if todo and s.from_store:
+            self._run_from_store(s, todo, out.parent, shards, parts)
+        elif todo:
             self._run_dask(s, todo, out.parent, shards, parts, int(sizes[0]) if len(sizes) else 4)
         wall = time.perf_counter() - t0
         index = (
@@ -214,6 +258,56 @@ class DescribeStage(Stage):
                 + (f", {len(work) - len(todo)} batches resumed" if len(todo) < len(work) else ""),
             ]
         )
+
+    @staticmethod
+    def _run_from_store(s: DescribeSettings, todo: list, folder: Path, shards: str, parts: Path) -> None:
+        """The adapter applied to the frozen store's descriptors, batch by batch (each written as describe_batch
+        writes its own: the shard, then its index part)."""
+        import numpy as np
+        import torch
+
+        from pipeline.descriptors import read_index, write_shard
+        from pipeline.model.checkpoint import load_model
+        from pipeline.progress import progress
+
+        adapter = load_model(s.model).adapter
+        src = Path(s.from_store).parent
+        index = read_index(src)
+        where = {
+            (k, i, int(r)): n for n, (k, i, r) in enumerate(zip(index["kind"], index["id"], index["rotation_deg"]))
+        }
+        missing = 0
+        bar = progress(total=sum(len(items) for _, _, items in todo), desc="describe (adapt)", unit="item")
+        for kind, k, items in todo:
+            want = [(i[0], r) for i in items for r in (s.rotations if kind == "window" else (0,))]
+            rows = [where.get((kind, i, r)) for i, r in want]
+            missing += sum(r is None for r in rows)
+            keep = [(w, n) for w, n in zip(want, rows) if n is not None]
+            sel = index.iloc[[n for _, n in keep]]
+            vecs = np.zeros((len(sel), adapter.config.in_dim), np.float32)
+            for shard, part in sel.groupby("shard", sort=False):
+                data = np.load(src / shard, mmap_mode="r")
+                vecs[np.flatnonzero(sel["shard"].to_numpy() == shard)] = data[part["row"].to_numpy()]
+            with torch.no_grad():
+                out = adapter(torch.from_numpy(vecs)).numpy()
+            write_shard(folder / f"{shards}/{kind}-{k:05d}.npy", out, s.dtype)
+            table = pa.table(
+                {
+                    "kind": [kind] * len(sel),
+                    "id": sel["id"].tolist(),
+                    "rotation_deg": sel["rotation_deg"].tolist(),
+                    "zoom": [None if z != z else int(z) for z in sel["zoom"].tolist()],  # photos: none
+                    "shard": [f"{shards}/{kind}-{k:05d}.npy"] * len(sel),
+                    "row": list(range(len(sel))),
+                },
+                schema=INDEX_SCHEMA,
+            )
+            with atomic_output(parts / f"{kind}-{k:05d}.parquet") as tmp:
+                pq.write_table(table, tmp)
+            bar.update(len(items))
+        bar.close()
+        if missing:
+            log.warning("--from-store: %d descriptors asked for are not in %s; left out", missing, s.from_store)
 
     @staticmethod
     def _run_dask(s: DescribeSettings, todo: list, folder: Path, shards: str, parts: Path, size_tiles: int) -> None:

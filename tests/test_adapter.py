@@ -237,6 +237,15 @@ def test_run_train_adapter_holds_the_region_back_and_describes_through_its_froze
     with torch.no_grad():
         expect = adapter(torch.from_numpy(desc_f)).numpy()
     assert (expect * desc_a).sum(1).min() > 0.999  # float16 storage of both stores
+    # the same from the frozen store, without rendering (--from-store)
+    fast = tmp_path / "fast" / "index.parquet"
+    assert main([*_describe(tiny, out, fast), "--from-store", str(store)]) == 0
+    rows_s, desc_s = load_descriptors(fast.parent, "window")
+    assert list(rows_s["id"]) == list(rows_a["id"]) and (desc_s * desc_a).sum(1).min() > 0.999
+    assert len(load_descriptors(fast.parent, "photo")[0]) == len(load_descriptors(adapted.parent, "photo")[0]) > 0
+    capsys.readouterr()
+    assert main([*_describe(tiny, out, tmp_path / "f2" / "index.parquet"), "--from-store", str(adapted)]) == 1
+    assert "not by the adapter's frozen model" in capsys.readouterr().err
     summary = tmp_path / "eval" / "summary.json"
     assert main(["run", "eval", "--workdir", str(tiny), "--store", str(adapted), "--out", str(summary), "-q"]) == 0
     assert json.loads(summary.read_text())["queries"] > 0
