@@ -69,8 +69,9 @@ class DescribeSettings(Settings):
     )
     from_store: str | None = setting(
         None,
-        "with an adapter checkpoint as --model: adapt this store of its frozen model's descriptors (its index.parquet) "
-        "instead of rendering the images again (seconds instead of hours)",
+        "take the descriptors from this store (its index.parquet) instead of rendering the images again (seconds "
+        "instead of hours): a store of --model itself (to keep a part of it: --region), or, when --model is an "
+        "adapter checkpoint, of its frozen model (the adapter applied to them)",
     )
     limit: int | None = setting(None, "only the first N windows and the first N photos")
     dtype: str = setting("float16", "storage type of the descriptors", choices=("float16", "float32"))
@@ -160,19 +161,23 @@ class DescribeStage(Stage):
 
     @staticmethod
     def _check_from_store(s: DescribeSettings, model) -> None:
-        """``--from-store`` needs an adapter and a store its frozen model made, as it is now."""
+        """``--from-store`` needs a store of ``--model`` itself, or of the adapter's frozen model as it is now."""
         import tomllib
 
         from pipeline.model.adapter import AdaptedModel
 
-        if not isinstance(model, AdaptedModel):
-            raise StageError(
-                f"--from-store: --model {s.model} is not an adapter checkpoint (run train --method adapter)"
-            )
         cfg_path = Path(s.from_store + ".config.toml")
         if not Path(s.from_store).is_file() or not cfg_path.is_file():
             raise StageError(f"--from-store {s.from_store}: no descriptor store there (index.parquet and its config)")
         cfg = tomllib.loads(cfg_path.read_text())["describe"]
+        if not isinstance(model, AdaptedModel):
+            if cfg.get("model_id") != s.model_id:
+                raise StageError(
+                    f"--from-store {s.from_store}: made by {cfg.get('model')}, not by --model {s.model}; "
+                    "--from-store takes a store of the same model (to keep a part of it) or of an adapter's "
+                    "frozen model"
+                )
+            return
         ref = _frozen_reference(s.model)
         now = fingerprint(model_identity(ref["model"], ref.get("backbone_weights") or None))
         if cfg.get("model") != ref["model"] or cfg.get("model_id") != now:
@@ -227,7 +232,7 @@ class DescribeStage(Stage):
             log.info("resuming: %d of %d batches already done", len(work) - len(todo), len(work))
         t0 = time.perf_counter()
         if todo and s.from_store:
-            self._run_from_store(s, todo, out.parent, shards, parts)
+            self._run_from_store(s, todo, out.parent, shards, parts, run.memo["dim"])
         elif todo:
             self._run_dask(s, todo, out.parent, shards, parts, int(sizes[0]) if len(sizes) else 4)
         wall = time.perf_counter() - t0
@@ -260,9 +265,10 @@ class DescribeStage(Stage):
         )
 
     @staticmethod
-    def _run_from_store(s: DescribeSettings, todo: list, folder: Path, shards: str, parts: Path) -> None:
-        """The adapter applied to the frozen store's descriptors, batch by batch (each written as describe_batch
-        writes its own: the shard, then its index part)."""
+    def _run_from_store(s: DescribeSettings, todo: list, folder: Path, shards: str, parts: Path, run_dim: int) -> None:
+        """The adapter applied to the frozen store's descriptors (or, for the store's own model, those
+        descriptors), batch by batch, each written as describe_batch writes its own: the shard, then its index
+        part."""
         import numpy as np
         import torch
 
@@ -270,7 +276,7 @@ class DescribeStage(Stage):
         from pipeline.model.checkpoint import load_model
         from pipeline.progress import progress
 
-        adapter = load_model(s.model).adapter
+        adapter = getattr(load_model(s.model, s.backbone_weights), "adapter", None)  # none: the same model's store
         src = Path(s.from_store).parent
         index = read_index(src)
         where = {
@@ -284,12 +290,14 @@ class DescribeStage(Stage):
             missing += sum(r is None for r in rows)
             keep = [(w, n) for w, n in zip(want, rows) if n is not None]
             sel = index.iloc[[n for _, n in keep]]
-            vecs = np.zeros((len(sel), adapter.config.in_dim), np.float32)
+            vecs = np.zeros((0, run_dim if adapter is None else adapter.config.in_dim), np.float32)
             for shard, part in sel.groupby("shard", sort=False):
                 data = np.load(src / shard, mmap_mode="r")
+                if len(vecs) != len(sel):
+                    vecs = np.zeros((len(sel), data.shape[1]), np.float32)
                 vecs[np.flatnonzero(sel["shard"].to_numpy() == shard)] = data[part["row"].to_numpy()]
             with torch.no_grad():
-                out = adapter(torch.from_numpy(vecs)).numpy()
+                out = adapter(torch.from_numpy(vecs)).numpy() if adapter is not None else vecs
             write_shard(folder / f"{shards}/{kind}-{k:05d}.npy", out, s.dtype)
             table = pa.table(
                 {

@@ -243,6 +243,12 @@ def test_run_train_adapter_holds_the_region_back_and_describes_through_its_froze
     rows_s, desc_s = load_descriptors(fast.parent, "window")
     assert list(rows_s["id"]) == list(rows_a["id"]) and (desc_s * desc_a).sum(1).min() > 0.999
     assert len(load_descriptors(fast.parent, "photo")[0]) == len(load_descriptors(adapted.parent, "photo")[0]) > 0
+    sub = tmp_path / "sub" / "index.parquet"  # a store of the model itself: a part of it, copied
+    assert main([*_describe(tiny, model, sub), "--from-store", str(store), "--region", region]) == 0
+    rows_p, desc_p = load_descriptors(sub.parent, "window")
+    assert 0 < len(rows_p) < len(rows_f) and set(rows_p["id"]) <= set(rows_f["id"])
+    by_key = {(i, r): n for n, (i, r) in enumerate(zip(rows_f["id"], rows_f["rotation_deg"]))}
+    assert np.array_equal(desc_p, desc_f[[by_key[k] for k in zip(rows_p["id"], rows_p["rotation_deg"])]])
     capsys.readouterr()
     assert main([*_describe(tiny, out, tmp_path / "f2" / "index.parquet"), "--from-store", str(adapted)]) == 1
     assert "not by the adapter's frozen model" in capsys.readouterr().err
