@@ -131,6 +131,11 @@ class TrainStage(Stage):
                 raise StageError(f"--{key} {getattr(s, key)}: not found; pass --{key} FILE")
         if s.model not in CONFIGS and not Path(s.model).is_file():
             raise StageError(f"--model {s.model}: neither a checkpoint file nor a configuration ({', '.join(CONFIGS)})")
+        if CONFIGS.get(s.model) is not None and CONFIGS[s.model].aggregation == "gem":
+            raise StageError(
+                f"--model {s.model}: a frozen backbone with GeM pooling has nothing to train with --method astroloc; "
+                "it is the frozen model of --method adapter (describe with it, then pass the store as --features)"
+            )
         if CONFIGS.get(s.model) is not None and CONFIGS[s.model].backbone == "official" and not s.backbone_weights:
             raise StageError(
                 f"the {s.model} model starts from the official DINOv2 weights: pass --backbone-weights "

@@ -49,8 +49,8 @@ RECIPES: dict[str, dict] = {
 weights lambda1 = lambda2 = 1 are the paper's in both). ``mining_windows`` 0: every training window is clustered."""
 
 ADAPTER_RECIPES: dict[str, dict] = {
-    "paper": dict(lr=1e-3, steps=60, photos_per_step=700, checkpoint_every=10),
-    "cpu": dict(lr=1e-3, steps=60, photos_per_step=700, checkpoint_every=10),
+    "paper": dict(lr=1e-3, steps=60, photos_per_step=700, checkpoint_every=10, iou=0.2),
+    "cpu": dict(lr=1e-3, steps=60, photos_per_step=700, checkpoint_every=10, iou=0.2),
 }
 """``--method adapter``'s recipes: the adapter paper's section IV-B (Adam at 1e-3, T = 60 iterations, 700 photos
 per iteration on University-1652). An iteration costs seconds on a CPU at the sample's scale, so ``cpu`` is the
