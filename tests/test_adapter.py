@@ -43,6 +43,21 @@ def _unit(*shape, seed=0):
 # -- the paper's equations, against loops ---------------------------------------------------------------------
 
 
+def test_gem_is_eq1_and_the_gem_models_are_frozen_backbones():
+    from pipeline.model.retrieval import CONFIGS, gem
+
+    fmap = torch.tensor([1.0, 8.0, 8.0, 1.0]).view(1, 1, 2, 2).repeat(1, 2, 1, 1)
+    fmap[0, 1] = -3.0  # negative tokens count as eps
+    got = gem(fmap)
+    assert got[0, 0] == pytest.approx(((1 + 512 + 512 + 1) / 4) ** (1 / 3), rel=1e-6)
+    assert got[0, 1] == pytest.approx(1e-6, rel=1e-3)
+    m = build_model(GEM)
+    assert m.config.out_dim == 384 and not [p for p in m.parameters() if p.requires_grad]
+    assert CONFIGS["cpu-gem"].out_dim == 384 and CONFIGS["paper-gem"].out_dim == 768
+    with pytest.raises(ValueError, match="backbone's width"):
+        ModelConfig("x", arch="vits14", aggregation="gem", out_dim=512)
+
+
 def test_pseudo_labels_are_eq5_arg_max():
     zq, zr = _unit(7, 5), _unit(11, 5, seed=1)
     got = pseudo_labels(zq, zr)
@@ -272,3 +287,22 @@ def test_an_adapter_refuses_a_changed_frozen_model_and_bad_settings(tiny, frozen
     assert "no descriptor store there; make one with the frozen model" in capsys.readouterr().err
     assert main([*base, "--features", str(store), "--validation", f"{tiny / 'regions.geojson'}#eval"]) == 1
     assert "trains without labels" in capsys.readouterr().err
+
+
+def test_supervised_adaptation_learns_the_distortion_from_its_pairs(tmp_path):
+    """The ablation's supervised row: the true pairs as labels (Eq. 6 with the pairs as s), all four entries of a
+    window positive; the sampled-references path (the pairs' windows plus 50 drawn) learns it too."""
+    photos, refs = _world()
+    refs4 = np.repeat(refs, 2, axis=0)  # each window twice (two rotations with one descriptor)
+    positives = [np.array([2 * i, 2 * i + 1]) for i in range(len(photos))]
+    p, r = torch.from_numpy(photos.astype(np.float32)), torch.from_numpy(refs4.astype(np.float32))
+    truth = torch.arange(len(p))
+    before = float((pseudo_labels(p, r) // 2 == truth).float().mean())
+    for refs_per_step in (0, 50):
+        run = _run(steps=60, photos_per_step=100, references_per_step=refs_per_step, out_dim=256, aic=False)
+        adapter, _ = AdapterTrainer(
+            replace(run, labels="pairs"), AdapterData(photos, refs4, positives), tmp_path / str(refs_per_step)
+        ).run()
+        with torch.no_grad():
+            after = float((pseudo_labels(adapter(p), adapter(r)) // 2 == truth).float().mean())
+        assert after > before + 0.15, (refs_per_step, before, after)
