@@ -79,8 +79,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         _, metrics = AdapterTrainer(run, AdapterData(photos, refs), Path(work)).run()
     secs = [m["seconds"] for m in metrics]
+    from pipeline.model.adapter import Adapter, AdapterConfig
+    from pipeline.train.adapter import streamed_labels
+
+    adapter = Adapter(AdapterConfig(args.in_dim, args.out_dim))
+    with torch.no_grad():
+        zq = adapter(torch.from_numpy(photos[: args.photos_per_step].astype(np.float32)))
+    t = time.perf_counter()
+    streamed_labels(adapter, zq, refs)
+    e_step = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"iterations: {', '.join(f'{s:.1f}' for s in secs)} s (median {np.median(secs):.1f} s)")
+    print(f"of which the E-step over all {args.references} references: {e_step:.1f} s (measured alone)")
     print(f"M-step references per iteration: {metrics[-1]['references']}; peak RSS {peak:.2f} GiB")
 
 
