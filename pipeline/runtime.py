@@ -42,6 +42,38 @@ def tune_malloc() -> bool:
     return ok
 
 
+_M_ARENA_MAX = -8
+
+
+def one_arena() -> bool:
+    """At most one malloc arena from now on (glibc ``mallopt(M_ARENA_MAX, 1)``): what ``MALLOC_ARENA_MAX=1``
+    does for a process started with it (:func:`worker_environ`), for a process already running (a worker of an
+    existing cluster). Returns whether it applied."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_ARENA_MAX, 1))
+    except (OSError, AttributeError):
+        return False
+
+
+def apply_worker_runtime(torch_threads: int | None = None) -> dict[str, object]:
+    """In a worker process of an existing Dask cluster: the runtime a local cluster gives its workers (the
+    allocator of :func:`tune_malloc` with one arena, ``torch_threads`` torch threads: Dask starts its workers
+    with ``OMP_NUM_THREADS=1``). Returns what it set (also kept in ``ASTROLOC_WORKER_RUNTIME``)."""
+    import os
+
+    import torch
+
+    done: dict[str, object] = {"malloc": tune_malloc() and one_arena()}
+    if torch_threads:
+        torch.set_num_threads(int(torch_threads))
+    done["torch_threads"] = torch.get_num_threads()
+    os.environ["ASTROLOC_WORKER_RUNTIME"] = ",".join(f"{k}={v}" for k, v in done.items())
+    return done
+
+
 def release_heap() -> bool:
     """Hand the heap's free pages back to the OS (glibc ``malloc_trim``; no-op elsewhere). Returns whether it ran.
 

@@ -207,6 +207,9 @@ def dask_client(
     if scheduler:
         try:
             client, cluster, threads = Client(scheduler, timeout=f"{CONNECT_TIMEOUT_S:g}s"), None, 0
+            from .worker import register_worker_runtime
+
+            register_worker_runtime(client)  # the allocator and torch threads a local cluster gives its workers
         except OSError as e:
             from stages.base import StageError
 

@@ -365,18 +365,14 @@ def test_the_sample_negatives_are_not_localized(tiny, tmp_path):
 
 
 def test_real_wrong_label_searches(real_sample, tmp_path):
-    """Two real photos under other photos' catalogue rows get no footprint; ISS062-E-81917 under ISS056-E-153176's
+    """A real photo under another photo's catalogue row gets no footprint; ISS062-E-81917 under ISS056-E-153176's
     row, whose imagery is its own placed elsewhere, is localized there (bench/real_negatives.py runs all 56)."""
     from pipeline.footprint.wrong_labels import moved_corners, swapped_queries
 
     q = pd.read_csv(real_sample / "queries.csv")
     q["image_path"] = [str(real_sample / p) for p in q["image_path"]]
     runs = swapped_queries(q).set_index(["photo", "row"])
-    picked = [
-        ("ISS064-E-358", "ISS051-E-43872"),
-        ("ISS054-E-21023", "ISS064-E-513"),
-        ("ISS062-E-81917", "ISS056-E-153176"),
-    ]
+    picked = [("ISS064-E-358", "ISS051-E-43872"), ("ISS062-E-81917", "ISS056-E-153176")]
     runs.loc[picked].reset_index().to_csv(tmp_path / "swapped.csv", index=False)
     out = tmp_path / "fp.parquet"
     assert (
@@ -401,7 +397,6 @@ def test_real_wrong_label_searches(real_sample, tmp_path):
     )
     fp = read_manifest(out, "footprints", geometry=False).set_index("photo_id")
     assert fp.loc["ISS064-E-358@ISS051-E-43872", "status"] == "not_localized"
-    assert fp.loc["ISS054-E-21023@ISS064-E-513", "status"] == "not_localized"
     r = fp.loc["ISS062-E-81917@ISS056-E-153176"]
     assert r.status == "localized", r.reason
     t = pd.read_csv(real_sample / "truth.csv").set_index("photo_id").loc["ISS062-E-81917"]
