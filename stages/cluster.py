@@ -256,7 +256,16 @@ def gather(futures: list, total: int, desc: str, postfix: str) -> None:
     done = 0
     with progress(total=total, desc=desc, unit="photo") as bar:
         for f in as_completed(futures):
-            res = f.result()
+            try:
+                res = f.result()
+            except CancelledError as e:  # the scheduler went away (or someone cancelled the task there)
+                from stages.base import StageError
+
+                raise StageError(
+                    f"a {desc} task was cancelled ({type(e).__name__}: {str(e).splitlines()[0]}): the connection to "
+                    "the Dask scheduler was lost, or the task was cancelled on the cluster. The finished parts are "
+                    "kept: run the same command again to resume from them"
+                ) from None
             done += res[postfix]
             bar.set_postfix({postfix: done}, refresh=False)  # a running total, not the last task's; drawn by
             bar.update(res["photos"])  # update, at the bar's interval (refresh=True would draw a line per task)
@@ -319,7 +328,7 @@ def gather_isolating(
         raise StageError(
             f"{Path(part).name}'s task was cancelled ({type(e).__name__}: {e}): the connection to the "
             "Dask scheduler was lost, or the task was cancelled on the cluster. The finished batches are "
-            "kept: run the same command again to go on from them"
+            "kept: run the same command again to resume from them"
         ) from None
 
     def single_part(b: int, j: int | None) -> str:

@@ -178,3 +178,82 @@ def test_a_killed_worker_loses_and_duplicates_nothing(cluster, tiny, model, tmp_
     _same(_store(whole), got)
     with Client(address, timeout="30s") as client:  # the nanny started a new worker in its place
         client.wait_for_workers(2, timeout=60)
+
+
+def _kill_when_parts(proc: subprocess.Popen, folder: Path, sig: int = signal.SIGKILL, n: int = 1) -> int:
+    """Send ``sig`` to ``proc``'s process group once ``n`` describe parts are written under ``folder``; returns
+    how many there were."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = list(folder.glob("*.parts/*/*.parquet"))
+        if len(done) >= n:
+            os.killpg(proc.pid, sig)
+            return len(done)
+        time.sleep(0.05)
+    raise AssertionError("the run ended before it could be stopped")
+
+
+def test_a_killed_client_resumes_where_it_stopped(cluster, tiny, model, tmp_path):
+    address, _ = cluster
+    whole = tmp_path / "whole" / "index.parquet"
+    assert main([*_describe(tiny, whole, model), "--workers", "1"]) == 0
+    out = tmp_path / "killed" / "index.parquet"
+    cmd = [sys.executable, "-m", "pipeline", *_describe(tiny, out, model, "--scheduler", address)]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = _kill_when_parts(proc, out.parent)
+    proc.wait()
+    assert not out.exists() and done < 6
+    again = [a for a in cmd if a != "-q"] + ["-v"]  # the log says it resumes
+    r = subprocess.run(again, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming" in r.stderr
+    got = _store(out)
+    assert not got.duplicated(["kind", "id", "rotation_deg"]).any()
+    _same(_store(whole), got)
+
+
+def test_a_stopped_scheduler_stops_the_client_with_a_way_out_and_the_rerun_resumes(tiny, model, tmp_path):
+    """The scheduler stops mid-run (SIGTERM): the client stops with a message that says to run the command again;
+    against a new scheduler the rerun resumes at the finished parts."""
+    from distributed import Client
+
+    def start() -> tuple[str, list[subprocess.Popen]]:
+        port = _free_port()
+        address = f"tcp://127.0.0.1:{port}"
+        log = open(tmp_path / f"{port}.log", "w")
+        sched = [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"]
+        procs = [subprocess.Popen(sched, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)]
+        worker = [DASK, "worker", address, "--nthreads", "1", "--no-dashboard", "--death-timeout", "5"]
+        procs.append(subprocess.Popen(worker, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        with Client(address, timeout="60s") as client:
+            client.wait_for_workers(1, timeout=90)
+        return address, procs
+
+    def stop(procs: list[subprocess.Popen]) -> None:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+    out = tmp_path / "store" / "index.parquet"
+    address, procs = start()
+    try:
+        cmd = [sys.executable, "-m", "pipeline", *_describe(tiny, out, model, "--scheduler", address)]
+        client = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not list(out.parent.glob("*.parts/*/*.parquet")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        procs[0].terminate()  # the scheduler
+        _, err = client.communicate(timeout=120)
+    finally:
+        stop(procs)
+    assert client.returncode == 1 and not out.exists(), err[-2000:]
+    assert "run the same command again" in err and "resume" in err, err[-2000:]
+    address, procs = start()
+    try:
+        again = [address if a.startswith("tcp://") else a for a in cmd]
+        r = subprocess.run([a for a in again if a != "-q"] + ["-v"], capture_output=True, text=True, timeout=300)
+    finally:
+        stop(procs)
+    assert r.returncode == 0 and "resuming" in r.stderr, r.stderr[-2000:]
+    assert len(_store(out)) == 4 * 12 + 10
