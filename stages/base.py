@@ -72,6 +72,41 @@ class StageRun:
             t.write_text(_config_text(self.record, tmp), encoding="utf-8")
 
 
+URL_SETTINGS_KEPT = ("scheduler",)
+"""Settings whose URLs are addresses, not files."""
+
+
+def local_paths(settings: Any) -> Any:
+    """``settings`` with ``file://`` URLs turned into paths; any other URL (``s3://``, ``gs://``, ``memory://``...)
+    refused, naming the option: the stages write each output to a temporary file renamed into place and resume
+    from the parts folder beside it, which object stores cannot do (docs/cluster.md, shared storage)."""
+    import dataclasses
+    import re
+    from urllib.parse import unquote, urlsplit
+
+    def one(key: str, value: Any) -> Any:
+        if not isinstance(value, str) or not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value):
+            return value
+        url = urlsplit(value)
+        if url.scheme == "file" and url.netloc in ("", "localhost"):
+            return unquote(url.path) + (f"#{url.fragment}" if url.fragment else "")
+        raise StageError(
+            f"--{key.replace('_', '-')} {value}: the stages read and write files, not {url.scheme}:// URLs (they "
+            "write by renaming a temporary file and resume from parts folders, which object stores lack); mount "
+            "the bucket as a file system every worker sees (s3fs, gcsfuse, mountpoint-s3) and pass its path"
+        )
+
+    changes = {}
+    for f in dataclasses.fields(settings):
+        if f.name in URL_SETTINGS_KEPT:
+            continue
+        v = getattr(settings, f.name)
+        new = tuple(one(f.name, x) for x in v) if isinstance(v, tuple) else one(f.name, v)
+        if new != v:
+            changes[f.name] = new
+    return dataclasses.replace(settings, **changes) if changes else settings
+
+
 class Stage:
     """Base class of the stages registered in :mod:`stages`."""
 
@@ -178,7 +213,7 @@ class Stage:
             raise TypeError(
                 f"{self.name}: settings must be {self.settings_class.__name__}, got {type(settings).__name__}"
             )
-        run = StageRun(self, self.resolve(settings, Path(workdir)), Path(workdir), overwrite)
+        run = StageRun(self, self.resolve(local_paths(settings), Path(workdir)), Path(workdir), overwrite)
         return self._execute(run)
 
     def _execute(self, run: StageRun) -> str:

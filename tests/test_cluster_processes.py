@@ -78,6 +78,28 @@ def model(tmp_path_factory) -> Path:
     return save_checkpoint(tmp_path_factory.mktemp("model") / "small.pt", build_model(SMALL))
 
 
+def _footprints(tiny: Path, folder: Path) -> list[str]:
+    """3 photos with the cheap search of the footprint stage's tests, batches of one."""
+    from test_footprints_stage import CHEAP
+
+    (folder / "cheap.toml").write_text(CHEAP.replace("workers = 1\n", ""))
+    args = ["run", "footprints", "--workdir", str(tiny), "--config", str(folder / "cheap.toml"), "--limit", "3"]
+    return [*args, "--device", "cpu", "-q"]
+
+
+def _footprints_table(path: Path) -> pd.DataFrame:
+    return read_manifest(path, "footprints", geometry=False).drop(columns=["elapsed_s"])
+
+
+@pytest.fixture(scope="module")
+def local_footprints(tiny, tmp_path_factory) -> Path:
+    """The local cluster's footprints: two workers of one torch thread each, as the two remote ones (float sums
+    depend on the thread count)."""
+    d = tmp_path_factory.mktemp("fp-local")
+    assert main([*_footprints(tiny, d), "--out", str(d / "fp.parquet"), "--workers", "2"]) == 0
+    return d / "fp.parquet"
+
+
 def _describe(tiny: Path, out: Path, model: Path, *extra: str) -> list[str]:
     args = ["run", "describe", "--workdir", str(tiny), "--out", str(out), "--model", str(model), "--zooms", "10"]
     return [*args, "--limit", "12", "--batch-size", "4", "--device", "cpu", "-q", *extra]
@@ -97,7 +119,7 @@ def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
     assert np.allclose(np.stack(a["values"]), np.stack(b["values"]), atol=2e-3)  # float16, other thread counts
 
 
-def test_stages_through_real_processes_equal_the_local_run(cluster, tiny, model, tmp_path):
+def test_stages_through_real_processes_equal_the_local_run(cluster, tiny, model, local_footprints, tmp_path):
     from distributed import Client
 
     address, _ = cluster
@@ -105,29 +127,10 @@ def test_stages_through_real_processes_equal_the_local_run(cluster, tiny, model,
     assert main([*_describe(tiny, local, model), "--workers", "1"]) == 0
     assert main([*_describe(tiny, remote, model), "--scheduler", address]) == 0
     _same(_store(local), _store(remote))
-    # footprints (3 photos, the cheap search of the footprint stage's tests)
-    from test_footprints_stage import CHEAP
-
-    (tmp_path / "cheap.toml").write_text(CHEAP.replace("workers = 1\n", ""))
-    fp = [
-        "run",
-        "footprints",
-        "--workdir",
-        str(tiny),
-        "--config",
-        str(tmp_path / "cheap.toml"),
-        "--limit",
-        "3",
-        "--device",
-        "cpu",
-        "-q",
-    ]
-    # two local workers: one torch thread each, as the two remote ones (float sums depend on the thread count)
-    assert main([*fp, "--out", str(tmp_path / "f-local.parquet"), "--workers", "2"]) == 0
-    assert main([*fp, "--out", str(tmp_path / "f-remote.parquet"), "--scheduler", address]) == 0
-    table = lambda f: read_manifest(tmp_path / f, "footprints", geometry=False).drop(columns=["elapsed_s"])  # noqa: E731
-    pd.testing.assert_frame_equal(table("f-local.parquet"), table("f-remote.parquet"))
-    assert (table("f-local.parquet")["status"] == "localized").any()
+    # footprints
+    assert main([*_footprints(tiny, tmp_path), "--out", str(tmp_path / "fp.parquet"), "--scheduler", address]) == 0
+    pd.testing.assert_frame_equal(_footprints_table(local_footprints), _footprints_table(tmp_path / "fp.parquet"))
+    assert (_footprints_table(local_footprints)["status"] == "localized").any()
     pairs = ["run", "pairs", "--workdir", str(tiny), "--footprints", str(tiny / "truth.parquet"), "-q"]
     assert main([*pairs, "--out", str(tmp_path / "p-local.parquet"), "--workers", "1"]) == 0
     assert main([*pairs, "--out", str(tmp_path / "p-remote.parquet"), "--scheduler", address]) == 0
@@ -143,41 +146,54 @@ def test_stages_through_real_processes_equal_the_local_run(cluster, tiny, model,
     assert sorted(runtime.values()) == [f"malloc=True,torch_threads={max(1, cores // 2)}"] * 2
 
 
-def test_a_killed_worker_loses_and_duplicates_nothing(cluster, tiny, model, tmp_path):
-    """SIGKILL one worker process while describe runs: its tasks are run again elsewhere, every descriptor is in
-    the store exactly once, and the store equals an uninterrupted run's."""
+def _kill_a_worker_when(address: str, parts: Path, pattern: str) -> threading.Thread:
+    """A thread that SIGKILLs the first worker process of ``address`` once a file matching ``pattern`` appears under
+    ``parts``; ``thread.killed`` then holds how many there were."""
     from distributed import Client
 
+    with Client(address, timeout="30s") as client:
+        client.wait_for_workers(2, timeout=60)  # the nanny of a worker killed before has started a new one
+        victim = sorted(client.run(os.getpid).items())[0][1]
+
+    def run() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            done = list(parts.glob(pattern))
+            if done:
+                os.kill(victim, signal.SIGKILL)
+                t.killed = len(done)
+                return
+            time.sleep(0.05)
+
+    t = threading.Thread(target=run)
+    t.killed = 0
+    t.start()
+    return t
+
+
+def test_a_killed_worker_loses_and_duplicates_nothing(cluster, tiny, model, local_footprints, tmp_path):
+    """SIGKILL one worker process while describe runs, then while footprints runs: its tasks run again elsewhere,
+    every descriptor and every photo is in the output exactly once, equal to an uninterrupted run's."""
     address, _ = cluster
     whole = tmp_path / "whole" / "index.parquet"
     assert main([*_describe(tiny, whole, model), "--workers", "1"]) == 0
     out = tmp_path / "killed" / "index.parquet"
-    with Client(address, timeout="30s") as client:
-        pids = client.run(os.getpid)
-    victim = sorted(pids.items())[0][1]
-    killed = []
-
-    def kill_when_started() -> None:
-        deadline = time.monotonic() + 120
-        parts = out.parent
-        while time.monotonic() < deadline:
-            done = list(parts.glob("*.parts/*/*.parquet")) + list(parts.glob("**/window-*.parquet"))
-            if done:
-                os.kill(victim, signal.SIGKILL)
-                killed.append(len(done))
-                return
-            time.sleep(0.05)
-
-    t = threading.Thread(target=kill_when_started)
-    t.start()
+    t = _kill_a_worker_when(address, out.parent, "*.parts/*/*.parquet")
     assert main([*_describe(tiny, out, model), "--scheduler", address]) == 0
     t.join()
-    assert killed and killed[0] < 6, "the run ended before a worker could be killed"  # 3 + 3 batches
+    assert 0 < t.killed < 6, "the run ended before a worker could be killed"  # 3 + 3 batches
     got = _store(out)
     assert not got.duplicated(["kind", "id", "rotation_deg"]).any() and len(got) == 4 * 12 + 10
     _same(_store(whole), got)
-    with Client(address, timeout="30s") as client:  # the nanny started a new worker in its place
-        client.wait_for_workers(2, timeout=60)
+
+    fp = tmp_path / "fp.parquet"
+    t = _kill_a_worker_when(address, tmp_path, "fp.parquet.parts/*/batch*.parquet")
+    assert main([*_footprints(tiny, tmp_path), "--out", str(fp), "--scheduler", address]) == 0
+    t.join()
+    assert 0 < t.killed < 3, "the run ended before a worker could be killed"
+    got = _footprints_table(fp)
+    assert got["photo_id"].is_unique and len(got) == 3
+    pd.testing.assert_frame_equal(_footprints_table(local_footprints), got)
 
 
 def _kill_when_parts(proc: subprocess.Popen, folder: Path, sig: int = signal.SIGKILL, n: int = 1) -> int:
@@ -257,3 +273,21 @@ def test_a_stopped_scheduler_stops_the_client_with_a_way_out_and_the_rerun_resum
         stop(procs)
     assert r.returncode == 0 and "resuming" in r.stderr, r.stderr[-2000:]
     assert len(_store(out)) == 4 * 12 + 10
+
+
+def test_file_urls_are_paths_and_other_urls_are_refused_with_a_way_out(tiny, tmp_path, capsys):
+    """Shared storage: ``file://`` URLs (what fsspec and pyarrow write for local files) work as paths; ``s3://``,
+    ``gs://``, ``memory://`` are refused naming the option and saying what to do."""
+    base = ["run", "pairs", "--workdir", str(tiny), "--workers", "1", "-q"]
+    assert main([*base, "--footprints", str(tiny / "truth.parquet"), "--out", str(tmp_path / "plain.parquet")]) == 0
+    url = (tmp_path / "url dir" / "pairs.parquet").as_uri()  # a space: percent-encoded in the URL
+    assert main([*base, "--footprints", (tiny / "truth.parquet").as_uri(), "--out", url]) == 0
+    pd.testing.assert_frame_equal(
+        pq.read_table(tmp_path / "plain.parquet").to_pandas(),
+        pq.read_table(tmp_path / "url dir" / "pairs.parquet").to_pandas(),
+    )
+    for scheme in ("s3", "gs", "memory"):
+        capsys.readouterr()
+        assert main([*base, "--footprints", f"{scheme}://bucket/fp.parquet"]) == 1
+        err = capsys.readouterr().err
+        assert f"--footprints {scheme}://bucket/fp.parquet" in err and "mount the bucket" in err
