@@ -94,13 +94,6 @@ class DescribeSettings(Settings):
         self.need(self.images_per_forward >= 1, "images_per_forward", "must be at least 1")
 
 
-def _frozen_reference(adapter_path: str) -> dict:
-    """The frozen-model reference an adapter checkpoint records."""
-    import torch
-
-    return torch.load(adapter_path, map_location="cpu", weights_only=True)["frozen"]
-
-
 class DescribeStage(Stage):
     name = "describe"
     help = "descriptors of the database windows (four rotations) and of the photos, with a retrieval model"
@@ -178,7 +171,7 @@ class DescribeStage(Stage):
                     "frozen model"
                 )
             return
-        ref = _frozen_reference(s.model)
+        ref = model.reference
         now = fingerprint(model_identity(ref["model"], ref.get("backbone_weights") or None))
         if cfg.get("model") != ref["model"] or cfg.get("model_id") != now:
             raise StageError(
@@ -269,10 +262,9 @@ class DescribeStage(Stage):
         """The adapter applied to the frozen store's descriptors (or, for the store's own model, those
         descriptors), batch by batch, each written as describe_batch writes its own: the shard, then its index
         part."""
-        import numpy as np
         import torch
 
-        from pipeline.descriptors import read_index, write_shard
+        from pipeline.descriptors import read_index, read_rows, write_shard
         from pipeline.model.checkpoint import load_model
         from pipeline.progress import progress
 
@@ -290,12 +282,7 @@ class DescribeStage(Stage):
             missing += sum(r is None for r in rows)
             keep = [(w, n) for w, n in zip(want, rows) if n is not None]
             sel = index.iloc[[n for _, n in keep]]
-            vecs = np.zeros((0, run_dim if adapter is None else adapter.config.in_dim), np.float32)
-            for shard, part in sel.groupby("shard", sort=False):
-                data = np.load(src / shard, mmap_mode="r")
-                if len(vecs) != len(sel):
-                    vecs = np.zeros((len(sel), data.shape[1]), np.float32)
-                vecs[np.flatnonzero(sel["shard"].to_numpy() == shard)] = data[part["row"].to_numpy()]
+            vecs = read_rows(src, sel, dim=run_dim if adapter is None else adapter.config.in_dim)
             with torch.no_grad():
                 out = adapter(torch.from_numpy(vecs)).numpy() if adapter is not None else vecs
             write_shard(folder / f"{shards}/{kind}-{k:05d}.npy", out, s.dtype)

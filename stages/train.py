@@ -36,21 +36,6 @@ def _region(spec: str):
     return shapely.union_all(read_regions(path, name))
 
 
-def _rows(folder: Path, rows: pd.DataFrame) -> np.ndarray:
-    """The stored descriptors of ``rows`` (index rows of one store) as one float16 array (n, D), in their order,
-    read shard by shard."""
-    dim = None
-    out = None
-    pos = pd.Series(np.arange(len(rows)), index=rows.index)
-    for shard, part in rows.groupby("shard", sort=False):
-        data = np.load(folder / shard, mmap_mode="r")
-        if out is None:
-            dim = data.shape[1]
-            out = np.empty((len(rows), dim), np.float16)
-        out[pos.loc[part.index].to_numpy()] = data[part["row"].to_numpy()]
-    return out if out is not None else np.zeros((0, 1), np.float16)
-
-
 def _pairs_footprints(pairs: Path) -> str | None:
     """The footprints file the pairs were made from, as the config beside them records it."""
     cfg = pairs.with_name(pairs.name + ".config.toml")
@@ -234,7 +219,7 @@ class TrainStage(Stage):
         every ``--exclude`` region, the rule ``run describe --region`` selects an evaluation's photos by.
         References: every stored rotation of the windows that touch no such region. With ``--labels pairs``:
         the photos with a pair at IoU >= t_iou, each with its paired windows' rotations as positives."""
-        from pipeline.descriptors import read_index
+        from pipeline.descriptors import read_index, read_rows
         from pipeline.model.adapter import frozen_reference
         from pipeline.train.adapter import AdapterData
 
@@ -278,7 +263,7 @@ class TrainStage(Stage):
                 f"{s.features}: {len(photos)} photos and {len(windows)} window descriptors left after the held-back "
                 "regions" + (" and the pairs" if s.labels == "pairs" else "") + "; describe more (run describe)"
             )
-        data = AdapterData(_rows(folder, photos), _rows(folder, windows), positives)
+        data = AdapterData(read_rows(folder, photos, np.float16), read_rows(folder, windows, np.float16), positives)
         counts = {"photos": len(photos), "references": len(windows), "held_photos": int((~keep_p).sum())}
         counts["held_references"] = int((~keep_w).sum())
         return data, frozen_reference(cfg["model"], cfg.get("backbone_weights") or None), counts

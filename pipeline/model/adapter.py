@@ -98,6 +98,8 @@ class AdaptedModel(nn.Module):
         super().__init__()
         self.frozen = frozen.eval().requires_grad_(False)
         self.adapter = adapter
+        self.reference: dict = {}
+        """The frozen model's reference (:func:`frozen_reference`) when loaded from a checkpoint."""
         fc = frozen.config
         self.config = AdaptedConfig(f"{fc.name}+adapter", adapter.config.out_dim, fc.image_px)
         if adapter.config.in_dim != fc.out_dim:
@@ -178,7 +180,9 @@ def load_adapted_model(blob: dict[str, Any], path: str) -> AdaptedModel:
             "train the adapter again"
         )
     frozen = load_model(model, ref.get("backbone_weights") or None)
-    return AdaptedModel(frozen, adapter_from_blob(blob, path)).eval()
+    adapted = AdaptedModel(frozen, adapter_from_blob(blob, path)).eval()
+    adapted.reference = dict(ref)
+    return adapted
 
 
 __all__ = [
