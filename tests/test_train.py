@@ -18,7 +18,7 @@ import torch
 
 from pipeline.model import ModelConfig
 from pipeline.model.checkpoint import build_model, load_checkpoint, save_checkpoint
-from pipeline.train.data import augment, photo_rotation, split_slots
+from pipeline.train.data import Augmentation, augment, photo_rotation, split_slots, view_corners, warp_view
 from pipeline.train.loop import TIMING_COLUMNS
 from pipeline.train.mining import Clusters, quad_windows, window_boxes
 from pipeline.train.sampler import PairSchedule
@@ -133,9 +133,24 @@ def test_a_pairs_window_is_turned_to_the_photos_orientation(up, turn):
 def test_augment_turns_clockwise_and_keeps_the_range():
     x = torch.zeros(3, 4, 4)
     x[:, 0, 0] = 1.0  # top-left
-    assert augment(x, 1, np.random.default_rng(0), colour=False)[:, 0, 3].eq(1).all()  # to the top-right
-    y = augment(torch.rand(3, 8, 8), 0, np.random.default_rng(1))
+    assert augment(x, 1, np.random.default_rng(0), None)[:, 0, 3].eq(1).all()  # to the top-right
+    how = Augmentation(rotate=45, perspective=0.5, zoom=0.2, colour=0.5)
+    y = augment(torch.rand(3, 8, 8), 0, np.random.default_rng(1), how)
     assert 0.0 <= float(y.min()) and float(y.max()) <= 1.0
+    assert torch.equal(augment(x, 3, np.random.default_rng(5), how), augment(x, 3, np.random.default_rng(5), how))
+
+
+def test_the_view_warp_known_answers():
+    """No turn, no perspective, full size: the image itself; 90 degrees: the quarter turn clockwise; half the
+    side: the centre, twice as large."""
+    x = torch.rand(3, 16, 16)
+    still = warp_view(x, view_corners(16, 0.0, np.zeros((4, 2)), 1.0))
+    assert torch.allclose(still, x, atol=1e-5)
+    turned = warp_view(x, view_corners(16, 90.0, np.zeros((4, 2)), 1.0))
+    assert torch.allclose(turned, torch.rot90(x, k=-1, dims=(1, 2)), atol=1e-4)
+    ramp = torch.arange(16.0).repeat(3, 16, 1)  # value = column
+    centre = warp_view(ramp, view_corners(16, 0.0, np.zeros((4, 2)), 0.5))
+    assert torch.allclose(centre[0, 8], 3.75 + 0.5 * torch.arange(16.0), atol=1e-4)  # columns 4..12 stretched
 
 
 def test_the_pair_schedule_is_a_function_of_seed_and_step():

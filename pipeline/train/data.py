@@ -50,12 +50,68 @@ def photo_rotation(corners_lon: np.ndarray, corners_lat: np.ndarray) -> np.ndarr
     return (np.round(((-bearing) % 360.0) / 90.0).astype(np.int64) % 4) * 90
 
 
-def augment(x: torch.Tensor, quarter_turns: int, rng: np.random.Generator, colour: bool = True) -> torch.Tensor:
-    """``x`` (3, S, S) in [0, 1] turned clockwise by ``quarter_turns`` x 90 degrees, then (``colour``) its brightness,
-    contrast and saturation each scaled by a factor drawn in [0.7, 1.3]."""
+@dataclass(frozen=True)
+class Augmentation:
+    """How much each training image is changed (on top of the pair's or quadruplet's quarter turn).
+
+    ``rotate``: a turn drawn in [-rotate, rotate] degrees (the residual of a photo's orientation after the quarter
+    turn closest to it lies within 45 degrees); ``perspective``: each corner of the view moved inward by up to
+    ``perspective`` x half the side (an oblique look); ``zoom``: the view's side drawn in [1 - zoom, 1] of the
+    image's (a tighter or looser framing); ``colour``: brightness, contrast and saturation each scaled by a factor
+    drawn in [1 - colour, 1 + colour]. Outside the image the view is mirrored. All zero: the image unchanged."""
+
+    rotate: float = 0.0
+    perspective: float = 0.0
+    zoom: float = 0.0
+    colour: float = 0.3
+
+    @property
+    def geometric(self) -> bool:
+        return bool(self.rotate or self.perspective or self.zoom)
+
+
+def view_corners(side: int, angle_deg: float, inward: np.ndarray, scale: float) -> np.ndarray:
+    """The corners (4, 2) of the view in the source image's pixels (x right, y down; tl tr br bl), for a square of
+    ``side`` pixels: the centred square of ``scale`` x side, its corners moved inward by ``inward`` (4, 2) fractions
+    of the half side, turned clockwise on screen by ``angle_deg`` around the centre."""
+    half = side / 2.0
+    unit = np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
+    pts = unit * (1.0 - np.asarray(inward, np.float64)) * scale * half
+    a = np.radians(angle_deg)
+    # a view turned clockwise shows the ground turned anticlockwise: its corners are the source's turned back
+    rot = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
+    return pts @ rot.T + half
+
+
+def warp_view(x: torch.Tensor, corners: np.ndarray) -> torch.Tensor:
+    """(3, S, S) -> (3, S, S): the quadrilateral ``corners`` (4, 2) pixels of ``x`` (tl tr br bl) mapped onto the
+    whole square by a homography, bilinear, mirrored outside the image."""
+    import cv2
+
+    side = x.shape[-1]
+    out = np.array([[0, 0], [side, 0], [side, side], [0, side]], np.float32)
+    # corners are on the pixels' edges (0..S); OpenCV's coordinates are the pixels' centres: half a pixel less
+    h = cv2.getPerspectiveTransform(np.asarray(corners, np.float32) - 0.5, out - 0.5)
+    img = np.ascontiguousarray(x.permute(1, 2, 0).numpy(), dtype=np.float32)
+    warped = cv2.warpPerspective(img, h, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    return torch.from_numpy(warped).permute(2, 0, 1).contiguous()
+
+
+def augment(
+    x: torch.Tensor, quarter_turns: int, rng: np.random.Generator, how: Augmentation | None = Augmentation()
+) -> torch.Tensor:
+    """``x`` (3, S, S) in [0, 1] turned clockwise by ``quarter_turns`` x 90 degrees, then changed as ``how`` says
+    (None: the turn only): a view drawn by its rotation, perspective and zoom, then its colours."""
     x = torch.rot90(x, k=-int(quarter_turns) % 4, dims=(1, 2))
-    if colour:
-        b, c, s = rng.uniform(0.7, 1.3, size=3)
+    if how is None:
+        return x.clamp(0.0, 1.0)
+    if how.geometric:
+        angle = rng.uniform(-how.rotate, how.rotate)
+        inward = rng.uniform(0.0, how.perspective, size=(4, 2))
+        scale = rng.uniform(1.0 - how.zoom, 1.0)
+        x = warp_view(x, view_corners(x.shape[-1], angle, inward, scale))
+    if how.colour:
+        b, c, s = rng.uniform(1.0 - how.colour, 1.0 + how.colour, size=3)
         x = x * float(b)
         grey = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
         x = (x - grey.mean()) * float(c) + grey.mean()
@@ -121,7 +177,8 @@ class TrainImages(torch.utils.data.Dataset):
     side: int
     render_px: int
     seed: int = 0
-    augment: bool = True
+    augmentation: Augmentation | None = Augmentation()
+    """None: no augmentation at all (not even the random quarter turn)."""
     cache_mb: int = 1024
     cache_dir: str | None = None
     """A folder where rendered windows are kept between steps, workers and runs (uint8 ``.npy`` at the model's
@@ -184,19 +241,17 @@ class TrainImages(torch.utils.data.Dataset):
         return np.random.default_rng([self.seed, step, slot, part])
 
     def __getitem__(self, plan: StepPlan) -> dict[str, torch.Tensor]:
-        s = self.side
+        s, how = self.side, self.augmentation
         photos, windows, quads = [], [], []
         for (path, tile_id, turn), slot in zip(plan.pairs, plan.pair_slots):
             rng = self._rng(plan.step, slot, 0)
-            k = int(rng.integers(4)) if self.augment else 0  # the pair turned together...
-            photos.append(augment(self.photo(path).float(), k, rng, self.augment))
-            windows.append(augment(self.window(tile_id).float(), k + turn // 90, rng, self.augment))  # ...aligned
+            k = int(rng.integers(4)) if how is not None else 0  # the pair turned together...
+            photos.append(augment(self.photo(path).float(), k, rng, how))
+            windows.append(augment(self.window(tile_id).float(), k + turn // 90, rng, how))  # ...aligned
         for tile_id, slot in zip(plan.quads, plan.quad_slots):
             rng = self._rng(plan.step, slot, 1)
-            k = int(rng.integers(4)) if self.augment else 0  # one turn for the quadruplet, colours per view
-            quads.append(
-                torch.stack([augment(self.window(tile_id, v).float(), k, rng, self.augment) for v in range(4)])
-            )
+            k = int(rng.integers(4)) if how is not None else 0  # one turn for the quadruplet, the rest per view
+            quads.append(torch.stack([augment(self.window(tile_id, v).float(), k, rng, how) for v in range(4)]))
         empty = torch.zeros(0, 3, s, s)
         return {
             "photos": torch.stack(photos) if photos else empty,
@@ -217,6 +272,7 @@ def default_render_px(side: int) -> int:
 
 
 __all__ = [
+    "Augmentation",
     "StepPlan",
     "TrainImages",
     "augment",
@@ -224,5 +280,7 @@ __all__ = [
     "photo_rotation",
     "resize_square",
     "split_slots",
+    "view_corners",
+    "warp_view",
     "window_sources",
 ]

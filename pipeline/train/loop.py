@@ -37,7 +37,7 @@ from ..evaluate import first_positive_ranks, knn, recalls
 from ..model.checkpoint import build_model, load_checkpoint, save_checkpoint
 from ..model.retrieval import CONFIGS
 from ..progress import progress
-from .data import StepPlan, TrainImages, default_render_px, split_slots
+from .data import Augmentation, StepPlan, TrainImages, default_render_px, split_slots
 from .losses import mum_loss, pair_loss
 from .mining import Clusters, quad_windows
 from .sampler import PairSchedule
@@ -201,8 +201,9 @@ class Trainer:
         s = self.s
         render = s.render_px or default_render_px(side)
         cache = s.image_cache or None
+        how = Augmentation(s.rotate, s.perspective, s.zoom, s.colour) if s.augment else None
         return TrainImages(
-            self.data.tiles, self.data.size_tiles, side, render, seed=s.seed, augment=s.augment, cache_dir=cache
+            self.data.tiles, self.data.size_tiles, side, render, seed=s.seed, augmentation=how, cache_dir=cache
         )
 
     def _plan(self, step: int, schedule: PairSchedule | None, clusters: Clusters | None) -> StepPlan:

@@ -118,7 +118,17 @@ class TrainSettings(Settings):
     )
     steps: int | None = setting(None, "training iterations (paper 30000, cpu 100)")
     seed: int = setting(0, "seed of the batches, the augmentation, dropout and the clustering")
-    augment: bool = setting(True, "random rotation (multiples of 90 degrees) and colour changes of every image")
+    augment: bool = setting(
+        True, "augment every image: a random quarter turn (a pair's two images together) and the changes below"
+    )
+    rotate: float = setting(0.0, "augmentation: a further turn drawn in [-rotate, rotate] degrees per image")
+    perspective: float = setting(
+        0.0, "augmentation: each corner of the view moved inward by up to this fraction of half the side"
+    )
+    zoom: float = setting(0.0, "augmentation: the view's side drawn in [1 - zoom, 1] of the image's")
+    colour: float = setting(
+        0.3, "augmentation: brightness, contrast and saturation scaled by factors in [1 - colour, 1 + colour]"
+    )
     render_px: int | None = setting(
         None, "side the windows are rendered at before the model's resize (default: twice the model's side)"
     )
@@ -188,6 +198,10 @@ class TrainSettings(Settings):
         self.need(self.lambda1 > 0 or self.lambda2 > 0, "lambda1", "lambda1 and lambda2 cannot both be 0")
         self.need(self.loader_workers >= 0, "loader_workers", "must be 0 (in the training process) or more")
         self.need(self.render_px is None or self.render_px >= 14, "render_px", "must be at least 14 pixels")
+        self.need(0 <= self.rotate <= 180, "rotate", "degrees in [0, 180]")
+        self.need(0 <= self.perspective < 1, "perspective", "a fraction in [0, 1)")
+        self.need(0 <= self.zoom < 1, "zoom", "a fraction in [0, 1)")
+        self.need(0 <= self.colour < 1, "colour", "a fraction in [0, 1)")
         self.need(self.adapter_dim >= 1, "adapter_dim", "must be at least 1")
         self.need(self.tau > 0, "tau", "must be above 0")
         self.need(self.aic_weight >= 0, "aic_weight", "must be 0 or more")
