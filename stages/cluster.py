@@ -249,16 +249,24 @@ def dask_client(
             cluster.close()
 
 
+def lost_connection() -> tuple[type[BaseException], ...]:
+    """What a future's ``result()`` raises when the client loses its scheduler: the task cancelled, or the
+    connection closed while the result was being fetched (which of the two depends on the moment)."""
+    from distributed.comm.core import CommClosedError
+
+    return (CancelledError, CommClosedError)
+
+
 def gather(futures: list, total: int, desc: str, postfix: str) -> None:
     """Wait for task futures with a progress bar; each task returns ``{"photos": n, postfix: m, ...}``."""
     from dask.distributed import as_completed
 
-    done = 0
+    done, lost = 0, lost_connection()
     with progress(total=total, desc=desc, unit="photo") as bar:
         for f in as_completed(futures):
             try:
                 res = f.result()
-            except CancelledError as e:  # the scheduler went away (or someone cancelled the task there)
+            except lost as e:  # the scheduler went away (or someone cancelled the task there)
                 from stages.base import StageError
 
                 raise StageError(
@@ -318,6 +326,7 @@ def gather_isolating(
     from dask.distributed import as_completed
 
     pieces: dict[int, dict[int, Any]] = {}
+    lost = lost_connection()
     failed: list[str] = []
     suspects: list[tuple[int, int | None]] = []
     done = 0
@@ -378,7 +387,7 @@ def gather_isolating(
             part, items = work[b]
             try:
                 res = f.result()
-            except CancelledError as e:
+            except lost as e:
                 cancelled(part, e)
             except Exception as e:  # noqa: BLE001 - whatever it was, the other batches go on
                 if j is None and len(items) > 1:
@@ -406,7 +415,7 @@ def gather_isolating(
             try:
                 res = submit([item], single_part(b, j), f"{b}-{0 if j is None else j}-alone").result()
                 finish_piece(b, j, single_part(b, j))
-            except CancelledError as e:
+            except lost as e:
                 cancelled(work[b][0], e)
             except Exception as e:  # noqa: BLE001
                 name = item.get("photo_id", item) if isinstance(item, dict) else item

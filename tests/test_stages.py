@@ -230,6 +230,38 @@ def test_a_cancelled_task_stops_the_run_for_a_resume_and_is_not_run_item_by_item
     assert ["b"] not in submitted and ["c"] not in submitted  # not rerun one by one
 
 
+def _closed(items, part):
+    from distributed.comm.core import CommClosedError
+
+    raise CommClosedError("in <TCP (closed) ConnectionPool.gather>: Stream is closed")
+
+
+def test_a_connection_closed_while_fetching_a_result_stops_the_run_for_a_resume(tmp_path):
+    """When the scheduler goes away, ``result()`` raises CommClosedError instead of CancelledError if the
+    connection closes while the result is being fetched (seen in CI): the same stop, with how to go on, in both
+    gathers, and no batch rerun item by item. (The task raises the error here: ``result()`` re-raises it.)"""
+    from dask.distributed import Client, LocalCluster
+
+    from stages.cluster import gather, gather_isolating
+
+    work = [(str(tmp_path / "batch0.parquet"), ["a", "b"])]
+    submitted = []
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+
+        def submit(items, part, suffix):
+            submitted.append(items)
+            return client.submit(_closed, items, part, key=f"x-{suffix}", pure=False)
+
+        with pytest.raises(StageError, match="batch0.parquet's task was cancelled .*run the same command again"):
+            gather_isolating(client, work, submit, lambda item, e: None, lambda part, pieces: None, "test", "ok")
+        with pytest.raises(StageError, match="connection to the Dask scheduler was lost.*run the same command"):
+            gather([submit(["c"], "c", "c")], 1, "test", "ok")
+    assert submitted == [["a", "b"], ["c"]]  # nothing rerun one by one
+
+
 def test_an_unwritable_output_is_refused_before_any_work(tmp_path):
     stage = Copy()
     (tmp_path / "a_file").write_text("")
