@@ -36,8 +36,10 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# two test processes (pytest-xdist): the tests that wait on a process or a cluster leave a core idle
+TEST_PROCESSES ?= 2
 test: install lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_PROCESSES)
 
 clean:
 	rm -rf $(VENV) $(WORKDIR) .pytest_cache

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_SAMPLE = REPO.parent / "shared" / "real-sample"
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two test processes on two cores: one torch thread each. With two threads each, the threads of one
+    # process spin-wait while the other's hold the cores, and the suite ran no faster than in one process.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -19,11 +28,21 @@ def real_sample() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory) -> Path:
-    """The tiny sample workspace (``run sample --size tiny``), made once per test session.
+    """The tiny sample workspace (``run sample --size tiny``), made once per test session: under pytest-xdist
+    (``make test`` runs two processes) the first process to get here makes it, under a lock, and the others
+    read the same folder.
 
     Tests must not change it; those that need their own write elsewhere."""
+    from filelock import FileLock
+
     from stages.cli import main
 
-    out = tmp_path_factory.mktemp("tiny")
-    assert main(["run", "sample", "--size", "tiny", "--workdir", str(out), "-q"]) == 0
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # shared by the session's worker processes
+    out = root / "tiny-sample"
+    with FileLock(str(root / "tiny-sample.lock")):
+        if not (root / "tiny-sample.made").is_file():
+            assert main(["run", "sample", "--size", "tiny", "--workdir", str(out), "-q"]) == 0
+            (root / "tiny-sample.made").touch()
     return out

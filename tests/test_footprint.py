@@ -271,7 +271,7 @@ def test_screen_ends_pairs_that_match_nothing_and_keeps_the_others_as_they_were(
     source = open_tile_source(tiny / "tiles")
     row = read_manifest(tiny / "queries.parquet", "queries").iloc[0]
     photo = np.ascontiguousarray(cv2.imread(str(tiny / row.image_path))[..., ::-1])
-    small = dict(max_keypoints=512, photo_px=384, window_px=512, rotations=[0, 90, 180, 270])
+    small = dict(max_keypoints=512, photo_px=384, window_px=512, rotations=[0, 90])  # 5 zooms x 4 windows x 2
     runs = [
         list(
             FootprintSearch(source, SearchSettings(screen_inliers=n, **small)).candidates(
@@ -280,11 +280,11 @@ def test_screen_ends_pairs_that_match_nothing_and_keeps_the_others_as_they_were(
         )
         for n in (0, 6)
     ]
-    assert len(runs[0]) == len(runs[1]) == 80
+    assert len(runs[0]) == len(runs[1]) == 40
     good = [(a, b) for a, b in zip(*runs) if a.inliers >= 15]
     assert good and all(a.inliers == b.inliers and np.array_equal(a.to_mercator, b.to_mercator) for a, b in good)
     ended = [b for a, b in zip(*runs) if a.to_mercator is not None and b.to_mercator is None]
-    assert len(ended) > 40 and all(b.inliers < 6 for b in ended), len(ended)  # most pairs match nothing: they end
+    assert len(ended) > 20 and all(b.inliers < 6 for b in ended), len(ended)  # most pairs match nothing: they end
     with pytest.raises(ValueError, match="screen_layer = 8: LightGlue has 9 layers"):
         FootprintSearch(source, SearchSettings(screen_layer=8))
 
