@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 import sys
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,15 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _THRESHOLD = 2**31 - 1  # bytes; mallopt takes an int
 _done = False
+
+
+def host_cores() -> int:
+    """The cores this process may run on: its CPU affinity (``taskset``, a container's cpuset, a test process's
+    share), which the processes it starts inherit; the machine's count where affinity is unknown (not Linux)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def tune_malloc() -> bool:

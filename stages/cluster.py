@@ -4,7 +4,6 @@ progress loop."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError
@@ -221,7 +220,9 @@ def dask_client(
         import dask
         from distributed.system import MEMORY_LIMIT  # the machine's memory, or its cgroup's / rlimit's limit
 
-        cores = os.cpu_count() or 1
+        from pipeline.runtime import host_cores
+
+        cores = host_cores()  # the cores this process may run on (its CPU affinity: taskset, cpusets)
         n = local_worker_count(workers, cuda_device_count() if gpu else cores, MEMORY_LIMIT, worker_memory)
         threads = max(1, cores // n)
         env = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **(environ or {})}

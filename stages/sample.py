@@ -31,6 +31,7 @@ from manifests import QUERIES, TRUTH, read_manifest, write_manifest
 from manifests.files import atomic_output
 from pipeline.geometry.windows import DEFAULT_ZOOMS, parse_zooms
 from pipeline.progress import progress
+from pipeline.runtime import host_cores
 from pipeline.settings import Settings, setting
 from pipeline.simulate.sample import SIZES, PhotoPlan, plan_photos, query_row, render_photo, split_boxes
 from pipeline.world import ProceduralWorld, save_world
@@ -134,7 +135,7 @@ class SampleStage(Stage):
         todo = [k for k in range(len(batches)) if not (parts / f"batch{k:05d}.pkl").exists()]
         if len(todo) < len(batches):
             log.info("resuming: %d of %d photo batches already done", len(batches) - len(todo), len(batches))
-        workers = int(conf.workers or min(2, os.cpu_count() or 1))
+        workers = int(conf.workers or min(2, host_cores()))
         with progress(total=sum(len(batches[k]) for k in todo), desc="sample photos", unit="photo") as bar:
             if workers > 1 and todo:
                 ctx = multiprocessing.get_context("forkserver")

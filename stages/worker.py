@@ -12,19 +12,10 @@ torch threads: :func:`pipeline.runtime.apply_worker_runtime`), in one of two way
 
 from __future__ import annotations
 
-import os
-
 import click
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from pipeline.runtime import apply_worker_runtime
-
-
-def host_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+from pipeline.runtime import apply_worker_runtime, host_cores
 
 
 class WorkerRuntime(WorkerPlugin):

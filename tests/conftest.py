@@ -11,12 +11,20 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_SAMPLE = REPO.parent / "shared" / "real-sample"
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # Two test processes on two cores: one torch thread each. With two threads each, the threads of one
-    # process spin-wait while the other's hold the cores, and the suite ran no faster than in one process.
-    os.environ["OMP_NUM_THREADS"] = "1"
+    # `make test` runs several test processes (pytest-xdist). Each gets its own share of the cores (its CPU
+    # affinity, which the processes it starts inherit: a stage's local Dask cluster counts those cores) and as
+    # many torch threads. With two threads in each of two processes on two cores, one process's threads
+    # spin-wait while the other's hold the cores, and the suite ran no faster than in one process.
+    _index = int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw") or 0)
+    _count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    _cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    _share = max(1, len(_cores) // _count)
+    if len(_cores) >= _count > 1:
+        os.sched_setaffinity(0, _cores[(_index % _count) * _share : (_index % _count + 1) * _share])
+    os.environ["OMP_NUM_THREADS"] = str(_share)
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(_share)
 
 
 @pytest.fixture(scope="session")

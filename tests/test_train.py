@@ -93,8 +93,9 @@ def _args(tiny: Path, pairs: Path, model: Path, out: Path, *extra: str) -> list[
     ]
 
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "2"}
-"""Every run of a comparison in its own process with the same threads: float sums depend on the thread count."""
+ENV = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+"""Every run of a comparison in its own process with the same threads: float sums depend on the thread count.
+(Under pytest-xdist, tests/conftest.py sets each test process's threads.)"""
 
 
 def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
@@ -247,8 +248,8 @@ def test_a_killed_run_resumes_to_the_same_weights_and_metrics(tiny, workspace, t
 def test_two_gloo_processes_train_as_one_with_the_same_global_batch(tiny, workspace, tiny_model, tmp_path):
     """torchrun with two CPU processes (gloo), each reading half of each batch, against one process: the same loss
     at every step, the same descriptors, the same weights within a third of an Adam step. (Adam divides each
-    gradient by its own size, so a gradient that is zero but for rounding, as that of SALAD's last score bias, which
-    Sinkhorn's normalization makes irrelevant, moves its parameter by rounding-driven steps of up to the learning
+    gradient by its own size, so a gradient that is zero but for rounding, as those of SALAD's last score bias and its
+    dust bin, which Sinkhorn's normalization makes irrelevant, moves its parameter by rounding-driven steps of up to the learning
     rate in either run.)"""
     lr = 1e-4  # steps well above rounding
     one = tmp_path / "one" / "model.pt"
@@ -263,8 +264,12 @@ def test_two_gloo_processes_train_as_one_with_the_same_global_batch(tiny, worksp
     assert done.returncode == 0, done.stderr[-3000:]
     np.testing.assert_allclose(_metrics(one)["loss"], _metrics(two)["loss"], rtol=1e-5)
     a, b, start = _weights(one), _weights(two), _weights(tiny_model)
-    free = "aggregator.score.3.bias"  # a constant per cluster is undone by Sinkhorn's column scaling: no gradient
-    assert all(torch.allclose(a[k], b[k], atol=lr / 3) for k in a if k != free)
+    # No gradient but rounding (Sinkhorn fits the rows first, which undoes a constant added to a row): the score's
+    # last bias (a constant per cluster) and the dust bin (the constant of its row). Adam turns that rounding into
+    # steps of up to lr, in either direction.
+    free = {"aggregator.score.3.bias", "aggregator.dust_bin"}
+    far = {k: float((a[k] - b[k]).abs().max()) for k in a if k not in free}
+    assert max(far.values()) <= lr / 3, sorted(far.items(), key=lambda kv: -kv[1])[:5]
     trained = [k for k, v in build_model(TINY).named_parameters() if v.requires_grad]
     assert min(float((a[k] - start[k]).abs().max()) for k in trained if "weight" in k) > lr  # it did train
     images = torch.rand(6, 3, 56, 56, generator=torch.Generator().manual_seed(0))

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..geometry.mercator import lonlat_to_mercator
 from ..imagery.base import BoundsMercator, Rendered, TileSource
+from ..runtime import host_cores
 from .noise import Grid, fbm, hash_u32, hash_unit, value_noise
 
 F = np.float32
@@ -72,7 +73,7 @@ YEARS = (
 FIELD_ANGLES = (math.radians(12.0), math.radians(-31.0), math.radians(47.0))
 FIELD_CELLS = (420.0, 650.0, 300.0)
 """Field grids: rotation and cell size (m) of each of the three agricultural districts."""
-RENDER_THREADS = int(os.environ.get("PROCEDURAL_WORLD_THREADS", min(2, os.cpu_count() or 1)))
+RENDER_THREADS = int(os.environ.get("PROCEDURAL_WORLD_THREADS", min(2, host_cores())))
 """Threads rendering horizontal strips of one large render (env PROCEDURAL_WORLD_THREADS)."""
 SUN_AZIMUTH = math.radians(315.0)
 SUN_ELEVATION = math.radians(40.0)
