@@ -248,9 +248,9 @@ def test_a_killed_run_resumes_to_the_same_weights_and_metrics(tiny, workspace, t
 def test_two_gloo_processes_train_as_one_with_the_same_global_batch(tiny, workspace, tiny_model, tmp_path):
     """torchrun with two CPU processes (gloo), each reading half of each batch, against one process: the same loss
     at every step, the same descriptors, the same weights within a third of an Adam step. (Adam divides each
-    gradient by its own size, so a gradient that is zero but for rounding, as those of SALAD's last score bias and its
-    dust bin, which Sinkhorn's normalization makes irrelevant, moves its parameter by rounding-driven steps of up to the learning
-    rate in either run.)"""
+    gradient by its own size, so a gradient that is zero but for rounding, as those of SALAD's last score bias
+    and its dust bin, which Sinkhorn's normalization makes irrelevant, moves its parameter by rounding-driven
+    steps of up to the learning rate in either run.)"""
     lr = 1e-4  # steps well above rounding
     one = tmp_path / "one" / "model.pt"
     done = _run(_args(tiny, workspace, tiny_model, one, "--steps", "3", "--lr", str(lr)))
