@@ -19,10 +19,13 @@ import torch
 from pipeline.model import ModelConfig
 from pipeline.model.checkpoint import build_model, load_checkpoint, save_checkpoint
 from pipeline.train.data import Augmentation, augment, photo_rotation, split_slots, view_corners, warp_view
-from pipeline.train.loop import TIMING_COLUMNS
+from pipeline.train.loop import TIMING_COLUMNS, batch_similarities
 from pipeline.train.mining import Clusters, quad_windows, window_boxes
 from pipeline.train.sampler import PairSchedule
 from stages.cli import main
+
+LOSS_COLUMNS = ["loss", "pair_pos", "pair_neg", "mum", "pos_cos", "neg_cos", "batch_r1"]
+"""The metrics columns computed from descriptors: equal after a resume within float tolerance, not bit for bit."""
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ModelConfig(
@@ -154,6 +157,17 @@ def test_the_view_warp_known_answers():
     assert torch.allclose(centre[0, 8], 3.75 + 0.5 * torch.arange(16.0), atol=1e-4)  # columns 4..12 stretched
 
 
+def test_batch_similarities_known_answer():
+    """Three pairs on the axes: photo 0 and 1 face their own windows, photo 2 faces window 0's direction."""
+    eye = torch.eye(3)
+    q = torch.stack([eye[0], eye[1], torch.nn.functional.normalize(eye[0] + eye[2], dim=0)])
+    seen = batch_similarities(q, eye)
+    s = 2**-0.5
+    assert seen["pos_cos"] == pytest.approx((1 + 1 + s) / 3)
+    assert seen["neg_cos"] == pytest.approx((0 + 0 + s) / 3)  # photo 2's hardest other window: window 0, tied
+    assert seen["batch_r1"] == pytest.approx(2 / 3)  # the tie counts against photo 2
+
+
 def test_the_pair_schedule_is_a_function_of_seed_and_step():
     rng = np.random.default_rng(0)
     grounds = shapely.box(*np.hstack([(c := rng.uniform(0, 10, (40, 2))), c + 1]).T)
@@ -203,7 +217,7 @@ def test_a_killed_run_resumes_to_the_same_weights_and_metrics(tiny, workspace, t
     assert list(metrics.loc[metrics.kind == "train", "step"]) == [1, 2, 3, 4]
     assert list(metrics.loc[metrics.kind == "validation", "step"]) == [2, 4]
     assert list(metrics.loc[metrics.kind == "mining", "step"]) == [0, 2]
-    assert np.isfinite(metrics.loc[metrics.kind == "train", ["loss", "pair_pos", "pair_neg", "mum"]]).all().all()
+    assert np.isfinite(metrics.loc[metrics.kind == "train", LOSS_COLUMNS]).all().all()
     blob = torch.load(full, weights_only=True)
     assert blob["step"] == 4 and blob["training"]["validation"].endswith("#eval")
 
@@ -236,12 +250,8 @@ def test_a_killed_run_resumes_to_the_same_weights_and_metrics(tiny, workspace, t
     a, b = _weights(full), _weights(out)
     assert all(torch.allclose(a[k], b[k], atol=1e-7) for k in a)
     ma, mb = _metrics(full), _metrics(out)
-    assert ma.drop(columns=["loss", "pair_pos", "pair_neg", "mum"]).equals(
-        mb.drop(columns=["loss", "pair_pos", "pair_neg", "mum"])
-    )
-    np.testing.assert_allclose(
-        ma[["loss", "pair_pos", "pair_neg", "mum"]], mb[["loss", "pair_pos", "pair_neg", "mum"]], rtol=1e-6
-    )
+    assert ma.drop(columns=LOSS_COLUMNS).equals(mb.drop(columns=LOSS_COLUMNS))
+    np.testing.assert_allclose(ma[LOSS_COLUMNS], mb[LOSS_COLUMNS], rtol=1e-6, atol=1e-6)
     assert not (tmp_path / "full" / "model.pt.parts").exists()  # the work folder goes once the checkpoint is in
 
 

@@ -55,6 +55,12 @@ METRICS_SCHEMA = pa.schema(
         ("pair_pos", pa.float64()),
         ("pair_neg", pa.float64()),
         ("mum", pa.float64()),
+        # what the pair loss sees in its batch, measured per pair (no gradient): the mean cosine of a photo and its
+        # own window, the mean over photos of the cosine of the most similar other window of the batch, and the
+        # share of photos whose own window is the most similar of the batch's windows
+        ("pos_cos", pa.float64()),
+        ("neg_cos", pa.float64()),
+        ("batch_r1", pa.float64()),
         ("lr", pa.float64()),
         ("recall_1", pa.float64()),
         ("recall_5", pa.float64()),
@@ -377,9 +383,12 @@ class Trainer:
         nan = float("nan")
         loss = desc.new_zeros(())
         pos = neg = mum = None
+        seen = {}
         if self.b:
-            pos, neg = pair_loss(procs.gather(q), procs.gather(dd), s.alpha1, s.beta1)
+            qg, dg = procs.gather(q), procs.gather(dd)
+            pos, neg = pair_loss(qg, dg, s.alpha1, s.beta1)
             loss = loss + s.lambda1 * (pos + neg)
+            seen = batch_similarities(qg.detach(), dg.detach())
         if self.h:
             mum = mum_loss(procs.gather(quads), s.alpha2, s.beta2)
             loss = loss + s.lambda2 * mum
@@ -397,7 +406,25 @@ class Trainer:
             "pair_pos": pos.item() if pos is not None else nan,
             "pair_neg": neg.item() if neg is not None else nan,
             "mum": mum.item() if mum is not None else nan,
+            **seen,
         }
+
+
+def batch_similarities(q: torch.Tensor, d: torch.Tensor) -> dict[str, float]:
+    """For B pairs of unit descriptors, photos ``q`` (B, D) and their windows ``d`` (B, D): ``pos_cos`` the mean
+    cosine of a photo and its window, ``neg_cos`` the mean over photos of the largest cosine with another pair's
+    window, ``batch_r1`` the share of photos whose own window is the nearest of the B (ties count against)."""
+    s = (q @ d.T).float()
+    b = s.shape[0]
+    own = s.diagonal()
+    if b < 2:
+        return {"pos_cos": own.mean().item()}
+    other = s.masked_fill(torch.eye(b, dtype=torch.bool, device=s.device), float("-inf")).max(dim=1).values
+    return {
+        "pos_cos": own.mean().item(),
+        "neg_cos": other.mean().item(),
+        "batch_r1": (own > other).float().mean().item(),
+    }
 
 
 def row(step: int, kind: str, **values) -> dict:
@@ -422,4 +449,14 @@ def read_metrics(path: Path) -> list[dict]:
     return pq.read_table(path).cast(METRICS_SCHEMA).to_pylist()
 
 
-__all__ = ["METRICS_SCHEMA", "TIMING_COLUMNS", "Processes", "Trainer", "TrainingSet", "embed", "read_metrics", "row"]
+__all__ = [
+    "METRICS_SCHEMA",
+    "TIMING_COLUMNS",
+    "Processes",
+    "Trainer",
+    "TrainingSet",
+    "batch_similarities",
+    "embed",
+    "read_metrics",
+    "row",
+]
