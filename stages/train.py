@@ -56,11 +56,13 @@ class TrainStage(Stage):
 
     def resolve(self, s: TrainSettings, workdir: Path) -> TrainSettings:
         s = s.with_recipe()
-        if s.method == "adapter":
+        if s.method == "whitening":
+            s = s.replace(labels="pairs")  # the whitening is learned from the pairs: it has no unlabelled form
+        if s.method != "astroloc":
             return s.replace(
                 features=str(Path(s.features or workdir / "descriptors" / "index.parquet").resolve()),
                 pairs=str(Path(s.pairs or workdir / "pairs.parquet").resolve()) if s.labels == "pairs" else "",
-                out=str(Path(s.out or workdir / "train" / "adapter.pt").resolve()),
+                out=str(Path(s.out or workdir / "train" / f"{s.method}.pt").resolve()),
                 model=None,
             )
         pairs = Path(s.pairs or workdir / "pairs.parquet").resolve()
@@ -84,7 +86,7 @@ class TrainStage(Stage):
         return Path(s.out)
 
     def input_files(self, s: TrainSettings) -> list[Path]:
-        if s.method == "adapter":
+        if s.method != "astroloc":
             files = [Path(s.features), Path(s.features + ".config.toml"), *([Path(s.pairs)] if s.pairs else [])]
             files += [Path(e.partition("#")[0]) for e in s.exclude]
             return [f for f in files if f.is_file()]
@@ -98,7 +100,7 @@ class TrainStage(Stage):
 
     def check(self, run: StageRun) -> None:
         s = run.settings
-        if s.method == "adapter":
+        if s.method != "astroloc":
             if not Path(s.features).is_file() or not Path(s.features + ".config.toml").is_file():
                 raise StageError(
                     f"--features {s.features}: no descriptor store there; make one with the frozen model, e.g. "
@@ -107,7 +109,7 @@ class TrainStage(Stage):
             if s.pairs:
                 check_manifest_path(s.pairs, PAIRS, "pairs")
             if s.validation:
-                raise StageError("--validation: the adapter trains without labels and validates nothing; leave it")
+                raise StageError(f"--validation: the {s.method} method validates nothing; leave it")
             return
         check_manifest_path(s.pairs, PAIRS, "pairs")
         check_manifest_path(s.database, DATABASE, "database")
@@ -246,24 +248,24 @@ class TrainStage(Stage):
         keep_p = photos["id"].map(out_photo).eq(False).to_numpy()  # photos unknown to the manifest stay out
         keep_w = windows["id"].map(out_window).eq(False).to_numpy()
         photos, windows = photos[keep_p], windows[keep_w]
-        positives = None
+        positives = groups = None
         if s.labels == "pairs":
             pairs = read_manifest(s.pairs, PAIRS, columns=["photo_id", "tile_id", "iou"], geometry=False)
             pairs = pairs[pairs["iou"] >= s.iou]
             rows_of = windows.reset_index(drop=True).groupby("id").indices
             by_photo = pairs.groupby(pairs["photo_id"].astype(str))["tile_id"].apply(list)
-            pos = [
-                np.concatenate([rows_of[t] for t in by_photo.get(p, []) if t in rows_of] or [np.zeros(0, int)])
-                for p in photos["id"]
-            ]
-            has = np.array([len(p) > 0 for p in pos], bool)
-            photos, positives = photos[has], [np.sort(p) for p, h in zip(pos, has) if h]
+            grouped = [[rows_of[t] for t in dict.fromkeys(by_photo.get(p, [])) if t in rows_of] for p in photos["id"]]
+            has = np.array([len(g) > 0 for g in grouped], bool)
+            photos, groups = photos[has], [g for g, h in zip(grouped, has) if h]
+            positives = [np.sort(np.concatenate(g)) for g in groups]
         if not len(photos) or len(windows) < 2:
             raise StageError(
                 f"{s.features}: {len(photos)} photos and {len(windows)} window descriptors left after the held-back "
                 "regions" + (" and the pairs" if s.labels == "pairs" else "") + "; describe more (run describe)"
             )
-        data = AdapterData(read_rows(folder, photos, np.float16), read_rows(folder, windows, np.float16), positives)
+        data = AdapterData(
+            read_rows(folder, photos, np.float16), read_rows(folder, windows, np.float16), positives, groups
+        )
         counts = {"photos": len(photos), "references": len(windows), "held_photos": int((~keep_p).sum())}
         counts["held_references"] = int((~keep_w).sum())
         return data, frozen_reference(cfg["model"], cfg.get("backbone_weights") or None), counts
@@ -308,12 +310,46 @@ class TrainStage(Stage):
             ]
         )
 
+    def _run_whitening(self, run: StageRun) -> str:
+        from pipeline.model.adapter import Adapter, AdapterConfig, save_adapter
+        from pipeline.train.whitening import learn_whitening, matching_pairs
+
+        s = run.settings
+        t0 = time.perf_counter()
+        data, frozen, n = self.adapter_set(s)
+        photos, refs = data.photos.astype(np.float32), data.references.astype(np.float32)
+        p_rows, r_rows = matching_pairs(photos, refs, data.positive_windows)
+        seen = np.concatenate([photos, refs])
+        d0 = photos.shape[1]
+        try:
+            weight, bias = learn_whitening(photos[p_rows], refs[r_rows], seen, s.shrinkage, s.whiten_dim or None)
+        except ValueError as e:
+            raise StageError(f"{s.features}: {e}") from None
+        import torch
+
+        adapter = Adapter(AdapterConfig(d0, weight.shape[0]))
+        with torch.no_grad():
+            adapter.linear.weight.copy_(torch.from_numpy(weight))
+            adapter.linear.bias.copy_(torch.from_numpy(bias))
+        save_adapter(s.out, adapter, frozen, 0, training=run.record, whitening={"pairs": len(p_rows)})
+        return "\n".join(
+            [
+                f"train (whitening learned from {len(p_rows)} pairs at IoU >= {s.iou} of {n['photos']} photos, "
+                f"shrinkage {s.shrinkage}): {d0} -> {weight.shape[0]} values -> {s.out}",
+                f"  frozen model {frozen['model']}; the mean and covariance of {len(seen)} descriptors "
+                f"({n['held_photos']} photos, {n['held_references']} window descriptors held back); "
+                f"{time.perf_counter() - t0:.1f} s",
+            ]
+        )
+
     def run(self, run: StageRun) -> str:
         from pipeline.train.loop import Trainer
 
         s = run.settings
         if s.method == "adapter":
             return self._run_adapter(run)
+        if s.method == "whitening":
+            return self._run_whitening(run)
         data = self.training_set(s)
         try:
             result = Trainer(s, data, Path(s.out), run.parts_dir()).run()

@@ -272,6 +272,45 @@ def test_run_train_adapter_holds_the_region_back_and_describes_through_its_froze
     assert json.loads(summary.read_text())["queries"] > 0
 
 
+def test_run_train_whitening_learns_from_the_pairs_and_describes_through_its_frozen_model(
+    tiny, frozen, tmp_path, capsys
+):
+    """--method whitening: the closed-form map of the training photos' pairs (pipeline/train/whitening.py) on the
+    frozen store, written as an adapter checkpoint: describing through it equals whitening the frozen descriptors."""
+    from pipeline.descriptors import load_descriptors
+    from pipeline.train.settings import TrainSettings
+    from pipeline.train.whitening import apply_whitening, learn_whitening, matching_pairs
+    from stages.train import TrainStage
+
+    model, store = frozen
+    pairs = tmp_path / "pairs.parquet"  # loose pairs, so the store's zoom-9 windows have some
+    made = ["run", "pairs", "--workdir", str(tiny), "--footprints", str(tiny / "truth.parquet"), "--iou", "0.01"]
+    assert main([*made, "--out", str(pairs), "-q"]) == 0
+    out = tmp_path / "whitening.pt"
+    region = f"{tiny / 'regions.geojson'}#eval"
+    base = ["run", "train", "--workdir", str(tiny), "--method", "whitening", "--features", str(store), "--pairs"]
+    base += [str(pairs), "--exclude", region, "--iou", "0.01", "--shrinkage", "0.5", "--out", str(out), "-q"]
+    capsys.readouterr()
+    assert main(base) == 0
+    s = TrainStage().resolve(
+        TrainSettings(method="whitening", features=str(store), pairs=str(pairs), exclude=(region,), iou=0.01), tiny
+    )
+    data, _, n = TrainStage().adapter_set(s)
+    p = data.photos.astype(np.float32)
+    r = data.references.astype(np.float32)
+    pr, rr = matching_pairs(p, r, data.positive_windows)
+    assert len(pr) >= 2 and f"whitening learned from {len(pr)} pairs" in capsys.readouterr().out
+    weight, bias = learn_whitening(p[pr], r[rr], np.concatenate([p, r]), 0.5)
+    adapted = tmp_path / "white" / "index.parquet"
+    assert main([*_describe(tiny, out, adapted), "--from-store", str(store)]) == 0
+    _, frozen_desc = load_descriptors(store.parent, "window")
+    _, desc = load_descriptors(adapted.parent, "window")
+    assert ((apply_whitening(frozen_desc, weight, bias) * desc).sum(1) > 0.999).all()  # float16 storage
+    capsys.readouterr()
+    assert main([*base, "--shrinkage", "0", "--overwrite"]) == 1  # fewer pairs than dimensions: singular
+    assert "pass a shrinkage above 0" in capsys.readouterr().err
+
+
 def test_an_adapter_refuses_a_changed_frozen_model_and_bad_settings(tiny, frozen, tmp_path, capsys):
     model, store = frozen
     moved = save_checkpoint(tmp_path / "gem.pt", build_model(GEM))
@@ -286,7 +325,7 @@ def test_an_adapter_refuses_a_changed_frozen_model_and_bad_settings(tiny, frozen
     assert main([*base, "--features", str(tmp_path / "none" / "index.parquet")]) == 1
     assert "no descriptor store there; make one with the frozen model" in capsys.readouterr().err
     assert main([*base, "--features", str(store), "--validation", f"{tiny / 'regions.geojson'}#eval"]) == 1
-    assert "trains without labels" in capsys.readouterr().err
+    assert "validates nothing" in capsys.readouterr().err
 
 
 def test_supervised_adaptation_learns_the_distortion_from_its_pairs(tmp_path):

@@ -134,11 +134,13 @@ class AdapterRun:
 @dataclass
 class AdapterData:
     """What an adapter trains on: ``photos`` (P, d0) and ``references`` (N, d0) frozen descriptors (float16 or
-    float32, unit length), and for ``labels="pairs"`` each photo's positive reference rows."""
+    float32, unit length), and for ``labels="pairs"`` each photo's positive reference rows, also grouped by window
+    (``positive_windows[p]``: one array of rows per paired window, its stored rotations)."""
 
     photos: np.ndarray
     references: np.ndarray
     positives: list[np.ndarray] | None = None
+    positive_windows: list[list[np.ndarray]] | None = None
 
 
 class AdapterTrainer:

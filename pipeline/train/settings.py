@@ -86,9 +86,10 @@ class TrainSettings(Settings):
     recipe: str = setting("cpu", "where unset hyperparameters come from: paper or cpu", choices=tuple(RECIPES))
     method: str = setting(
         "astroloc",
-        "the training method: astroloc (pairs + MUM, trains the model) or adapter (a linear adapter on a frozen "
-        "model's stored descriptors, EM pseudo-labels: no label used)",
-        choices=("astroloc", "adapter"),
+        "the training method: astroloc (pairs + MUM, trains the model), adapter (a linear adapter on a frozen "
+        "model's stored descriptors, EM pseudo-labels: no label used) or whitening (a linear map learned in closed "
+        "form from the pairs on a frozen model's stored descriptors: docs/training.md)",
+        choices=("astroloc", "adapter", "whitening"),
     )
     model: str | None = setting(None, "the start: a model config (cpu, paper, cpu-random) or a checkpoint file")
     backbone_weights: str | None = setting(None, "the official DINOv2 checkpoint, for the paper model")
@@ -167,6 +168,10 @@ class TrainSettings(Settings):
         "adapter: the reconstruction loss summed over the descriptors (Eq. 8) or its mean per descriptor",
         choices=("sum", "mean"),
     )
+    shrinkage: float = setting(
+        0.1, "whitening: this fraction of the pairs' difference covariance's mean eigenvalue added to its diagonal"
+    )
+    whiten_dim: int = setting(0, "whitening: the whitened descriptors' size (0: the frozen descriptors')")
     tau: float = setting(0.1, "adapter: the InfoNCE temperature (Eq. 6; the paper does not give its value)")
     photos_per_step: int | None = setting(None, "adapter: M, photos drawn per iteration (paper 700)")
     references_per_step: int = setting(
@@ -204,13 +209,15 @@ class TrainSettings(Settings):
         self.need(0 <= self.colour < 1, "colour", "a fraction in [0, 1)")
         self.need(self.adapter_dim >= 1, "adapter_dim", "must be at least 1")
         self.need(self.tau > 0, "tau", "must be above 0")
+        self.need(self.shrinkage >= 0, "shrinkage", "must be 0 or more")
+        self.need(self.whiten_dim >= 0, "whiten_dim", "0 (the frozen size) or more")
         self.need(self.aic_weight >= 0, "aic_weight", "must be 0 or more")
         self.need(self.photos_per_step is None or self.photos_per_step >= 1, "photos_per_step", "at least 1")
         self.need(self.references_per_step >= 0, "references_per_step", "0 (all) or more")
 
     def with_recipe(self) -> TrainSettings:
         """These settings with every unset hyperparameter taken from the recipe."""
-        recipes = ADAPTER_RECIPES if self.method == "adapter" else RECIPES
+        recipes = RECIPES if self.method == "astroloc" else ADAPTER_RECIPES
         fill = {k: v for k, v in recipes[self.recipe].items() if getattr(self, k) is None}
         return self.replace(**fill) if fill else self
 
