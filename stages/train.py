@@ -48,7 +48,10 @@ def _pairs_footprints(pairs: Path) -> str | None:
 
 class TrainStage(Stage):
     name = "train"
-    help = "train the retrieval model on the pairs (AstroLoc's pairwise + MUM losses); torchrun for several GPUs"
+    help = (
+        "train the retrieval model on the pairs (AstroLoc's pairwise + MUM losses; torchrun for several GPUs), or "
+        "a map on a frozen model's descriptors (--method adapter, whitening)"
+    )
     settings_class = TrainSettings
 
     def primary(self) -> bool:

@@ -19,7 +19,7 @@ import torch
 from pipeline.model import ModelConfig
 from pipeline.model.checkpoint import build_model, load_checkpoint, save_checkpoint
 from pipeline.train.data import Augmentation, augment, photo_rotation, split_slots, view_corners, warp_view
-from pipeline.train.loop import TIMING_COLUMNS, batch_similarities
+from pipeline.train.loop import METRICS_SCHEMA, TIMING_COLUMNS, batch_similarities, read_metrics, row, write_metrics
 from pipeline.train.mining import Clusters, quad_windows, window_boxes
 from pipeline.train.sampler import PairSchedule
 from stages.cli import main
@@ -166,6 +166,17 @@ def test_batch_similarities_known_answer():
     assert seen["pos_cos"] == pytest.approx((1 + 1 + s) / 3)
     assert seen["neg_cos"] == pytest.approx((0 + 0 + s) / 3)  # photo 2's hardest other window: window 0, tied
     assert seen["batch_r1"] == pytest.approx(2 / 3)  # the tie counts against photo 2
+
+
+def test_a_metrics_log_of_an_older_version_reads_with_nan_in_the_new_columns(tmp_path):
+    path = tmp_path / "metrics.parquet"
+    write_metrics(path, [row(1, "train", loss=1.5, pos_cos=0.3), row(2, "validation", recall_1=0.5)])
+    assert read_metrics(path)[0]["pos_cos"] == pytest.approx(0.3)
+    old = pq.read_table(path).drop_columns(["pos_cos", "neg_cos", "batch_r1"])  # as written before they existed
+    pq.write_table(old, path)
+    rows = read_metrics(path)
+    assert list(rows[0]) == METRICS_SCHEMA.names and rows[0]["loss"] == 1.5 and rows[1]["recall_1"] == 0.5
+    assert np.isnan(rows[0]["pos_cos"]) and np.isnan(rows[1]["batch_r1"])
 
 
 def test_the_pair_schedule_is_a_function_of_seed_and_step():

@@ -444,9 +444,19 @@ def write_metrics(path: Path, rows: list[dict]) -> None:
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """The rows of a metrics log; columns a log written before they existed (pos_cos, neg_cos, batch_r1) come back
+    as NaN, so a run started on an older version resumes."""
     if not Path(path).is_file():
         return []
-    return pq.read_table(path).cast(METRICS_SCHEMA).to_pylist()
+    table = pq.read_table(path)
+    for f in METRICS_SCHEMA:
+        if f.name not in table.column_names:
+            table = table.append_column(f.name, pa.nulls(len(table), f.type))
+    rows = table.select(METRICS_SCHEMA.names).cast(METRICS_SCHEMA).to_pylist()
+    return [
+        {k: float("nan") if v is None and k not in ("step", "kind", "images") else v for k, v in r.items()}
+        for r in rows
+    ]
 
 
 __all__ = [

@@ -150,13 +150,13 @@ class TrainSettings(Settings):
     checkpoint_every: int | None = setting(None, "save the resumable state every N steps (paper 1000, cpu 25)")
     features: str = setting(
         "",
-        "adapter: the frozen model's descriptor store from `run describe` (default: "
+        "adapter and whitening: the frozen model's descriptor store from `run describe` (default: "
         "WORKDIR/descriptors/index.parquet); its model is the frozen one",
     )
     labels: str = setting(
         "em",
         "adapter: em (pseudo-labels, Eq. 5; no label used) or pairs (supervised by the pairs manifest: the "
-        "ablation's supervised row)",
+        "ablation's supervised row); whitening always learns from the pairs",
         choices=("em", "pairs"),
     )
     adapter_dim: int = setting(2048, "adapter: d, the adapted descriptors' size (residual: the frozen size)")

@@ -48,9 +48,10 @@ def learn_whitening(
     """The learned whitening of matching pairs (``a`` (n, D), ``b`` (n, D): row i of each is one pair) and the
     training ``descriptors`` (m, D) (the mean and the covariance C_D): (weight (k, D), bias (k,)) with
     z = normalize(weight @ x + bias), k = ``dim`` or D. ``shrinkage`` >= 0: that fraction of C_S's mean eigenvalue
-    added to its diagonal. float64 throughout; the weight satisfies weight (C_S + shrinkage) weight^T = I_k."""
+    added to its diagonal. float64 throughout; the weight satisfies weight C weight^T = I_k with
+    C = C_S + shrinkage x trace(C_S) / D x I."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    x = np.asarray(descriptors, np.float64)
+    x = np.asarray(descriptors)
     if a.ndim != 2 or a.shape != b.shape or x.ndim != 2 or x.shape[1] != a.shape[1]:
         raise ValueError(f"pairs (n, D) twice and descriptors (m, D) expected, got {a.shape}, {b.shape}, {x.shape}")
     n, d = a.shape
@@ -61,21 +62,35 @@ def learn_whitening(
     k = d if dim is None else int(dim)
     if not 1 <= k <= d:
         raise ValueError(f"dim must be in [1, {d}] (the descriptors' size), got {dim}")
-    mu = x.mean(axis=0)
+    mu, cov = _mean_covariance(x)
     diff = a - b
     cs = diff.T @ diff / n
+    if not np.trace(cs) > 0:
+        raise ValueError("every pair's two descriptors are equal: there is no difference to whiten")
     cs += shrinkage * np.trace(cs) / d * np.eye(d)
     val, vec = np.linalg.eigh(cs)
-    if val.min() <= 1e-12 * max(val.max(), 1e-300):
+    if val.min() <= 1e-12 * val.max():
         raise ValueError(
-            "the pairs' difference covariance is singular: fewer pairs than dimensions with shrinkage 0; "
+            "the pairs' difference covariance is singular (fewer independent pairs than dimensions); "
             "pass a shrinkage above 0 (e.g. 0.1)"
         )
     inv_sqrt = (vec / np.sqrt(val)) @ vec.T  # C_S^(-1/2), symmetric
-    w = (x - mu) @ inv_sqrt  # whitened descriptors (m, D)
-    _, rot = np.linalg.eigh(w.T @ w / len(w))
+    _, rot = np.linalg.eigh(inv_sqrt @ cov @ inv_sqrt)  # the whitened descriptors' covariance
     weight = rot[:, ::-1][:, :k].T @ inv_sqrt  # largest variance first
     return weight, -weight @ mu
+
+
+def _mean_covariance(x: np.ndarray, block: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """The mean (D,) and covariance (D, D) of the rows of ``x`` (m, D), in float64, a block of rows at a time (a
+    store of a million descriptors is never copied whole)."""
+    m, d = x.shape
+    total, outer = np.zeros(d), np.zeros((d, d))
+    for i in range(0, m, block):
+        part = np.asarray(x[i : i + block], np.float64)
+        total += part.sum(axis=0)
+        outer += part.T @ part
+    mu = total / m
+    return mu, outer / m - np.outer(mu, mu)
 
 
 def apply_whitening(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
