@@ -450,13 +450,9 @@ def read_metrics(path: Path) -> list[dict]:
         return []
     table = pq.read_table(path)
     for f in METRICS_SCHEMA:
-        if f.name not in table.column_names:
-            table = table.append_column(f.name, pa.nulls(len(table), f.type))
-    rows = table.select(METRICS_SCHEMA.names).cast(METRICS_SCHEMA).to_pylist()
-    return [
-        {k: float("nan") if v is None and k not in ("step", "kind", "images") else v for k, v in r.items()}
-        for r in rows
-    ]
+        if f.name not in table.column_names:  # filled as row() fills what a row does not say
+            table = table.append_column(f.name, pa.array([row(0, "")[f.name]] * len(table), f.type))
+    return table.select(METRICS_SCHEMA.names).cast(METRICS_SCHEMA).to_pylist()
 
 
 __all__ = [
