@@ -1,0 +1,220 @@
+"""The pair loss on the frozen blocks' tokens, computed once: many epochs in the time `run train` takes for one.
+
+A diagnostic of the trainer's plateau (bench/RESULTS.md, 2026-12-07 third session), not a way to train: the cpu
+model's frozen blocks (all but the last ``--trainable``) give the same tokens for an image at every step when
+nothing augments it, so this script computes them once per training photo, training window (at its pair's quarter
+turn) and validation image, keeps them in float16 under ``--tokens``, and trains the last blocks, SALAD and the
+linear layer on them with the pair loss (Eq. 1-5, ``pipeline.train.losses.pair_loss``) and the trainer's batch
+sampler. No augmentation, no MUM, no resume. Every ``--eval-every`` steps it prints the batches' measured
+similarities (as the trainer's metrics) and recall@1/5/10 of the validation region's photos against its windows of
+zoom <= ``--max-zoom`` at four rotations (the trainer's validation rules), and saves the model as a checkpoint
+`run describe --model` reads.
+
+    python bench/train_frozen_tokens.py --workdir L --exclude L/regions.geojson#eval --validation BOX.geojson \
+        --out T --steps 750 --lr 1e-5 [--iou 0.4] [--subset 256] [--rendered-only]
+
+``--rendered-only`` keeps the pairs whose window the trainer's image cache (``WORKDIR/train/cache``) already holds:
+rendering a window of the large sample takes about 0.1 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.descriptors import autocast_dtype  # noqa: E402
+from pipeline.evaluate import first_positive_ranks, knn, recalls  # noqa: E402
+from pipeline.model.checkpoint import build_model, save_checkpoint  # noqa: E402
+from pipeline.model.retrieval import CONFIGS  # noqa: E402
+from pipeline.train.data import TrainImages, default_render_px  # noqa: E402
+from pipeline.train.loop import batch_similarities  # noqa: E402
+from pipeline.train.losses import pair_loss  # noqa: E402
+from pipeline.train.sampler import PairSchedule  # noqa: E402
+from pipeline.train.settings import TrainSettings  # noqa: E402
+from stages.train import TrainStage  # noqa: E402
+
+
+def parse() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workdir", required=True, type=Path)
+    ap.add_argument("--exclude", action="append", default=[], help="regions held back (as run train --exclude)")
+    ap.add_argument("--validation", required=True, help="the region whose photos and windows measure recall")
+    ap.add_argument("--out", required=True, type=Path, help="folder for the checkpoints and log.json")
+    ap.add_argument("--tokens", type=Path, help="folder of the cached tokens (default OUT/../tokens)")
+    ap.add_argument("--max-zoom", type=int, default=11, help="validation windows of this zoom and coarser")
+    ap.add_argument("--pair-batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--steps", type=int, default=750)
+    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--trainable", type=int, default=2, help="trained blocks of the ViT-S (the cpu model's 2)")
+    ap.add_argument("--alpha1", type=float, default=1.0)
+    ap.add_argument("--beta1", type=float, default=50.0)
+    ap.add_argument("--iou", type=float, default=0.2, help="train on the pairs at this IoU or more")
+    ap.add_argument("--subset", type=int, default=0, help="train on this many pairs drawn at random (0: all)")
+    ap.add_argument("--rendered-only", action="store_true", help="only pairs whose window is in the image cache")
+    ap.add_argument("--seed", type=int, default=0)
+    return ap.parse_args()
+
+
+def main() -> None:
+    a = parse()
+    a.out.mkdir(parents=True, exist_ok=True)
+    tokens_dir = a.tokens or a.out.parent / "tokens"
+    stage = TrainStage()
+    s = stage.resolve(TrainSettings(exclude=tuple(a.exclude), validation=a.validation, lambda2=0), a.workdir)
+    data = stage.training_set(s)  # the pairs at IoU >= 0.2 outside the held-back regions, and the validation set
+    cfg = dataclasses.replace(CONFIGS["cpu"], trainable_blocks=a.trainable)
+    model = build_model(cfg, None, seed=0)
+    bb = model.backbone
+    frozen = bb.cfg.depth - bb.trainable_blocks
+    side = cfg.image_px
+    images = TrainImages(
+        data.tiles, data.size_tiles, side, default_render_px(side), augmentation=None,
+        cache_dir=str(a.workdir / "train" / "cache"),
+    )  # fmt: skip
+    dtype = autocast_dtype("cpu", True)
+
+    def autocast():
+        return torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None)
+
+    @torch.no_grad()
+    def prefix(xs: list[torch.Tensor]) -> torch.Tensor:
+        """images (3, S, S) in [0, 1] -> the tokens after the frozen blocks (N, 1 + h w, 384) float16."""
+        out = []
+        for i in range(0, len(xs), 32):
+            with autocast():
+                t = bb.tokens(model.preprocess(torch.stack([x.float() for x in xs[i : i + 32]])))
+                for block in bb.blocks[:frozen]:
+                    t = block(t)
+            out.append(t.to(torch.float16))
+        return torch.cat(out)
+
+    def describe(t: torch.Tensor) -> torch.Tensor:
+        """tokens (N, 1 + h w, 384) -> descriptors (N, 512), unit vectors: the trained blocks, SALAD, the layer."""
+        n = t.shape[0]
+        with autocast():
+            x = t.float()
+            for block in bb.blocks[frozen:]:
+                x = block(x)
+            x = bb.norm(x)
+            g = int(round((x.shape[1] - 1 - bb.cfg.registers) ** 0.5))
+            fmap = x[:, 1 + bb.cfg.registers :].reshape(n, g, g, bb.dim).permute(0, 3, 1, 2)
+            d = model.head(model.aggregator(fmap, x[:, 0]))
+        return F.normalize(d.float(), dim=-1)
+
+    def cached(name: str, keys: list, make) -> torch.Tensor:
+        path = tokens_dir / f"{name}-frozen{frozen}.pt"
+        if path.is_file():
+            blob = torch.load(path)
+            if blob["keys"] == keys:
+                return blob["tokens"]
+        t0, parts = time.perf_counter(), []
+        for i in range(0, len(keys), 256):
+            parts.append(prefix([make(k) for k in keys[i : i + 256]]))
+            done = min(i + 256, len(keys))
+            print(f"  tokens of {name}: {done}/{len(keys)} in {time.perf_counter() - t0:.0f} s", flush=True)
+        t = torch.cat(parts)
+        tokens_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"keys": keys, "tokens": t}, tmp)
+        tmp.replace(path)
+        return t
+
+    def turned(x: torch.Tensor, turn: int) -> torch.Tensor:
+        return torch.rot90(x, k=-int(turn) // 90, dims=(1, 2))  # clockwise, as pipeline.train.data.augment
+
+    if a.rendered_only:
+        have = np.array([images._disk_path(t, 0).is_file() for t in data.pair_windows])
+        keep = np.flatnonzero(have)
+        print(f"pairs whose window is in the image cache: {len(keep)} of {len(have)}", flush=True)
+        data.pair_photos = [data.pair_photos[i] for i in keep]
+        data.pair_windows = [data.pair_windows[i] for i in keep]
+        data.pair_turns, data.grounds = data.pair_turns[keep], data.grounds[keep]
+    photos = sorted(set(data.pair_photos))
+    wkeys = sorted(set(zip(data.pair_windows, (int(t) for t in data.pair_turns))))
+    print(f"{len(data.pair_photos)} pairs, {len(photos)} photos, {len(wkeys)} windows at their turns", flush=True)
+    vwin = [t for t in data.val_windows if int(t.split("_")[0]) <= a.max_zoom]
+    vkeys = [(t, r) for t in vwin for r in (0, 90, 180, 270)]
+    vpos = [set(p) & set(vwin) for p in data.val_positives]
+    vq = [i for i, p in enumerate(vpos) if p]
+    print(f"validation: {len(vq)} photos with a positive, {len(vwin)} windows x 4 rotations", flush=True)
+
+    val_photos = cached("validation-photos", [data.val_photos[i] for i in vq], images.photo)
+    val_windows = cached("validation-windows", vkeys, lambda k: turned(images.window(k[0]), k[1]))
+    train_photos = cached("photos", photos, images.photo)
+    train_windows = cached("windows", wkeys, lambda k: turned(images.window(k[0]), k[1]))
+    ids = np.asarray([k[0] for k in vkeys], dtype=object)
+    positives = [vpos[i] for i in vq]
+
+    @torch.no_grad()
+    def validate() -> dict[int, float]:
+        model.eval()
+        db = torch.cat([describe(val_windows[i : i + 64]) for i in range(0, len(val_windows), 64)]).numpy()
+        q = torch.cat([describe(val_photos[i : i + 64]) for i in range(0, len(val_photos), 64)]).numpy()
+        model.train()
+        _, rows = knn(db, q, 10)
+        return recalls(first_positive_ranks(rows, ids, positives), (1, 5, 10))
+
+    pidx = {p: i for i, p in enumerate(photos)}
+    widx = {k: i for i, k in enumerate(wkeys)}
+    pair_p = np.array([pidx[p] for p in data.pair_photos])
+    pair_w = np.array([widx[(w, int(t))] for w, t in zip(data.pair_windows, data.pair_turns)])
+    grounds = data.grounds
+    pick = np.arange(len(pair_p))
+    if a.iou > 0.2:
+        pp = pd.read_parquet(a.workdir / "pairs.parquet", columns=["photo_id", "tile_id", "iou"])
+        iou = dict(zip(zip(pp["photo_id"], pp["tile_id"]), pp["iou"]))
+        v = np.array([iou[(Path(p).stem, t)] for p, t in zip(data.pair_photos, data.pair_windows)])
+        pick = np.flatnonzero(v >= a.iou)
+    if a.subset:
+        pick = np.sort(np.random.default_rng(a.seed).choice(pick, a.subset, replace=False))
+    pair_p, pair_w, grounds = pair_p[pick], pair_w[pick], grounds[pick]
+    print(f"training on {len(pick)} pairs (IoU >= {a.iou}{f', {a.subset} drawn' if a.subset else ''})", flush=True)
+
+    schedule = PairSchedule(grounds, a.pair_batch, a.seed)
+    print(f"epoch 0: {schedule._count(0)} batches of {a.pair_batch} pairs that do not overlap", flush=True)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=a.lr)
+    r = validate()
+    print(f"step 0: validation R@1 {r[1]:.3f} R@5 {r[5]:.3f} R@10 {r[10]:.3f}", flush=True)
+    log = [{"step": 0, **{f"recall_{k}": v for k, v in r.items()}}]
+    model.train()
+    busy, seen = 0.0, []
+    for step in range(a.steps):
+        t0 = time.perf_counter()
+        torch.manual_seed(a.seed * 1_000_003 + step)  # dropout
+        batch = schedule.batch(step)
+        q, d = describe(train_photos[pair_p[batch]]), describe(train_windows[pair_w[batch]])
+        pos, neg = pair_loss(q, d, a.alpha1, a.beta1)
+        opt.zero_grad(set_to_none=True)
+        (pos + neg).backward()
+        opt.step()
+        seen.append({"loss": (pos + neg).item(), **batch_similarities(q.detach(), d.detach())})
+        busy += time.perf_counter() - t0
+        if (step + 1) % a.eval_every == 0 or step + 1 == a.steps:
+            m = {k: float(np.mean([x[k] for x in seen])) for k in seen[0]}
+            seen = []
+            r = validate()
+            print(
+                f"step {step + 1}: {busy:.0f} s of training ({busy / (step + 1):.2f} s/step); means since the last line: loss "
+                f"{m['loss']:.3f} pos_cos {m['pos_cos']:.3f} neg_cos {m['neg_cos']:.3f} batch_r1 "
+                f"{m['batch_r1']:.3f} | validation R@1 {r[1]:.3f} R@5 {r[5]:.3f} R@10 {r[10]:.3f}",
+                flush=True,
+            )
+            log.append({"step": step + 1, **m, **{f"recall_{k}": v for k, v in r.items()}})
+            save_checkpoint(a.out / f"model-{step + 1}.pt", model, step + 1)
+    (a.out / "log.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()}, "log": log}))
+
+
+if __name__ == "__main__":
+    main()
