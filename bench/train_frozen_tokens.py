@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.descriptors import autocast_dtype  # noqa: E402
 from pipeline.evaluate import first_positive_ranks, knn, recalls  # noqa: E402
 from pipeline.model.checkpoint import build_model, save_checkpoint  # noqa: E402
+from pipeline.model.dinov2 import PATCH  # noqa: E402
 from pipeline.model.retrieval import CONFIGS  # noqa: E402
 from pipeline.train.data import TrainImages, default_render_px  # noqa: E402
 from pipeline.train.loop import batch_similarities  # noqa: E402
@@ -94,24 +94,14 @@ def main() -> None:
         out = []
         for i in range(0, len(xs), 32):
             with autocast():
-                t = bb.tokens(model.preprocess(torch.stack([x.float() for x in xs[i : i + 32]])))
-                for block in bb.blocks[:frozen]:
-                    t = block(t)
-            out.append(t.to(torch.float16))
-        return torch.cat(out)
+                out.append(bb.frozen_part(model.preprocess(torch.stack([x.float() for x in xs[i : i + 32]]))))
+        return torch.cat(out).to(torch.float16)
 
     def describe(t: torch.Tensor) -> torch.Tensor:
         """tokens (N, 1 + h w, 384) -> descriptors (N, 512), unit vectors: the trained blocks, SALAD, the layer."""
-        n = t.shape[0]
         with autocast():
-            x = t.float()
-            for block in bb.blocks[frozen:]:
-                x = block(x)
-            x = bb.norm(x)
-            g = int(round((x.shape[1] - 1 - bb.cfg.registers) ** 0.5))
-            fmap = x[:, 1 + bb.cfg.registers :].reshape(n, g, g, bb.dim).permute(0, 3, 1, 2)
-            d = model.head(model.aggregator(fmap, x[:, 0]))
-        return F.normalize(d.float(), dim=-1)
+            d = model.aggregate(*bb.trained_part(t.float(), (side // PATCH, side // PATCH)))
+        return d.float()
 
     def cached(name: str, keys: list, make) -> torch.Tensor:
         path = tokens_dir / f"{name}-frozen{frozen}.pt"

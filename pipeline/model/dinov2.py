@@ -241,23 +241,32 @@ class DINOv2(nn.Module):
             x = torch.cat([x[:, :1], self.register_tokens.expand(b, -1, -1), x[:, 1:]], dim=1)
         return x
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, H, W) ImageNet-normalized -> (patch features (B, D, H/14, W/14), class token (B, D)), both after
-        the final norm."""
-        b, _, height, width = images.shape
+    def frozen_part(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) ImageNet-normalized -> the tokens (B, 1 + R + h * w, D) after the blocks that are not
+        trained, without gradients when there are any such blocks (they give an image the same tokens at every
+        step)."""
         frozen = self.cfg.depth - self.trainable_blocks
         with torch.set_grad_enabled(torch.is_grad_enabled() and frozen == 0):
             x = self.tokens(images)
             for block in self.blocks[:frozen]:
                 x = block(x)
-        if frozen:
-            x = x.detach()
-        for block in self.blocks[frozen:]:
+        return x.detach() if frozen else x
+
+    def trained_part(self, x: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tokens of :meth:`frozen_part` (B, 1 + R + h * w, D) and the patch grid (h, w) -> (patch features
+        (B, D, h, w), class token (B, D)), both after the trained blocks and the final norm."""
+        for block in self.blocks[self.cfg.depth - self.trainable_blocks :]:
             x = block(x)
         x = self.norm(x)
         patches = x[:, 1 + self.cfg.registers :]
-        fmap = patches.reshape(b, height // PATCH, width // PATCH, self.dim).permute(0, 3, 1, 2)
+        fmap = patches.reshape(x.shape[0], grid[0], grid[1], self.dim).permute(0, 3, 1, 2)
         return fmap, x[:, 0]
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) ImageNet-normalized -> (patch features (B, D, H/14, W/14), class token (B, D)), both after
+        the final norm."""
+        height, width = images.shape[-2:]
+        return self.trained_part(self.frozen_part(images), (height // PATCH, width // PATCH))
 
 
 __all__ = ["ARCHS", "DINOv2", "PATCH", "TRAIN_PX", "ViTConfig", "interpolate_pos_embed"]

@@ -134,11 +134,15 @@ class RetrievalModel(nn.Module):
             images = F.interpolate(images, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
         return (images - self.mean) / self.std
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        fmap, token = self.backbone(self.preprocess(images))
+    def aggregate(self, fmap: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        """The backbone's patch features (B, D, h, w) and class token (B, D) -> descriptors (B, out_dim),
+        L2-normalized."""
         if self.aggregator is None:
             return F.normalize(gem(fmap.float()), dim=-1)
         return F.normalize(self.head(self.aggregator(fmap, token)), dim=-1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.aggregate(*self.backbone(self.preprocess(images)))
 
 
 __all__ = ["CONFIGS", "IMAGENET_MEAN", "IMAGENET_STD", "ModelConfig", "RetrievalModel", "gem"]
