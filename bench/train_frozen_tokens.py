@@ -10,8 +10,14 @@ similarities (as the trainer's metrics) and recall@1/5/10 of the validation regi
 zoom <= ``--max-zoom`` at four rotations (the trainer's validation rules), and saves the model as a checkpoint
 `run describe --model` reads.
 
+``--compare CKPT ...`` trains nothing: on the same validation tokens it compares each saved checkpoint with the
+untrained model query by query (the queries each finds within 1 and 10 that the other does not, and McNemar's
+exact two-sided test on them: is the difference more than the validation set's chance?).
+
     python bench/train_frozen_tokens.py --workdir L --exclude L/regions.geojson#eval --validation BOX.geojson \
         --out T --steps 750 --lr 1e-5 [--iou 0.4] [--subset 256] [--rendered-only]
+    python bench/train_frozen_tokens.py --workdir L --exclude L/regions.geojson#eval --validation BOX.geojson \
+        --tokens T/../tokens --rendered-only --compare T/model-250.pt T/model-500.pt
 
 ``--rendered-only`` keeps the pairs whose window the trainer's image cache (``WORKDIR/train/cache``) already holds:
 rendering a window of the large sample takes about 0.1 s on 2 cores.
@@ -24,6 +30,7 @@ import dataclasses
 import json
 import sys
 import time
+from math import comb
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.descriptors import autocast_dtype  # noqa: E402
 from pipeline.evaluate import first_positive_ranks, knn, recalls  # noqa: E402
-from pipeline.model.checkpoint import build_model, save_checkpoint  # noqa: E402
+from pipeline.model.checkpoint import build_model, load_checkpoint, save_checkpoint  # noqa: E402
 from pipeline.model.dinov2 import PATCH  # noqa: E402
 from pipeline.model.retrieval import CONFIGS  # noqa: E402
 from pipeline.train.data import TrainImages, default_render_px  # noqa: E402
@@ -50,7 +57,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--workdir", required=True, type=Path)
     ap.add_argument("--exclude", action="append", default=[], help="regions held back (as run train --exclude)")
     ap.add_argument("--validation", required=True, help="the region whose photos and windows measure recall")
-    ap.add_argument("--out", required=True, type=Path, help="folder for the checkpoints and log.json")
+    ap.add_argument("--out", type=Path, help="folder for the checkpoints and log.json (needed to train)")
     ap.add_argument("--tokens", type=Path, help="folder of the cached tokens (default OUT/../tokens)")
     ap.add_argument("--max-zoom", type=int, default=11, help="validation windows of this zoom and coarser")
     ap.add_argument("--pair-batch", type=int, default=16)
@@ -64,12 +71,24 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--subset", type=int, default=0, help="train on this many pairs drawn at random (0: all)")
     ap.add_argument("--rendered-only", action="store_true", help="only pairs whose window is in the image cache")
     ap.add_argument("--seed", type=int, default=0)
-    return ap.parse_args()
+    ap.add_argument("--compare", nargs="+", type=Path, help="checkpoints to compare with the untrained model")
+    a = ap.parse_args()
+    if a.out is None and not a.compare:
+        ap.error("--out is needed to train (or give --compare CKPT ...)")
+    if a.tokens is None and a.out is None:
+        ap.error("--compare needs --tokens: the folder a training run cached its tokens in")
+    return a
+
+
+def mcnemar_p(gained: int, lost: int) -> float:
+    """McNemar's exact two-sided p-value: the chance of a split of the discordant queries at least this uneven
+    when either model is as likely to find any one of them (binomial, p = 1/2)."""
+    n = gained + lost
+    return min(1.0, 2 * sum(comb(n, i) for i in range(min(gained, lost) + 1)) / 2**n) if n else 1.0
 
 
 def main() -> None:
     a = parse()
-    a.out.mkdir(parents=True, exist_ok=True)
     tokens_dir = a.tokens or a.out.parent / "tokens"
     stage = TrainStage()
     s = stage.resolve(TrainSettings(exclude=tuple(a.exclude), validation=a.validation, lambda2=0), a.workdir)
@@ -97,10 +116,10 @@ def main() -> None:
                 out.append(bb.frozen_part(model.preprocess(torch.stack([x.float() for x in xs[i : i + 32]]))))
         return torch.cat(out).to(torch.float16)
 
-    def describe(t: torch.Tensor) -> torch.Tensor:
+    def describe(t: torch.Tensor, m: torch.nn.Module = model) -> torch.Tensor:
         """tokens (N, 1 + h w, 384) -> descriptors (N, 512), unit vectors: the trained blocks, SALAD, the layer."""
         with autocast():
-            d = model.aggregate(*bb.trained_part(t.float(), (side // PATCH, side // PATCH)))
+            d = m.aggregate(*m.backbone.trained_part(t.float(), (side // PATCH, side // PATCH)))
         return d.float()
 
     def cached(name: str, keys: list, make) -> torch.Tensor:
@@ -142,19 +161,39 @@ def main() -> None:
 
     val_photos = cached("validation-photos", [data.val_photos[i] for i in vq], images.photo)
     val_windows = cached("validation-windows", vkeys, lambda k: turned(images.window(k[0]), k[1]))
-    train_photos = cached("photos", photos, images.photo)
-    train_windows = cached("windows", wkeys, lambda k: turned(images.window(k[0]), k[1]))
     ids = np.asarray([k[0] for k in vkeys], dtype=object)
     positives = [vpos[i] for i in vq]
 
     @torch.no_grad()
-    def validate() -> dict[int, float]:
-        model.eval()
-        db = torch.cat([describe(val_windows[i : i + 64]) for i in range(0, len(val_windows), 64)]).numpy()
-        q = torch.cat([describe(val_photos[i : i + 64]) for i in range(0, len(val_photos), 64)]).numpy()
-        model.train()
+    def validation_ranks(m: torch.nn.Module = model) -> np.ndarray:
+        """(Q,) the rank of each validation photo's first positive among its 10 nearest windows (-1: none)."""
+        m.eval()
+        db = torch.cat([describe(val_windows[i : i + 64], m) for i in range(0, len(val_windows), 64)]).numpy()
+        q = torch.cat([describe(val_photos[i : i + 64], m) for i in range(0, len(val_photos), 64)]).numpy()
+        m.train()
         _, rows = knn(db, q, 10)
-        return recalls(first_positive_ranks(rows, ids, positives), (1, 5, 10))
+        return first_positive_ranks(rows, ids, positives)
+
+    if a.compare:
+        base = validation_ranks()
+        print(f"untrained: R@1 {np.mean(base == 0):.3f} R@10 {np.mean(base >= 0):.3f} ({len(base)} queries)")
+        for path in a.compare:
+            trained = load_checkpoint(path)[0]
+            if trained.backbone.trainable_blocks != bb.trainable_blocks:
+                raise SystemExit(f"{path}: {trained.backbone.trainable_blocks} trained blocks; give --trainable so")
+            r, line = validation_ranks(trained), [str(path)]
+            for k in (1, 10):
+                was, now = (base >= 0) & (base < k), (r >= 0) & (r < k)
+                gained, lost = int(np.sum(now & ~was)), int(np.sum(was & ~now))
+                line.append(f"R@{k} {now.mean():.3f} (+{gained} -{lost}, p {mcnemar_p(gained, lost):.3f})")
+            print(" | ".join(line), flush=True)
+        return
+    a.out.mkdir(parents=True, exist_ok=True)
+    train_photos = cached("photos", photos, images.photo)
+    train_windows = cached("windows", wkeys, lambda k: turned(images.window(k[0]), k[1]))
+
+    def validate() -> dict[int, float]:
+        return recalls(validation_ranks(), (1, 5, 10))
 
     pidx = {p: i for i, p in enumerate(photos)}
     widx = {k: i for i, k in enumerate(wkeys)}
