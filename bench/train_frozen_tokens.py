@@ -5,10 +5,17 @@ model's frozen blocks (all but the last ``--trainable``) give the same tokens fo
 nothing augments it, so this script computes them once per training photo, training window (at its pair's quarter
 turn) and validation image, keeps them in float16 under ``--tokens``, and trains the last blocks, SALAD and the
 linear layer on them with the pair loss (Eq. 1-5, ``pipeline.train.losses.pair_loss``) and the trainer's batch
-sampler. No augmentation, no MUM, no resume. Every ``--eval-every`` steps it prints the batches' measured
-similarities (as the trainer's metrics) and recall@1/5/10 of the validation region's photos against its windows of
-zoom <= ``--max-zoom`` at four rotations (the trainer's validation rules), and saves the model as a checkpoint
-`run describe --model` reads.
+sampler. No augmentation, no resume, MUM only when asked (below). Every ``--eval-every`` steps it prints the
+batches' measured similarities (as the trainer's metrics) and recall@1/5/10 of the validation region's photos against
+its windows of zoom <= ``--max-zoom`` at four rotations (the trainer's validation rules), and saves the model as
+a checkpoint `run describe --model` reads. On a procedural world it also prints recall@10 by the photo's year
+(truth.parquet's ``world_year``; year 0 is the database's season) and the season test: the validation windows
+rendered in years 1-3 found among year 0's windows (recall@1 of the same window).
+
+``--lambda2 W`` adds the MUM loss (Eq. 9, ``pipeline.train.losses.mum_loss``) with weight W: each step draws
+``--quad-batch`` windows that do not overlap among ``--mum-windows`` training windows of zooms 9-11 (solution 1,
+``mining.quad_windows`` with ``random``), each a quadruplet of its four years' tokens, computed once like the rest;
+``--lambda1 0`` leaves the pair loss out (MUM alone: no photo trains).
 
 ``--compare CKPT ...`` trains nothing: on the same validation tokens it compares each saved checkpoint with the
 untrained model query by query (the queries each finds within 1 and 10 that the other does not, and McNemar's
@@ -18,6 +25,7 @@ exact two-sided test on them: is the difference more than the validation set's c
         --out T --steps 750 --lr 1e-5 [--iou 0.4] [--subset 256] [--rendered-only]
     python bench/train_frozen_tokens.py --workdir L --exclude L/regions.geojson#eval --validation BOX.geojson \
         --tokens T/../tokens --rendered-only --compare T/model-250.pt T/model-500.pt
+    python bench/train_frozen_tokens.py ... --out T --lambda1 0 --lambda2 1 --quad-batch 16
 
 ``--rendered-only`` keeps the pairs whose window the trainer's image cache (``WORKDIR/train/cache``) already holds:
 rendering a window of the large sample takes about 0.1 s on 2 cores.
@@ -44,9 +52,10 @@ from pipeline.evaluate import first_positive_ranks, knn, recalls  # noqa: E402
 from pipeline.model.checkpoint import build_model, load_checkpoint, save_checkpoint  # noqa: E402
 from pipeline.model.dinov2 import PATCH  # noqa: E402
 from pipeline.model.retrieval import CONFIGS  # noqa: E402
-from pipeline.train.data import TrainImages, default_render_px  # noqa: E402
+from pipeline.train.data import TrainImages, default_render_px, window_sources  # noqa: E402
 from pipeline.train.loop import batch_similarities  # noqa: E402
-from pipeline.train.losses import pair_loss  # noqa: E402
+from pipeline.train.losses import mum_loss, pair_loss  # noqa: E402
+from pipeline.train.mining import quad_windows, window_boxes  # noqa: E402
 from pipeline.train.sampler import PairSchedule  # noqa: E402
 from pipeline.train.settings import TrainSettings  # noqa: E402
 from stages.train import TrainStage  # noqa: E402
@@ -70,9 +79,15 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--iou", type=float, default=0.2, help="train on the pairs at this IoU or more")
     ap.add_argument("--subset", type=int, default=0, help="train on this many pairs drawn at random (0: all)")
     ap.add_argument("--rendered-only", action="store_true", help="only pairs whose window is in the image cache")
+    ap.add_argument("--lambda1", type=float, default=1.0, help="weight of the pair loss (0: MUM alone)")
+    ap.add_argument("--lambda2", type=float, default=0.0, help="weight of the MUM loss (0: the pair loss alone)")
+    ap.add_argument("--quad-batch", type=int, default=8, help="MUM quadruplets per step")
+    ap.add_argument("--mum-windows", type=int, default=600, help="training windows (zooms 9-11) MUM draws from")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--compare", nargs="+", type=Path, help="checkpoints to compare with the untrained model")
     a = ap.parse_args()
+    if a.lambda1 <= 0 and a.lambda2 <= 0:
+        ap.error("--lambda1 and --lambda2 cannot both be 0")
     if a.out is None and not a.compare:
         ap.error("--out is needed to train (or give --compare CKPT ...)")
     if a.tokens is None and a.out is None:
@@ -163,37 +178,68 @@ def main() -> None:
     val_windows = cached("validation-windows", vkeys, lambda k: turned(images.window(k[0]), k[1]))
     ids = np.asarray([k[0] for k in vkeys], dtype=object)
     positives = [vpos[i] for i in vq]
+    years = len(window_sources(data.tiles))
+    truth = a.workdir / "truth.parquet"
+    vyear = None
+    if years > 1 and truth.is_file():
+        wy = pd.read_parquet(truth, columns=["photo_id", "world_year"]).set_index("photo_id")["world_year"]
+        vyear = np.array([wy[Path(data.val_photos[i]).stem] for i in vq])
+    season = [
+        cached(f"validation-windows-year{y}", [(t, y) for t in vwin], lambda k: images.window(*k))
+        for y in range(1, years)
+    ]  # the validation windows in another season, at rotation 0
+
+    def describe_all(t: torch.Tensor, m: torch.nn.Module) -> np.ndarray:
+        return torch.cat([describe(t[i : i + 64], m) for i in range(0, len(t), 64)]).numpy()
 
     @torch.no_grad()
-    def validation_ranks(m: torch.nn.Module = model) -> np.ndarray:
-        """(Q,) the rank of each validation photo's first positive among its 10 nearest windows (-1: none)."""
+    def validation_ranks(m: torch.nn.Module = model) -> tuple[np.ndarray, list[float]]:
+        """(Q,) the rank of each validation photo's first positive among its 10 nearest windows (-1: none), and the
+        season test's recall@1 for years 1, 2, 3 (none for a source of one year)."""
         m.eval()
-        db = torch.cat([describe(val_windows[i : i + 64], m) for i in range(0, len(val_windows), 64)]).numpy()
-        q = torch.cat([describe(val_photos[i : i + 64], m) for i in range(0, len(val_photos), 64)]).numpy()
+        db = describe_all(val_windows, m)
+        _, rows = knn(db, describe_all(val_photos, m), 10)
+        ranks = first_positive_ranks(rows, ids, positives)
+        found = []
+        for t in season:
+            _, rows = knn(db, describe_all(t, m), 1)
+            found.append(float(np.mean(ids[rows[:, 0]] == np.asarray(vwin, dtype=object))))
         m.train()
-        _, rows = knn(db, q, 10)
-        return first_positive_ranks(rows, ids, positives)
+        return ranks, found
+
+    def by_year(ranks: np.ndarray, found: list[float]) -> str:
+        """recall@10 by the photo's year and the season test, as a line's tail."""
+        line = ""
+        if vyear is not None:
+            line += " | R@10 by year " + " ".join(f"{np.mean(ranks[vyear == y] >= 0):.2f}" for y in range(years))
+        if found:
+            line += " | season R@1 (years 1-3) " + " ".join(f"{f:.2f}" for f in found)
+        return line
 
     if a.compare:
-        base = validation_ranks()
-        print(f"untrained: R@1 {np.mean(base == 0):.3f} R@10 {np.mean(base >= 0):.3f} ({len(base)} queries)")
+        base, found = validation_ranks()
+        print(
+            f"untrained: R@1 {np.mean(base == 0):.3f} R@10 {np.mean(base >= 0):.3f} ({len(base)} queries)"
+            + by_year(base, found)
+        )
         for path in a.compare:
             trained = load_checkpoint(path)[0]
             if trained.backbone.trainable_blocks != bb.trainable_blocks:
                 raise SystemExit(f"{path}: {trained.backbone.trainable_blocks} trained blocks; give --trainable so")
-            r, line = validation_ranks(trained), [str(path)]
+            (r, found), line = validation_ranks(trained), [str(path)]
             for k in (1, 10):
                 was, now = (base >= 0) & (base < k), (r >= 0) & (r < k)
                 gained, lost = int(np.sum(now & ~was)), int(np.sum(was & ~now))
                 line.append(f"R@{k} {now.mean():.3f} (+{gained} -{lost}, p {mcnemar_p(gained, lost):.3f})")
-            print(" | ".join(line), flush=True)
+            print(" | ".join(line) + by_year(r, found), flush=True)
         return
     a.out.mkdir(parents=True, exist_ok=True)
     train_photos = cached("photos", photos, images.photo)
     train_windows = cached("windows", wkeys, lambda k: turned(images.window(k[0]), k[1]))
 
-    def validate() -> dict[int, float]:
-        return recalls(validation_ranks(), (1, 5, 10))
+    def validate() -> tuple[dict[int, float], str]:
+        ranks, found = validation_ranks()
+        return recalls(ranks, (1, 5, 10)), by_year(ranks, found)
 
     pidx = {p: i for i, p in enumerate(photos)}
     widx = {k: i for i, k in enumerate(wkeys)}
@@ -211,33 +257,50 @@ def main() -> None:
     pair_p, pair_w, grounds = pair_p[pick], pair_w[pick], grounds[pick]
     print(f"training on {len(pick)} pairs (IoU >= {a.iou}{f', {a.subset} drawn' if a.subset else ''})", flush=True)
 
+    if a.lambda2 > 0:
+        cand = sorted({w for w in data.pair_windows if 9 <= int(w.split("_")[0]) <= 11})
+        qwin = [
+            cand[i]
+            for i in np.random.default_rng(a.seed).choice(len(cand), min(a.mum_windows, len(cand)), replace=False)
+        ]
+        keys = [(w, y) for w in qwin for y in range(years)]
+        quads = cached(f"mum-windows-{a.seed}", keys, lambda k: images.window(*k)).unflatten(0, (len(qwin), years))
+        zxy = np.array([[int(v) for v in w.split("_")] for w in qwin])
+        qboxes = window_boxes(zxy[:, 0], zxy[:, 1], zxy[:, 2], data.size_tiles)
+        print(f"MUM: {len(qwin)} windows x {years} years, {a.quad_batch} quadruplets a step", flush=True)
     schedule = PairSchedule(grounds, a.pair_batch, a.seed)
     print(f"epoch 0: {schedule._count(0)} batches of {a.pair_batch} pairs that do not overlap", flush=True)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=a.lr)
-    r = validate()
-    print(f"step 0: validation R@1 {r[1]:.3f} R@5 {r[5]:.3f} R@10 {r[10]:.3f}", flush=True)
+    r, extra = validate()
+    print(f"step 0: validation R@1 {r[1]:.3f} R@5 {r[5]:.3f} R@10 {r[10]:.3f}{extra}", flush=True)
     log = [{"step": 0, **{f"recall_{k}": v for k, v in r.items()}}]
     model.train()
     busy, seen = 0.0, []
     for step in range(a.steps):
         t0 = time.perf_counter()
         torch.manual_seed(a.seed * 1_000_003 + step)  # dropout
-        batch = schedule.batch(step)
-        q, d = describe(train_photos[pair_p[batch]]), describe(train_windows[pair_w[batch]])
-        pos, neg = pair_loss(q, d, a.alpha1, a.beta1)
+        loss, sims = torch.zeros(()), {}
+        if a.lambda1 > 0:
+            batch = schedule.batch(step)
+            q, d = describe(train_photos[pair_p[batch]]), describe(train_windows[pair_w[batch]])
+            pos, neg = pair_loss(q, d, a.alpha1, a.beta1)
+            loss, sims = a.lambda1 * (pos + neg), batch_similarities(q.detach(), d.detach())
+        if a.lambda2 > 0:
+            pick = quad_windows(step, a.quad_batch, qboxes, "random", None, a.seed)
+            loss = loss + a.lambda2 * mum_loss(describe(quads[pick].flatten(0, 1)).unflatten(0, (len(pick), years)))
         opt.zero_grad(set_to_none=True)
-        (pos + neg).backward()
+        loss.backward()
         opt.step()
-        seen.append({"loss": (pos + neg).item(), **batch_similarities(q.detach(), d.detach())})
+        seen.append({"loss": loss.item(), **sims})
         busy += time.perf_counter() - t0
         if (step + 1) % a.eval_every == 0 or step + 1 == a.steps:
             m = {k: float(np.mean([x[k] for x in seen])) for k in seen[0]}
             seen = []
-            r = validate()
+            r, extra = validate()
             print(
-                f"step {step + 1}: {busy:.0f} s of training ({busy / (step + 1):.2f} s/step); means since the last line: loss "
-                f"{m['loss']:.3f} pos_cos {m['pos_cos']:.3f} neg_cos {m['neg_cos']:.3f} batch_r1 "
-                f"{m['batch_r1']:.3f} | validation R@1 {r[1]:.3f} R@5 {r[5]:.3f} R@10 {r[10]:.3f}",
+                f"step {step + 1}: {busy:.0f} s of training ({busy / (step + 1):.2f} s/step); means since the last line: "
+                + " ".join(f"{k} {v:.3f}" for k, v in m.items())
+                + f" | validation R@1 {r[1]:.3f} R@5 {r[5]:.3f} R@10 {r[10]:.3f}{extra}",
                 flush=True,
             )
             log.append({"step": step + 1, **m, **{f"recall_{k}": v for k, v in r.items()}})
