@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.descriptors import autocast_dtype  # noqa: E402
 from pipeline.evaluate import first_positive_ranks, knn, recalls  # noqa: E402
+from pipeline.geometry.windows import Window  # noqa: E402
 from pipeline.model.checkpoint import build_model, load_checkpoint, save_checkpoint  # noqa: E402
 from pipeline.model.dinov2 import PATCH  # noqa: E402
 from pipeline.model.retrieval import CONFIGS  # noqa: E402
@@ -265,8 +266,8 @@ def main() -> None:
         ]
         keys = [(w, y) for w in qwin for y in range(years)]
         quads = cached(f"mum-windows-{a.seed}", keys, lambda k: images.window(*k)).unflatten(0, (len(qwin), years))
-        zxy = np.array([[int(v) for v in w.split("_")] for w in qwin])
-        qboxes = window_boxes(zxy[:, 0], zxy[:, 1], zxy[:, 2], data.size_tiles)
+        ws = [Window.from_tile_id(w, data.size_tiles) for w in qwin]
+        qboxes = window_boxes(*(np.array([getattr(w, k) for w in ws]) for k in ("zoom", "x", "y")), data.size_tiles)
         print(f"MUM: {len(qwin)} windows x {years} years, {a.quad_batch} quadruplets a step", flush=True)
     schedule = PairSchedule(grounds, a.pair_batch, a.seed)
     print(f"epoch 0: {schedule._count(0)} batches of {a.pair_batch} pairs that do not overlap", flush=True)
