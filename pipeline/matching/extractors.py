@@ -22,6 +22,7 @@ before detection; keypoints are mapped back to the input pixel frame.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import types
 from typing import Any
@@ -176,7 +177,12 @@ def _lean_dense_map_unsupported(model: nn.Module) -> str | None:
     if not hasattr(aliked, "InputPadder"):
         return "this kornia has no kornia.feature.aliked.aliked.InputPadder"
     missing = [name for name in _ALIKED_DENSE_LAYERS if not hasattr(model, name)]
-    return f"this kornia's ALIKED has no layers {missing}" if missing else None
+    if missing:
+        return f"this kornia's ALIKED has no layers {missing}"
+    takes = list(inspect.signature(type(model).extract_dense_map).parameters)[1:]
+    if takes != ["image"]:  # kornia 0.9.2 passes channels_last=...: its forward expects its own method's options
+        return f"this kornia's extract_dense_map takes {takes}, not only the image"
+    return None
 
 
 def aliked_dense_map(model: nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
