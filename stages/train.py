@@ -205,6 +205,14 @@ class TrainStage(Stage):
         if val_area is not None:
             vp = fp[shapely.intersects(fp_poly.to_numpy(), val_area) & fp.index.isin(list(paths))]
             vw = db[shapely.intersects(win_poly.to_numpy(), val_area)]
+            if s.validation_zooms:
+                vw = vw[vw["zoom"].isin(s.validation_zooms)]
+                if vw.empty:
+                    raise StageError(
+                        f"--validation {s.validation}: no window of zoom {', '.join(map(str, s.validation_zooms))} "
+                        f"in it (the database's zooms: {', '.join(map(str, sorted(db['zoom'].unique())))}); "
+                        "change --validation-zooms"
+                    )
             vdb = Database.from_columns(vw["zoom"].to_numpy(), vw["x"].to_numpy(), vw["y"].to_numpy(), size)
             positives = positive_windows(
                 vp[[f"{c}_lon" for c in CORNERS]].to_numpy(), vp[[f"{c}_lat" for c in CORNERS]].to_numpy(), vdb

@@ -322,6 +322,33 @@ def test_exclude_holds_the_region_back_and_bad_settings_are_refused(tiny, worksp
     assert "pair_batch = 1: at least 2" in capsys.readouterr().err
 
 
+def test_validation_zooms_keep_the_regions_windows_of_those_zooms_and_their_photos(tiny, workspace, tiny_model):
+    from manifests import read_manifest
+    from pipeline.train.settings import TrainSettings
+    from stages.base import StageError
+    from stages.train import TrainStage
+
+    stage = TrainStage()
+    zoom = read_manifest(tiny / "database.parquet", "database", columns=["tile_id", "zoom"], geometry=False)
+    zoom = zoom.set_index("tile_id")["zoom"]
+    region = f"{tiny / 'regions.geojson'}#eval"
+
+    def validation(zooms):
+        s = TrainSettings(pairs=str(workspace), model=str(tiny_model), validation=region, validation_zooms=zooms)
+        return stage.training_set(stage.resolve(s, tiny))
+
+    every = validation(None)
+    seen = sorted(set(zoom.loc[every.val_windows]))
+    assert len(seen) >= 2
+    coarse = validation(tuple(seen[:-1]))
+    assert set(zoom.loc[coarse.val_windows]) == set(seen[:-1])
+    assert set(coarse.val_windows) < set(every.val_windows)
+    assert set(coarse.val_photos) <= set(every.val_photos)
+    assert all(set(p) <= set(coarse.val_windows) for p in coarse.val_positives)  # positives among the kept ones
+    with pytest.raises(StageError, match="no window of zoom 3"):
+        validation((3,))
+
+
 @pytest.mark.parametrize("only", [["--lambda2", "0"], ["--lambda1", "0", "--mining", "random"]])
 def test_one_loss_alone_trains(tiny, workspace, tiny_model, tmp_path, only):
     """The ablation's rows: the pairwise loss alone (no quadruplets drawn) and MUM alone (no pair read)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.geometry.windows import parse_zooms
 from pipeline.settings import Settings, setting
 
 MINING = ("photos", "uniform", "random")
@@ -145,6 +146,13 @@ class TrainSettings(Settings):
         None,
         "validation region (regions.geojson#val): its photos and windows are held out from training and "
         "their recall@N is measured every validate_every steps; the best checkpoint is kept as best.pt",
+    )
+    validation_zooms: tuple[int, ...] | None = setting(
+        None,
+        "validate against the region's windows of these zooms only, e.g. 8-11 (none: every zoom); its photos "
+        "are those with a positive among them. A validation embeds each window at four rotations, so the "
+        "finest zoom, which holds most windows, is most of its cost",
+        parse=parse_zooms,
     )
     validate_every: int | None = setting(None, "validate every N steps (paper 5000, cpu 50)")
     checkpoint_every: int | None = setting(None, "save the resumable state every N steps (paper 1000, cpu 25)")
