@@ -101,9 +101,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
 (Under pytest-xdist, tests/conftest.py sets each test process's threads.)"""
 
 
-def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
+def _run(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "pipeline", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300, **kw)
+    return subprocess.run(cmd, cwd=ROOT, env=env or ENV, capture_output=True, text=True, timeout=300)
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -273,15 +273,14 @@ def test_two_gloo_processes_train_as_one_with_the_same_global_batch(tiny, worksp
     and its dust bin, which Sinkhorn's normalization makes irrelevant, moves its parameter by rounding-driven
     steps of up to the learning rate in either run.)"""
     lr = 1e-4  # steps well above rounding
+    single = {**ENV, "OMP_NUM_THREADS": "1"}  # each process sums in one thread, as the two below do
     one = tmp_path / "one" / "model.pt"
-    done = _run(_args(tiny, workspace, tiny_model, one, "--steps", "3", "--lr", str(lr)))
+    done = _run(_args(tiny, workspace, tiny_model, one, "--steps", "3", "--lr", str(lr)), env=single)
     assert done.returncode == 0, done.stderr[-3000:]
     two = tmp_path / "two" / "model.pt"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517"]
     cmd += ["-m", "pipeline", *_args(tiny, workspace, tiny_model, two, "--steps", "3", "--lr", str(lr))]
-    done = subprocess.run(
-        cmd, cwd=ROOT, env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
-    )
+    done = subprocess.run(cmd, cwd=ROOT, env=single, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     np.testing.assert_allclose(_metrics(one)["loss"], _metrics(two)["loss"], rtol=1e-5)
     a, b, start = _weights(one), _weights(two), _weights(tiny_model)
