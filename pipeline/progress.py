@@ -48,3 +48,12 @@ def progress(iterable=None, total: int | None = None, desc: str = "", unit: str 
         file=sys.stderr,
         mininterval=0.5 if tty else 30.0,
     )
+
+
+def leave_out(bar, seconds: float) -> None:
+    """Leave ``seconds`` of other work (a validation, a clustering) out of ``bar``'s clock, so that its rate and
+    time left are those of its own items. tqdm's ``unpause`` does the same from the last redraw, which would also
+    drop the items done since."""
+    if not bar.disable:
+        bar.start_t += seconds
+        bar.last_print_t += seconds

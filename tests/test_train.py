@@ -179,6 +179,20 @@ def test_a_metrics_log_of_an_older_version_reads_with_nan_in_the_new_columns(tmp
     assert np.isnan(rows[0]["pos_cos"]) and np.isnan(rows[1]["batch_r1"])
 
 
+def test_the_bar_leaves_a_validation_out_of_its_clock():
+    """The progress bar's rate and time left are the steps': a validation's seconds are taken off its clock."""
+    from pipeline.progress import leave_out, progress
+
+    bar = progress(total=10, desc="train", unit="step", disable=False)
+    bar.update(4)
+    before = bar.format_dict["elapsed"]
+    leave_out(bar, 100.0)
+    assert before - bar.format_dict["elapsed"] == pytest.approx(100.0, abs=1.0)
+    bar.close()
+    off = progress(total=10, disable=True)
+    leave_out(off, 100.0)  # a disabled bar (the other processes of a distributed run) has no clock
+
+
 def test_the_pair_schedule_is_a_function_of_seed_and_step():
     rng = np.random.default_rng(0)
     grounds = shapely.box(*np.hstack([(c := rng.uniform(0, 10, (40, 2))), c + 1]).T)

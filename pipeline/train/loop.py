@@ -36,7 +36,7 @@ from ..descriptors import autocast_dtype
 from ..evaluate import first_positive_ranks, knn, recalls
 from ..model.checkpoint import build_model, load_checkpoint, save_checkpoint
 from ..model.retrieval import CONFIGS
-from ..progress import progress
+from ..progress import leave_out, progress
 from .data import Augmentation, StepPlan, TrainImages, default_render_px, split_slots
 from .losses import mum_loss, pair_loss
 from .mining import Clusters, quad_windows
@@ -311,6 +311,7 @@ class Trainer:
         while step < s.steps:
             if mining and step % s.mining_every == 0 and (clusters is None or clusters.step != step):
                 clusters, secs = self._mine(model, main_images, step)
+                leave_out(bar, secs)
                 metrics.append(row(step, "mining", images=len(d.mum_windows) + len(d.photos), seconds=secs))
             end = s.steps
             if mining:
@@ -353,6 +354,7 @@ class Trainer:
                             save_checkpoint(self.out.with_name("best.pt"), model, step, training=self.record)
                     procs.barrier()
                     t_step = time.perf_counter()
+                    leave_out(bar, t_step - t0)
                 if procs.main and (step % s.checkpoint_every == 0 or step == s.steps):
                     self._save_state(step, model, opt, scaler, clusters, best, metrics)
         bar.close()
