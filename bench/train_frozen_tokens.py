@@ -231,7 +231,8 @@ def main() -> None:
             for k in (1, 10):
                 was, now = (base >= 0) & (base < k), (r >= 0) & (r < k)
                 gained, lost = int(np.sum(now & ~was)), int(np.sum(was & ~now))
-                line.append(f"R@{k} {now.mean():.3f} (+{gained} -{lost}, p {mcnemar_p(gained, lost):.3f})")
+                p = mcnemar_p(gained, lost)
+                line.append(f"R@{k} {now.mean():.3f} (+{gained} -{lost}, p {f'{p:.3f}' if p >= 0.001 else '< 0.001'})")
             print(" | ".join(line) + by_year(r, found), flush=True)
         return
     a.out.mkdir(parents=True, exist_ok=True)
