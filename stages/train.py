@@ -374,6 +374,11 @@ class TrainStage(Stage):
             f"{result['images_per_s']:.1f} images/s",
             f"  metrics: {Path(s.out).with_name('metrics.parquet')}",
         ]
+        if s.average_from:
+            lines.append(
+                f"  {s.out}: the mean of the weights after steps {s.average_from}-{result['steps']}; the last "
+                f"step's: {Path(s.out).with_name('last.pt')}"
+            )
         if result["validation"]:
             best = result["best"]
             lines.append(

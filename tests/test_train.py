@@ -232,8 +232,9 @@ def test_quadruplet_windows_come_from_one_cluster_and_never_overlap():
 def test_a_killed_run_resumes_to_the_same_weights_and_metrics(tiny, workspace, tiny_model, tmp_path):
     """Uninterrupted, then killed (SIGKILL) after its second checkpoint and run again: the same weights (within
     float tolerance) and the same metrics log, timing columns aside. The uninterrupted run also validates, keeps
-    best.pt and holds the validation region's photos and windows back."""
-    val = ["--validation", f"{tiny / 'regions.geojson'}#eval", "--validate-every", "2"]
+    best.pt and holds the validation region's photos and windows back. Both keep the mean of the weights from
+    step 2 on, so the mean is in the state the run resumes from."""
+    val = ["--validation", f"{tiny / 'regions.geojson'}#eval", "--validate-every", "2", "--average-from", "2"]
     full = tmp_path / "full" / "model.pt"
     done = _run(_args(tiny, workspace, tiny_model, full, *val))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -272,12 +273,38 @@ def test_a_killed_run_resumes_to_the_same_weights_and_metrics(tiny, workspace, t
     done = _run([a for a in _args(tiny, workspace, tiny_model, out, *val) if a != "-q"])  # it says where it resumed
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"resuming at step {stopped_at} of 4" in done.stderr
-    a, b = _weights(full), _weights(out)
-    assert all(torch.allclose(a[k], b[k], atol=1e-7) for k in a)
+    for name in ("model.pt", "last.pt"):  # the mean, and the last step's weights
+        a, b = _weights(full.with_name(name)), _weights(out.with_name(name))
+        assert all(torch.allclose(a[k], b[k], atol=1e-7) for k in a), name
     ma, mb = _metrics(full), _metrics(out)
     assert ma.drop(columns=LOSS_COLUMNS).equals(mb.drop(columns=LOSS_COLUMNS))
     np.testing.assert_allclose(ma[LOSS_COLUMNS], mb[LOSS_COLUMNS], rtol=1e-6, atol=1e-6)
     assert not (tmp_path / "full" / "model.pt.parts").exists()  # the work folder goes once the checkpoint is in
+
+
+def test_average_from_keeps_the_mean_of_the_weights_after_each_step_from_it_on(
+    tiny, workspace, tiny_model, tmp_path, capsys
+):
+    """Stochastic weight averaging, known answer: a 4-step run averaging from step 3 saves the mean of the weights
+    after steps 3 and 4 (a 3-step run's weights, and its own last.pt), and validates the mean."""
+    val = ["--validation", f"{tiny / 'regions.geojson'}#eval", "--validate-every", "2", "--lr", "1e-3"]
+    three = tmp_path / "three" / "model.pt"
+    done = _run(_args(tiny, workspace, tiny_model, three, *val, "--steps", "3"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    mean = tmp_path / "mean" / "model.pt"
+    done = _run(_args(tiny, workspace, tiny_model, mean, *val, "--average-from", "3"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    w3, w4, got = _weights(three), _weights(mean.with_name("last.pt")), _weights(mean)
+    moved = [k for k in w3 if not torch.equal(w3[k], w4[k])]
+    assert moved  # steps 3 and 4 differ, so the mean is neither
+    for k in w3:
+        torch.testing.assert_close(got[k], (w3[k] + w4[k]) / 2, rtol=1e-6, atol=1e-7)
+    assert torch.load(mean, weights_only=True)["averaged"] == {"from": 3, "steps": 2}
+    m3, m4 = _metrics(three), _metrics(mean)
+    v = m3.kind == "validation"
+    assert m3[v].iloc[0].equals(m4[m4.kind == "validation"].iloc[0])  # step 2: before the mean, the model itself
+    assert main(_args(tiny, workspace, tiny_model, tmp_path / "x" / "model.pt", "--average-from", "5")) == 1
+    assert "average_from = 5: past the run's last step (4)" in capsys.readouterr().err
 
 
 def test_two_gloo_processes_train_as_one_with_the_same_global_batch(tiny, workspace, tiny_model, tmp_path):

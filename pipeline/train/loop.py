@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
+from torch.optim.swa_utils import AveragedModel
 
 from manifests.files import atomic_output
 
@@ -174,6 +175,30 @@ def trained_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def averaged(average: AveragedModel | None, model):
+    """The model to validate and to save: the mean of the weights once it holds a step, else the model itself."""
+    return average.module if average is not None and int(average.n_averaged) > 0 else model
+
+
+def average_state(average: AveragedModel | None, model) -> dict | None:
+    """What a resumable state keeps of the weights' mean: the steps it holds and its trainable weights."""
+    if average is None:
+        return None
+    names = set(trained_state(model))
+    weights = {n: p.detach().clone() for n, p in average.module.named_parameters() if n in names}
+    return {"steps": int(average.n_averaged), "weights": weights}
+
+
+def load_average(average: AveragedModel, saved: dict | None) -> None:
+    """Restore a mean saved by :func:`average_state` (none saved: the mean holds no step yet)."""
+    if not saved or not saved["steps"]:
+        return
+    missing, unexpected = average.module.load_state_dict(saved["weights"], strict=False)
+    if unexpected:
+        raise ValueError(f"the saved mean of the weights has weights this model lacks: {unexpected[:3]}")
+    average.n_averaged.fill_(saved["steps"])
+
+
 def param_groups(model, lr: float, backbone_lr: float | None = None) -> list[dict]:
     """Adam's parameter groups: the backbone's trainable blocks at ``backbone_lr`` (default ``lr``; 0 freezes them),
     SALAD and the linear layer at ``lr``."""
@@ -252,10 +277,11 @@ class Trainer:
         _, rows = knn(db, q, 10)
         return recalls(first_positive_ranks(rows, ids, d.val_positives), (1, 5, 10))
 
-    def _save_state(self, step, model, opt, scaler, clusters, best, metrics) -> None:
+    def _save_state(self, step, model, opt, scaler, clusters, best, metrics, average=None) -> None:
         blob = {
             "step": int(step),
             "model": trained_state(model),  # the frozen rest is the start model's, rebuilt on resume
+            "average": average_state(average, model),
             "optimizer": opt.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "clusters": clusters.state() if clusters is not None else None,
@@ -270,7 +296,7 @@ class Trainer:
     def _load_state(self, model, opt, scaler):
         path = self.work / STATE
         if not path.is_file():
-            return 0, None, {"recall_1": -1.0, "step": -1}, []
+            return 0, None, {"recall_1": -1.0, "step": -1}, [], None
         blob = torch.load(path, map_location="cpu", weights_only=True)
         missing, unexpected = model.load_state_dict(blob["model"], strict=False)
         if unexpected or set(trained_state(model)) - set(blob["model"]):
@@ -283,7 +309,7 @@ class Trainer:
         metrics = read_metrics(self.work / "metrics.parquet")
         metrics = [m for m in metrics if m["step"] <= step]
         log.info("resuming at step %d of %d from %s", step, self.s.steps, path)
-        return step, clusters, blob["best"], metrics
+        return step, clusters, blob["best"], metrics, blob.get("average")
 
     # -- the run --------------------------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -296,7 +322,11 @@ class Trainer:
         cuda = self.device.startswith("cuda")
         dtype = autocast_dtype(self.device, s.half)
         scaler = torch.amp.GradScaler("cuda") if cuda and dtype == torch.float16 else None
-        step, clusters, best, metrics = self._load_state(model, opt, scaler)
+        step, clusters, best, metrics, saved_average = self._load_state(model, opt, scaler)
+        average = None
+        if s.average_from:
+            average = AveragedModel(model)  # PyTorch's running uniform mean of the weights (SWA)
+            load_average(average, saved_average)
         net = model
         if procs.world > 1:
             net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if cuda else None)
@@ -329,6 +359,8 @@ class Trainer:
                 torch.manual_seed(s.seed * 1_000_003 + step * 1009 + procs.rank)  # dropout: a function of the step
                 terms = self._step(net, opt, scaler, batch, dtype)
                 step += 1
+                if average is not None and step >= s.average_from:
+                    average.update_parameters(model)
                 n = (2 * self.b + 4 * self.h) // procs.world * procs.world
                 images_done += n
                 now = time.perf_counter()
@@ -339,7 +371,8 @@ class Trainer:
                 if d.val_photos and (step % s.validate_every == 0 or step == s.steps):
                     t0 = time.perf_counter()
                     if procs.main:
-                        r = self._validate(model, main_images)
+                        judged = averaged(average, model)
+                        r = self._validate(judged, main_images)
                         metrics.append(
                             row(
                                 step,
@@ -351,16 +384,22 @@ class Trainer:
                         log.info("step %d: validation recall@1 %.3f @5 %.3f @10 %.3f", step, r[1], r[5], r[10])
                         if r[1] > best["recall_1"]:
                             best = {"recall_1": r[1], "step": step}
-                            save_checkpoint(self.out.with_name("best.pt"), model, step, training=self.record)
+                            save_checkpoint(self.out.with_name("best.pt"), judged, step, training=self.record)
                     procs.barrier()
                     t_step = time.perf_counter()
                     leave_out(bar, t_step - t0)
                 if procs.main and (step % s.checkpoint_every == 0 or step == s.steps):
-                    self._save_state(step, model, opt, scaler, clusters, best, metrics)
+                    self._save_state(step, model, opt, scaler, clusters, best, metrics, average)
         bar.close()
         wall = time.perf_counter() - t_start
         if procs.main:
-            save_checkpoint(self.out, model, step, training=self.record, best=dict(best))
+            mean = averaged(average, model)
+            if mean is not model:
+                save_checkpoint(self.out.with_name("last.pt"), model, step, training=self.record)
+            extra = (
+                {"averaged": {"from": s.average_from, "steps": int(average.n_averaged)}} if mean is not model else {}
+            )
+            save_checkpoint(self.out, mean, step, training=self.record, best=dict(best), **extra)
             write_metrics(self.out.with_name("metrics.parquet"), metrics)
         procs.stop()
         train_rows = [m for m in metrics if m["kind"] == "train"]

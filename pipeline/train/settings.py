@@ -119,6 +119,11 @@ class TrainSettings(Settings):
         None, "learning rate of the backbone's trainable blocks (default: lr; 0 keeps them as they start)"
     )
     steps: int | None = setting(None, "training iterations (paper 30000, cpu 100)")
+    average_from: int = setting(
+        0,
+        "keep the uniform mean of the trained weights after every step from this one on (stochastic weight "
+        "averaging): model.pt, best.pt and the validations are the mean, last.pt the last step's weights (0: off)",
+    )
     seed: int = setting(0, "seed of the batches, the augmentation, dropout and the clustering")
     augment: bool = setting(
         True, "augment every image: a random quarter turn (a pair's two images together) and the changes below"
@@ -221,6 +226,12 @@ class TrainSettings(Settings):
         self.need(self.whiten_dim >= 0, "whiten_dim", "0 (the frozen size) or more")
         self.need(self.aic_weight >= 0, "aic_weight", "must be 0 or more")
         self.need(self.photos_per_step is None or self.photos_per_step >= 1, "photos_per_step", "at least 1")
+        self.need(self.average_from >= 0, "average_from", "a step, 1 or more (0: no averaging)")
+        self.need(
+            not self.average_from or self.steps is None or self.average_from <= self.steps,
+            "average_from",
+            f"past the run's last step ({self.steps}); start the mean at a step of the run",
+        )
         self.need(self.references_per_step >= 0, "references_per_step", "0 (all) or more")
 
     def with_recipe(self) -> TrainSettings:
