@@ -4,8 +4,8 @@ or many (torchrun, DistributedDataParallel).
 Determinism is by construction: each step's batch (:class:`~pipeline.train.sampler.PairSchedule`,
 :func:`~pipeline.train.mining.quad_windows`), its augmentation (seeded per image slot) and its dropout (seeded per
 step and process) are functions of (seed, step) and the clusters, so the resumable state is the model, the
-optimizer, the step, the clusters and the best validation so far; a run stopped at a checkpoint and resumed ends
-with the weights and the metrics log of an uninterrupted one.
+optimizer, the step, the clusters, the best validation so far and, with ``average_from``, the weights' mean; a run
+stopped at a checkpoint and resumed ends with the weights and the metrics log of an uninterrupted one.
 
 Data parallelism: under ``torchrun --nproc-per-node N`` each process reads a contiguous 1/N of the batch's pairs and
 quadruplets, the processes' descriptors are gathered (``torch.distributed.all_gather``, the process's own share
@@ -213,8 +213,8 @@ def param_groups(model, lr: float, backbone_lr: float | None = None) -> list[dic
 
 class Trainer:
     """One run: ``Trainer(settings, data, out, work).run()``. ``settings`` are resolved (the recipe applied), ``out``
-    the final checkpoint (metrics.parquet and, with validation, best.pt beside it), ``work`` the folder of the
-    resumable state."""
+    the final checkpoint (metrics.parquet and, with validation, best.pt beside it; with ``average_from`` it is the
+    weights' mean and last.pt the last step's weights), ``work`` the folder of the resumable state."""
 
     def __init__(self, s: TrainSettings, data: TrainingSet, out: Path, work: Path, record: dict | None = None):
         self.s, self.data, self.out, self.work = s, data, Path(out), Path(work)
