@@ -180,20 +180,19 @@ def averaged(average: AveragedModel | None, model):
     return average.module if average is not None and int(average.n_averaged) > 0 else model
 
 
-def average_state(average: AveragedModel | None, model) -> dict | None:
-    """What a resumable state keeps of the weights' mean: the steps it holds and its trainable weights."""
+def average_state(average: AveragedModel | None) -> dict | None:
+    """What a resumable state keeps of the weights' mean: the steps it holds and its trainable weights (its copy
+    of the model has the model's trainable parameters)."""
     if average is None:
         return None
-    names = set(trained_state(model))
-    weights = {n: p.detach().clone() for n, p in average.module.named_parameters() if n in names}
-    return {"steps": int(average.n_averaged), "weights": weights}
+    return {"steps": int(average.n_averaged), "weights": trained_state(average.module)}
 
 
 def load_average(average: AveragedModel, saved: dict | None) -> None:
     """Restore a mean saved by :func:`average_state` (none saved: the mean holds no step yet)."""
     if not saved or not saved["steps"]:
         return
-    missing, unexpected = average.module.load_state_dict(saved["weights"], strict=False)
+    _, unexpected = average.module.load_state_dict(saved["weights"], strict=False)
     if unexpected:
         raise ValueError(f"the saved mean of the weights has weights this model lacks: {unexpected[:3]}")
     average.n_averaged.fill_(saved["steps"])
@@ -281,7 +280,7 @@ class Trainer:
         blob = {
             "step": int(step),
             "model": trained_state(model),  # the frozen rest is the start model's, rebuilt on resume
-            "average": average_state(average, model),
+            "average": average_state(average),
             "optimizer": opt.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else None,
             "clusters": clusters.state() if clusters is not None else None,
@@ -393,12 +392,10 @@ class Trainer:
         bar.close()
         wall = time.perf_counter() - t_start
         if procs.main:
-            mean = averaged(average, model)
+            mean, extra = averaged(average, model), {}
             if mean is not model:
                 save_checkpoint(self.out.with_name("last.pt"), model, step, training=self.record)
-            extra = (
-                {"averaged": {"from": s.average_from, "steps": int(average.n_averaged)}} if mean is not model else {}
-            )
+                extra["averaged"] = {"from": s.average_from, "steps": int(average.n_averaged)}
             save_checkpoint(self.out, mean, step, training=self.record, best=dict(best), **extra)
             write_metrics(self.out.with_name("metrics.parquet"), metrics)
         procs.stop()
