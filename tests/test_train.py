@@ -286,7 +286,9 @@ def test_average_from_keeps_the_mean_of_the_weights_after_each_step_from_it_on(
     tiny, workspace, tiny_model, tmp_path, capsys
 ):
     """Stochastic weight averaging, known answer: a 4-step run averaging from step 3 saves the mean of the weights
-    after steps 3 and 4 (a 3-step run's weights, and its own last.pt), and validates the mean."""
+    after steps 3 and 4 (a 3-step run's weights, and its own last.pt); before step 3 it validates the model itself.
+    (That the validations from step 3 on measure the mean: bench/RESULTS.md, the tenth session, where the trainer's
+    last validation equals `--compare`'s figures for model.pt, not last.pt's.)"""
     val = ["--validation", f"{tiny / 'regions.geojson'}#eval", "--validate-every", "2", "--lr", "1e-3"]
     three = tmp_path / "three" / "model.pt"
     done = _run(_args(tiny, workspace, tiny_model, three, *val, "--steps", "3"))
